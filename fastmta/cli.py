@@ -1,0 +1,249 @@
+"""The command line: argv to one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from fastmta import config as config_module
+from fastmta.config import Config, ConfigError
+
+_json = msgspec.json.Encoder()
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return config_module.load(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fastmta import supervisor
+
+    return supervisor.run(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    print(config_module.to_toml(_load(args)), end="")
+    return 0
+
+
+# ----- queue ----------------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fastmta.queue.store import QueueStore
+
+    config = _load(args)
+    return QueueStore(config.data_dir, config.server.queue_max_bytes)
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp)) if timestamp else "-"
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    from fastmta.queue.store import CorruptRecord
+
+    store = _store(args)
+    entries = list(store.scan())
+    if args.json:
+        rows = [
+            {"id": e.message_id, "state": "corrupt", "error": e.reason} if isinstance(e, CorruptRecord) else e
+            for e in entries
+        ]
+        sys.stdout.write(_json.encode(rows).decode() + "\n")
+        return 0
+    for entry in entries:
+        if isinstance(entry, CorruptRecord):
+            print(f"{entry.message_id}  CORRUPT  {entry.reason}")
+            continue
+        print(
+            f"{entry.id}  {entry.size:>9}  {_when(entry.received_at)}  {entry.state:<6}  <{entry.sender}>"
+            f"  next {_when(entry.next_attempt)}"
+        )
+        for recipient in entry.recipients:
+            last = f"  ({recipient.last_reply})" if recipient.last_reply else ""
+            print(f"    <{recipient.address}>  {recipient.state}  attempts {recipient.attempts}{last}")
+    print(f"-- {len(entries)} messages", file=sys.stderr)
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    message = store.get(args.id)
+    if message is None:
+        print(f"no message {args.id}", file=sys.stderr)
+        return 1
+    if args.body:
+        sys.stdout.buffer.write(store.body(args.id) or b"")
+        return 0
+    sys.stdout.write(msgspec.json.format(_json.encode(message).decode(), indent=2) + "\n")
+    return 0
+
+
+def cmd_queue_delete(args: argparse.Namespace) -> int:
+    if not _store(args).delete(args.id):
+        print(f"no message {args.id}", file=sys.stderr)
+        return 1
+    print(f"{args.id}: deleted")
+    return 0
+
+
+def _hold(held: bool) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        message = _store(args).set_held(args.id, held)
+        if message is None:
+            print(f"no message {args.id}", file=sys.stderr)
+            return 1
+        print(f"{args.id}: {message.state}")
+        return 0
+
+    return command
+
+
+# ----- users ----------------------------------------------------------------------------------
+
+
+def _accounts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fastmta.accounts import Accounts
+
+    return Accounts(_store(args).env)
+
+
+def _password(args: argparse.Namespace, confirm: bool) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Again: ") != password:
+        raise SystemExit("passwords differ")
+    return password
+
+
+def _user_line(user) -> str:  # type: ignore[no-untyped-def]
+    flags = ("enabled" if user.enabled else "disabled") + (" admin" if user.admin else "")
+    quota = f" quota {user.quota}/day" if user.quota else ""
+    return f"{user.username}  {flags}{quota}  created {_when(user.created_at)}"
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from fastmta.accounts import AccountError
+
+    password = _password(args, confirm=True)
+    try:
+        user = _accounts(args).add(args.username, password, admin=args.admin, quota=args.quota)
+    except AccountError as exc:
+        print(f"{args.username}: {exc}", file=sys.stderr)
+        return 1
+    print(f"added {_user_line(user)}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    users = _accounts(args).list()
+    if args.json:
+        rows = [msgspec.structs.replace(u, password_hash="") for u in users]
+        sys.stdout.write(_json.encode(rows).decode() + "\n")
+    else:
+        for user in users:
+            print(_user_line(user))
+    return 0
+
+
+def _with_user(change: Callable[..., object]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from fastmta.accounts import AccountError
+
+        try:
+            result = change(_accounts(args), args)
+        except AccountError as exc:
+            print(f"{args.username}: {exc}", file=sys.stderr)
+            return 1
+        if result is None or result is False:
+            print(f"{args.username}: no such user", file=sys.stderr)
+            return 1
+        print(_user_line(result) if hasattr(result, "username") else f"{args.username}: done")
+        return 0
+
+    return command
+
+
+def _verify(accounts, args: argparse.Namespace) -> bool:  # type: ignore[no-untyped-def]
+    ok = accounts.verify(args.username, _password(args, confirm=False))
+    if not ok:
+        raise SystemExit(f"{args.username}: verification failed")
+    return True
+
+
+USER_COMMANDS: dict[str, Callable[..., object]] = {
+    "info": lambda accounts, args: accounts.get(args.username),
+    "passwd": lambda accounts, args: accounts.set_password(args.username, _password(args, confirm=True)),
+    "enable": lambda accounts, args: accounts.update(args.username, enabled=True),
+    "disable": lambda accounts, args: accounts.update(args.username, enabled=False),
+    "quota": lambda accounts, args: accounts.update(args.username, quota=args.quota),
+    "delete": lambda accounts, args: accounts.delete(args.username),
+    "verify": _verify,
+}
+
+
+# ----- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", help="TOML config file (default: the embedded default)")
+    parser = argparse.ArgumentParser(prog="fastmta", description="fastmta mail transfer agent")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", parents=[common], help="run everything in the foreground").set_defaults(
+        func=cmd_serve
+    )
+    commands.add_parser("check-config", parents=[common], help="validate and print the effective config").set_defaults(
+        func=cmd_check_config
+    )
+
+    queue = commands.add_parser("queue", help="inspect and manage the queue").add_subparsers(dest="action", required=True)
+    listing = queue.add_parser("list", parents=[common], help="every queued message with its recipients")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_queue_list)
+    show = queue.add_parser("show", parents=[common], help="one message's record, or its body")
+    show.add_argument("id")
+    show.add_argument("--body", action="store_true", help="print the stored message instead of its record")
+    show.set_defaults(func=cmd_queue_show)
+    for name, func in (("delete", cmd_queue_delete), ("hold", _hold(True)), ("release", _hold(False))):
+        sub = queue.add_parser(name, parents=[common])
+        sub.add_argument("id")
+        sub.set_defaults(func=func)
+
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    users = commands.add_parser("user", help="SMTP AUTH accounts").add_subparsers(dest="action", required=True)
+    add = users.add_parser("add", parents=[common, password])
+    add.add_argument("username")
+    add.add_argument("--admin", action="store_true", help="may use the admin API with HTTP Basic")
+    add.add_argument("--quota", type=int, default=0, help="messages per day, 0 = unlimited")
+    add.set_defaults(func=cmd_user_add)
+    user_list = users.add_parser("list", parents=[common])
+    user_list.add_argument("--json", action="store_true")
+    user_list.set_defaults(func=cmd_user_list)
+    for name, change in USER_COMMANDS.items():
+        sub = users.add_parser(name, parents=[common, password])
+        sub.add_argument("username")
+        if name == "quota":
+            sub.add_argument("quota", type=int)
+        sub.set_defaults(func=_with_user(change))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"fastmta: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,282 @@
+"""The configuration: msgspec Structs for the TOML file, environment overrides, validated once at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    hostname: str = ""
+    data_dir: str = "./var"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    shutdown_grace_seconds: float = 30.0
+    # LMDB reserves address space, not disk: the store can grow to this many bytes.
+    queue_max_bytes: int = 8 << 30
+
+
+class SmtpConfig(_Section):
+    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:2525"])
+    submission_listen: list[str] = msgspec.field(default_factory=list)
+    smtps_listen: list[str] = msgspec.field(default_factory=list)
+    workers: int = 0
+    max_message_size: int = 25 << 20
+    max_recipients: int = 1000
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    timeout_seconds: float = 300.0
+    max_line_length: int = 2048
+    max_errors: int = 20
+    mynetworks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    relay_domains: list[str] = msgspec.field(default_factory=list)
+    require_auth: bool = False
+    require_tls_for_auth: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    proxy_protocol: bool = False
+    bare_line_endings: Literal["reject", "accept"] = "reject"
+
+
+class LimitsConfig(_Section):
+    """Per client IP, shared by all workers; 0 means no limit."""
+
+    connections_per_minute: int = 0
+    messages_per_hour: int = 0
+    recipients_per_hour: int = 0
+    auth_failures_per_hour: int = 0
+
+
+class DeliveryConfig(_Section):
+    workers: int = 0
+    retry_schedule: list[str] = msgspec.field(default_factory=lambda: ["1m", "5m", "15m", "1h", "4h"])
+    max_age: str = "5d"
+    bounce_from: str = ""
+
+
+class RouteConfig(_Section):
+    match: list[str]
+    kind: Literal["mx", "smarthost", "maildir", "discard"]
+    host: str = ""
+    port: int = 25
+    tls: Literal["none", "opportunistic", "required"] = "opportunistic"
+    username: str = ""
+    password: str = ""
+    max_connections: int = 10
+    max_messages_per_connection: int = 100
+    rate: str = ""
+    source_ips: list[str] = msgspec.field(default_factory=list)
+    path: str = ""
+
+
+class AdminConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    basic_auth: bool = True
+
+
+def _default_routes() -> list[RouteConfig]:
+    return [RouteConfig(match=["*"], kind="mx")]
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
+    routes: list[RouteConfig] = msgspec.field(default_factory=_default_routes)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def smtp_workers(self) -> int:
+        return self.smtp.workers or os.cpu_count() or 1
+
+
+# The container-style variables operators know from other relays; each maps onto one key.
+_SHORT_ENV: dict[str, tuple[str, str]] = {
+    "SMTP_HOSTNAME": ("server", "hostname"),
+    "SMTP_MAX_CONNECTIONS": ("smtp", "max_connections"),
+    "SMTP_MAX_MESSAGE_SIZE": ("smtp", "max_message_size"),
+    "SMTP_TIMEOUT_SECONDS": ("smtp", "timeout_seconds"),
+    "SMTP_TLS_CERT": ("smtp", "tls_cert"),
+    "SMTP_TLS_KEY": ("smtp", "tls_key"),
+    "SMTP_ENABLE_AUTH": ("smtp", "require_auth"),
+    "SMTP_LOG_LEVEL": ("server", "log_level"),
+    "SMTP_DATA_DIR": ("server", "data_dir"),
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '4h', '5d' -> seconds."""
+    found = _DURATION.match(text)
+    if not found:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 4h, 5d)")
+    return float(found.group(1)) * _DURATION_UNITS[found.group(2)]
+
+
+def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
+    """'127.0.0.1:2525', '[::1]:25', 'mx.example.com' -> (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    try:
+        number = int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    return host, number
+
+
+def _env_value(raw: str, current: Any) -> Any:
+    if isinstance(current, list):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(current, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return raw
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    defaults = msgspec.to_builtins(Config())
+
+    def put(section: str, key: str, raw: str) -> None:
+        current = defaults.get(section, {}).get(key) if isinstance(defaults.get(section), dict) else None
+        data.setdefault(section, {})[key] = _env_value(raw, current)
+
+    for name, (section, key) in _SHORT_ENV.items():
+        if name in environ:
+            put(section, key, environ[name])
+    if "SMTP_HOST" in environ or "SMTP_PORT" in environ:
+        host = environ.get("SMTP_HOST", "127.0.0.1")
+        port = environ.get("SMTP_PORT", "2525")
+        data.setdefault("smtp", {})["listen"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if environ.get("SMTP_HEALTH_PORT"):
+        admin_host = parse_hostport(data.get("admin", {}).get("listen", AdminConfig().listen))[0]
+        data.setdefault("admin", {})["listen"] = f"{admin_host}:{environ['SMTP_HEALTH_PORT']}"
+    if environ.get("SMTP_ENABLE_TLS", "").lower() in ("0", "false", "no", "off"):
+        data.setdefault("smtp", {}).update(tls_cert="", tls_key="")
+    for name, raw in environ.items():
+        if not name.startswith("FASTMTA_") or name == "FASTMTA_NO_EXTENSIONS":
+            continue
+        section, _, key = name[len("FASTMTA_"):].lower().partition("_")
+        if section in defaults and isinstance(defaults[section], dict) and key in defaults[section]:
+            put(section, key, raw)
+
+
+def _validate(config: Config) -> None:
+    smtp = config.smtp
+    for section, key in (("smtp", "listen"), ("smtp", "submission_listen"), ("smtp", "smtps_listen")):
+        for address in getattr(smtp, key):
+            try:
+                parse_hostport(address)
+            except ValueError as exc:
+                raise ConfigError(f"{section}.{key}: {exc}") from None
+    if not (smtp.listen or smtp.submission_listen or smtp.smtps_listen):
+        raise ConfigError("smtp.listen: at least one listener is needed")
+    for cidr in smtp.mynetworks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"smtp.mynetworks: not a network: {cidr!r}") from None
+    if bool(smtp.tls_cert) != bool(smtp.tls_key):
+        raise ConfigError("smtp.tls_cert and smtp.tls_key go together")
+    if smtp.smtps_listen and not smtp.tls_cert:
+        raise ConfigError("smtp.smtps_listen needs smtp.tls_cert and smtp.tls_key")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(smtp, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"smtp.{key}: no such file: {path}")
+    for key in ("workers", "max_message_size", "max_recipients", "max_connections", "max_line_length"):
+        if getattr(smtp, key) < 0 or (key != "workers" and getattr(smtp, key) == 0):
+            raise ConfigError(f"smtp.{key}: must be a positive number")
+    if smtp.max_line_length < 512:
+        raise ConfigError("smtp.max_line_length: RFC 5321 needs at least 512")
+    if config.delivery.workers < 0:
+        raise ConfigError("delivery.workers: must be 0 or more")
+    for key in ("retry_schedule", "max_age"):
+        values = getattr(config.delivery, key)
+        for value in values if isinstance(values, list) else [values]:
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                raise ConfigError(f"delivery.{key}: {exc}") from None
+    try:
+        parse_hostport(config.admin.listen, 8080)
+    except ValueError as exc:
+        raise ConfigError(f"admin.listen: {exc}") from None
+    for index, route in enumerate(config.routes):
+        where = f"routes[{index}]"
+        if not route.match:
+            raise ConfigError(f"{where}.match: name at least one domain or '*'")
+        if route.kind == "smarthost" and not route.host:
+            raise ConfigError(f"{where}.host: a smarthost route needs a host")
+        if route.kind == "maildir" and not route.path:
+            raise ConfigError(f"{where}.path: a maildir route needs a path")
+
+
+def _finish(config: Config) -> Config:
+    server = config.server
+    if not server.hostname:
+        server.hostname = socket.getfqdn() or "localhost"
+    if not config.delivery.bounce_from:
+        config.delivery.bounce_from = f"MAILER-DAEMON@{server.hostname}"
+    return config
+
+
+def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Reads the TOML file (or the embedded default when path is None), applies the environment, validates."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _apply_env(data, environ)
+    try:
+        config = msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_readable(str(exc))) from None
+    _validate(config)
+    return _finish(config)
+
+
+def _readable(message: str) -> str:
+    """msgspec says '... - at `$.smtp.workers`'; operators want 'smtp.workers: ...'."""
+    found = re.match(r"^(.*?)(?: - at `\$\.?(.*)`)?$", message)
+    if found and found.group(2):
+        return f"{found.group(2)}: {found.group(1)}"
+    return message
+
+
+def to_toml(config: Config) -> str:
+    return msgspec.toml.encode(config).decode()

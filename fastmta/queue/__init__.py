@@ -1,0 +1,1 @@
+"""The durable queue in queue.lmdb: records, store, group commit and schedule."""

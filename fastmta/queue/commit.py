@@ -1,0 +1,64 @@
+"""Group commit: messages finished at about the same moment share one write transaction and one fsync.
+
+There is no fixed window. The first message after a quiet spell is written at once; messages that
+finish while a write is under way wait for it and then go together in the next one, so batches
+grow with load and an idle server adds no latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from fastmta.queue.records import Message
+from fastmta.queue.store import QueueStore
+
+Settled = Callable[[BaseException | None], None]
+
+
+class GroupCommit:
+    def __init__(self, store: QueueStore, loop: asyncio.AbstractEventLoop) -> None:
+        self._store = store
+        self._loop = loop
+        # One thread: LMDB allows a single writer per environment anyway, and the event loop
+        # must keep reading other clients while the fsync runs.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
+        self._pending: list[tuple[Message, bytes, Settled]] = []
+        self._busy = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batches = 0
+        self.messages = 0
+
+    def submit(self, message: Message, body: bytes, settled: Settled) -> None:
+        """settled(None) runs once the message is durable; settled(error) if it could not be stored."""
+        self._pending.append((message, body, settled))
+        if not self._busy:
+            self._busy = True
+            self._idle.clear()
+            # call_soon lets every message completed by this loop iteration join the batch.
+            self._loop.call_soon(self._write_next)
+
+    def _write_next(self) -> None:
+        batch, self._pending = self._pending, []
+        future = self._loop.run_in_executor(self._executor, self._store.insert, [(m, b) for m, b, _ in batch])
+        future.add_done_callback(lambda done: self._settle(batch, done))
+
+    def _settle(self, batch: list[tuple[Message, bytes, Settled]], done: asyncio.Future[None]) -> None:
+        error = done.exception()
+        self.batches += 1
+        self.messages += len(batch)
+        for _, _, settled in batch:
+            settled(error)
+        if self._pending:
+            self._write_next()
+        else:
+            self._busy = False
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,167 @@
+"""The queue store: queue.lmdb's environment, its named databases, and every read and write of them.
+
+Guarantee: a write method returns only after its transaction is committed and fsynced
+(the environment is opened with sync and metasync on), and a failed write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+import msgspec
+
+from fastmta.queue.records import ACTIVE, HELD, MESSAGE_DECODER, MESSAGE_ENCODER, Message
+
+_SCHEDULE_TIME = struct.Struct(">Q")
+
+
+class StoreFullError(Exception):
+    """The store reached its configured size; the write was rolled back."""
+
+
+class CorruptRecord(Exception):
+    """A stored record could not be decoded."""
+
+    def __init__(self, message_id: str, reason: str) -> None:
+        super().__init__(f"{message_id}: {reason}")
+        self.message_id = message_id
+        self.reason = reason
+
+
+class EtrnRequest(msgspec.Struct):
+    domain: str
+    at: float
+    client_ip: str = ""
+
+
+_ETRN_ENCODER = msgspec.msgpack.Encoder()
+_ETRN_DECODER = msgspec.msgpack.Decoder(EtrnRequest)
+
+
+def open_env(path: Path, map_size: int, readonly: bool = False) -> lmdb.Environment:
+    """Each process opens its own environment after fork; LMDB forbids sharing one across fork."""
+    path.mkdir(parents=True, exist_ok=True)
+    return lmdb.open(
+        str(path),
+        map_size=map_size,
+        max_dbs=16,
+        max_readers=1024,
+        sync=True,
+        metasync=True,
+        readahead=False,
+        readonly=readonly,
+    )
+
+
+def schedule_key(when: float, message_id: str) -> bytes:
+    return _SCHEDULE_TIME.pack(int(when * 1000)) + message_id.encode()
+
+
+class QueueStore:
+    def __init__(self, data_dir: Path, map_size: int) -> None:
+        self.env = open_env(data_dir / "queue.lmdb", map_size)
+        self.messages = self.env.open_db(b"messages")
+        self.bodies = self.env.open_db(b"bodies")
+        self.schedule = self.env.open_db(b"schedule")
+        self.etrn = self.env.open_db(b"etrn")
+
+    def close(self) -> None:
+        self.env.close()
+
+    def insert(self, batch: list[tuple[Message, bytes]]) -> None:
+        """Stores messages with their bodies and schedule entries in one transaction: all or none."""
+        try:
+            with self.env.begin(write=True) as txn:
+                for message, body in batch:
+                    key = message.id.encode()
+                    txn.put(key, MESSAGE_ENCODER.encode(message), db=self.messages)
+                    txn.put(key, body, db=self.bodies)
+                    if message.state == ACTIVE:
+                        txn.put(schedule_key(message.next_attempt, message.id), b"", db=self.schedule)
+        except lmdb.MapFullError:
+            raise StoreFullError("queue store is full") from None
+
+    def _decode(self, key: bytes, raw: bytes) -> Message:
+        try:
+            return MESSAGE_DECODER.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise CorruptRecord(key.decode(errors="replace"), str(exc)) from None
+
+    def get(self, message_id: str) -> Message | None:
+        with self.env.begin() as txn:
+            raw = txn.get(message_id.encode(), db=self.messages)
+            return None if raw is None else self._decode(message_id.encode(), raw)
+
+    def body(self, message_id: str) -> bytes | None:
+        with self.env.begin() as txn:
+            return txn.get(message_id.encode(), db=self.bodies)
+
+    def scan(self) -> Iterator[Message | CorruptRecord]:
+        """Every record in id (so arrival) order; corrupt ones are yielded as CorruptRecord, not skipped."""
+        with self.env.begin() as txn:
+            for key, raw in txn.cursor(db=self.messages):
+                try:
+                    yield self._decode(key, raw)
+                except CorruptRecord as corrupt:
+                    yield corrupt
+
+    def count(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self.messages)["entries"]
+
+    def due(self, now: float | None = None) -> list[str]:
+        """Ids whose next attempt is at or before now, soonest first."""
+        limit = schedule_key(time.time() if now is None else now, "\xff")
+        with self.env.begin() as txn:
+            ids = []
+            for key in txn.cursor(db=self.schedule).iternext(values=False):
+                if key > limit:
+                    break
+                ids.append(key[_SCHEDULE_TIME.size :].decode())
+            return ids
+
+    def delete(self, message_id: str) -> bool:
+        key = message_id.encode()
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(key, db=self.messages)
+            if raw is None:
+                return False
+            try:
+                message = self._decode(key, raw)
+            except CorruptRecord:
+                message = None
+            if message is not None:
+                txn.delete(schedule_key(message.next_attempt, message_id), db=self.schedule)
+            txn.delete(key, db=self.messages)
+            txn.delete(key, db=self.bodies)
+            return True
+
+    def set_held(self, message_id: str, held: bool) -> Message | None:
+        """Hold takes a message out of the schedule; release puts it back, due now."""
+        key = message_id.encode()
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(key, db=self.messages)
+            if raw is None:
+                return None
+            message = self._decode(key, raw)
+            txn.delete(schedule_key(message.next_attempt, message_id), db=self.schedule)
+            if held:
+                message.state = HELD
+            else:
+                message.state = ACTIVE
+                message.next_attempt = time.time()
+                txn.put(schedule_key(message.next_attempt, message_id), b"", db=self.schedule)
+            txn.put(key, MESSAGE_ENCODER.encode(message), db=self.messages)
+            return message
+
+    def record_etrn(self, request: EtrnRequest) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(_SCHEDULE_TIME.pack(time.time_ns()), _ETRN_ENCODER.encode(request), db=self.etrn)
+
+    def etrn_requests(self) -> list[EtrnRequest]:
+        with self.env.begin() as txn:
+            return [_ETRN_DECODER.decode(raw) for _, raw in txn.cursor(db=self.etrn)]

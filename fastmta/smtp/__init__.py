@@ -1,0 +1,1 @@
+"""SMTP ingress: worker process, asyncio protocol shell and the sans-I/O ESMTP session."""

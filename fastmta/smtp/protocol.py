@@ -1,0 +1,130 @@
+"""The asyncio shell around a Session: moves bytes between socket and state machine and carries out its actions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from fastmta.queue.store import EtrnRequest
+from fastmta.smtp.session import Close, Commit, RecordEtrn, Session, StartTls, Step, VerifyAuth
+from fastmta.smtp.tls import describe
+
+if TYPE_CHECKING:
+    from fastmta.smtp.worker import Worker
+
+log = logging.getLogger("fastmta.smtp")
+
+# A client may pipeline ahead while we wait for a commit, but not without bound.
+_MAX_BUFFERED = 1 << 20
+
+
+class SmtpProtocol(asyncio.Protocol):
+    def __init__(self, worker: Worker, listener: str, proxy_protocol: bool) -> None:
+        self._worker = worker
+        self._listener = listener
+        self._proxy_protocol = proxy_protocol
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self.session: Session | None = None
+        self.last_activity = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        tls = describe(transport.get_extra_info("ssl_object"))
+        self.session = Session(
+            self._worker.settings,
+            self._worker.limits,
+            peer[0],
+            peer[1],
+            self._listener,
+            tls,
+            self._proxy_protocol,
+        )
+        self._worker.connections.add(self)
+        self._apply(self.session.start())
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        session = self.session
+        assert session is not None
+        self._apply(session.feed(data))
+        if session.blocked and session.buffered > _MAX_BUFFERED and self._transport is not None:
+            self._transport.pause_reading()
+            self._paused = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._worker.connections.discard(self)
+        if self.session is not None:
+            self.session.connection_lost()
+        self._transport = None
+
+    def timed_out(self) -> None:
+        if self.session is not None:
+            self._apply(self.session.timed_out())
+
+    def shutdown(self, now: bool = False) -> None:
+        if self.session is not None:
+            self._apply(self.session.shutdown(now))
+
+    def _apply(self, step: Step) -> None:
+        out, action = step
+        transport = self._transport
+        if transport is None:
+            return
+        if out:
+            transport.write(out)
+        if action is None:
+            if self._paused:
+                self._paused = False
+                transport.resume_reading()
+            return
+        if isinstance(action, Commit):
+            self._worker.committer.submit(action.message, action.body, self._committed)
+        elif isinstance(action, Close):
+            transport.close()
+        elif isinstance(action, VerifyAuth):
+            self._worker.run_blocking(
+                self._worker.accounts.verify, (action.username, action.password), self._auth_verified
+            )
+        elif isinstance(action, RecordEtrn):
+            request = EtrnRequest(action.domain, time.time(), self.session.client_ip if self.session else "")
+            self._worker.run_blocking(self._worker.store.record_etrn, (request,), self._etrn_recorded)
+        elif isinstance(action, StartTls):
+            asyncio.ensure_future(self._start_tls())
+
+    def _committed(self, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("commit failed: %s", error)
+        if self.session is not None and not self.session.closed:
+            self._apply(self.session.committed(error))
+
+    def _auth_verified(self, result: object) -> None:
+        if self.session is not None and not self.session.closed:
+            self._apply(self.session.auth_verified(result is True))
+
+    def _etrn_recorded(self, result: object) -> None:
+        if isinstance(result, BaseException):
+            log.error("ETRN could not be recorded: %s", result)
+        if self.session is not None and not self.session.closed:
+            self._apply(self.session.etrn_recorded())
+
+    async def _start_tls(self) -> None:
+        transport = self._transport
+        context = self._worker.tls_context
+        if transport is None or context is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            secure = await loop.start_tls(transport, self, context, server_side=True, ssl_handshake_timeout=30)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.session.client_ip if self.session else "?", exc)
+            transport.abort()
+            return
+        if secure is None or self.session is None:
+            return
+        self._transport = secure
+        self._apply(self.session.tls_started(describe(secure.get_extra_info("ssl_object"))))

@@ -1,0 +1,139 @@
+"""An SMTP worker process: serves its share of every listener with uvloop until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import uvloop
+
+from fastmta.accounts import Accounts
+from fastmta.config import Config
+from fastmta.queue.commit import GroupCommit
+from fastmta.queue.store import QueueStore
+from fastmta.ratelimit import RateLimiter
+from fastmta.smtp.policy import ClientLimits, RelayPolicy
+from fastmta.smtp.protocol import SmtpProtocol
+from fastmta.smtp.session import SMTPS, Settings
+from fastmta.smtp.tls import server_context
+
+log = logging.getLogger("fastmta.smtp")
+
+
+@dataclass(frozen=True)
+class ListenerSocket:
+    kind: str
+    address: str
+    sock: socket.socket
+    proxy_protocol: bool
+
+
+class Worker:
+    """Everything the connections of one worker share: stores, limits, settings, the group commit."""
+
+    def __init__(self, config: Config, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        smtp = config.smtp
+        self.config = config
+        self.name = name
+        self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
+        self.limiter = RateLimiter(config.data_dir / "state.lmdb")
+        self.limiter.forget_dead_processes()
+        self.accounts = Accounts(self.store.env)
+        self.limits = ClientLimits(self.limiter, config.limits, smtp.max_connections, smtp.max_connections_per_ip)
+        self.tls_context: ssl.SSLContext | None = (
+            server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
+        )
+        self.settings = Settings(
+            hostname=config.server.hostname,
+            max_message_size=smtp.max_message_size,
+            max_recipients=smtp.max_recipients,
+            max_line_length=smtp.max_line_length,
+            max_errors=smtp.max_errors,
+            require_auth=smtp.require_auth,
+            require_tls_for_auth=smtp.require_tls_for_auth,
+            tls_available=self.tls_context is not None,
+            reject_bare_line_endings=smtp.bare_line_endings == "reject",
+            policy=RelayPolicy(smtp.mynetworks, smtp.relay_domains),
+            worker=name,
+        )
+        self.committer = GroupCommit(self.store, loop)
+        self.connections: set[SmtpProtocol] = set()
+        self._loop = loop
+        # Password hashing takes tens of milliseconds; it must not stall other clients.
+        self._blocking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blocking")
+
+    def run_blocking(self, function: Callable[..., Any], args: tuple[Any, ...], done: Callable[[object], None]) -> None:
+        """Runs function in a thread; done receives its result, or the exception it raised."""
+        future = self._loop.run_in_executor(self._blocking, function, *args)
+        future.add_done_callback(lambda f: done(f.exception() or f.result()))
+
+    async def serve(self, sockets: list[ListenerSocket]) -> None:
+        stop = asyncio.Event()
+        self._loop.add_signal_handler(signal.SIGTERM, stop.set)
+        self._loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        servers = []
+        for listener in sockets:
+            servers.append(
+                await self._loop.create_server(
+                    lambda kind=listener.kind, proxy=listener.proxy_protocol: SmtpProtocol(self, kind, proxy),
+                    sock=listener.sock,
+                    ssl=self.tls_context if listener.kind == SMTPS else None,
+                    backlog=1024,
+                )
+            )
+        sweeper = asyncio.ensure_future(self._sweep_idle())
+        log.info("%s serving %s", self.name, ", ".join(f"{s.kind} {s.address}" for s in sockets))
+        await stop.wait()
+        sweeper.cancel()
+        await self._drain(servers)
+
+    async def _sweep_idle(self) -> None:
+        timeout = self.config.smtp.timeout_seconds
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                session = connection.session
+                if session is not None and not session.blocked and now - connection.last_activity > timeout:
+                    connection.timed_out()
+            self.limiter.sweep()
+
+    async def _drain(self, servers: list[asyncio.AbstractServer]) -> None:
+        """Stop accepting; idle clients hear 421 now; open transactions get the grace period to finish."""
+        for server in servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.shutdown()
+        deadline = time.monotonic() + self.config.server.shutdown_grace_seconds
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.committer.wait_idle()
+        for connection in list(self.connections):
+            connection.shutdown(now=True)
+        self.committer.close()
+        log.info("%s stopped", self.name)
+
+    def close(self) -> None:
+        self._blocking.shutdown(wait=False)
+        self.limiter.close()
+        self.store.close()
+
+
+def run(config: Config, name: str, sockets: list[ListenerSocket]) -> int:
+    async def main() -> None:
+        worker = Worker(config, name, asyncio.get_running_loop())
+        try:
+            await worker.serve(sockets)
+        finally:
+            worker.close()
+
+    uvloop.run(main())
+    return 0

@@ -1,0 +1,249 @@
+"""The supervisor: opens the listening sockets, forks the children, restarts the ones that die, and handles signals.
+
+Fork hygiene lives here: the supervisor opens no LMDB environment, event loop or thread, so every
+child starts clean and opens its own. Signals are blocked and taken synchronously with
+sigtimedwait, so the supervisor is one plain loop with no handlers racing it.
+
+SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the config and replaces the workers
+while the listening sockets stay open, so no connection is refused during a reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastmta import child, config as config_module, logs
+from fastmta.config import Config, ConfigError, parse_hostport
+from fastmta.smtp import worker as smtp_worker
+from fastmta.smtp.worker import ListenerSocket
+
+log = logging.getLogger("fastmta.supervisor")
+
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_RESTART_DELAY_FIRST = 0.1
+_RESTART_DELAY_MAX = 30.0
+# A child that lived this long before dying is treated as a fresh failure, not a crash loop.
+_HEALTHY_AFTER = 30.0
+
+
+def notify(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, when systemd set it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+def _listener_plan(config: Config) -> list[tuple[str, str]]:
+    smtp = config.smtp
+    return (
+        [("smtp", a) for a in smtp.listen]
+        + [("submission", a) for a in smtp.submission_listen]
+        + [("smtps", a) for a in smtp.smtps_listen]
+    )
+
+
+def _bind(address: str) -> socket.socket:
+    host, port = parse_hostport(address)
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # One socket per worker on the same port: the kernel spreads connections across workers
+    # without a thundering herd, and a dead worker's queue waits in its own socket until its successor.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(sockaddr)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class Listeners:
+    """The sockets of every listener, one set per worker slot."""
+
+    plan: list[tuple[str, str]]
+    proxy_protocol: bool
+    per_slot: list[list[ListenerSocket]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, config: Config) -> Listeners:
+        listeners = cls(_listener_plan(config), config.smtp.proxy_protocol)
+        listeners.per_slot = [
+            [ListenerSocket(kind, address, _bind(address), config.smtp.proxy_protocol) for kind, address in listeners.plan]
+            for _ in range(config.smtp_workers)
+        ]
+        return listeners
+
+    def fits(self, config: Config) -> bool:
+        return (
+            self.plan == _listener_plan(config)
+            and self.proxy_protocol == config.smtp.proxy_protocol
+            and len(self.per_slot) == config.smtp_workers
+        )
+
+    def close(self) -> None:
+        self.close_except([])
+
+    def close_except(self, keep: list[ListenerSocket]) -> None:
+        """A worker keeps only its own sockets, so closing a listener elsewhere really closes it."""
+        for slot in self.per_slot:
+            for listener in slot:
+                if listener not in keep:
+                    listener.sock.close()
+
+
+@dataclass
+class ChildSpec:
+    name: str
+    role: Callable[..., int]
+    args: tuple[object, ...] = ()
+    sockets: list[ListenerSocket] = field(default_factory=list)
+    failures: int = 0
+    started_at: float = 0.0
+    restart_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.listeners = Listeners.open(config)
+        self.children: dict[int, ChildSpec] = {}
+        self.retiring: set[int] = set()
+        self.waiting: list[ChildSpec] = []
+        self.stopping = False
+
+    def specs(self) -> list[ChildSpec]:
+        specs = []
+        for slot, sockets in enumerate(self.listeners.per_slot):
+            specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, (sockets,), sockets))
+        return specs
+
+    def spawn(self, spec: ChildSpec) -> None:
+        config = self.config
+        pid = os.fork()
+        if pid == 0:
+            self.listeners.close_except(spec.sockets)
+            child.run(spec.name, config, spec.role, *spec.args)
+        spec.started_at = time.monotonic()
+        self.children[pid] = spec
+        log.debug("started %s as pid %d", spec.name, pid)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.retiring.discard(pid)
+            spec = self.children.pop(pid, None)
+            if spec is None or self.stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if time.monotonic() - spec.started_at > _HEALTHY_AFTER:
+                spec.failures = 0
+            spec.failures += 1
+            delay = min(_RESTART_DELAY_FIRST * 2 ** (spec.failures - 1), _RESTART_DELAY_MAX)
+            spec.restart_at = time.monotonic() + delay
+            log.warning("%s (pid %d) exited with %s; restarting in %.1fs", spec.name, pid, code, delay)
+            if delay >= _RESTART_DELAY_MAX:
+                log.error("%s keeps failing; throttled to one restart per %.0fs", spec.name, delay)
+            self.waiting.append(spec)
+
+    def restart_due(self) -> None:
+        now = time.monotonic()
+        due = [spec for spec in self.waiting if spec.restart_at <= now]
+        self.waiting = [spec for spec in self.waiting if spec.restart_at > now]
+        for spec in due:
+            self.spawn(spec)
+
+    def reload(self) -> None:
+        try:
+            config = config_module.load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        old_pids = list(self.children)
+        self.config = config
+        if not self.listeners.fits(config):
+            # The old workers hold their own copies of the old sockets until they finish draining.
+            old_listeners, self.listeners = self.listeners, Listeners.open(config)
+            old_listeners.close()
+        self.waiting = []
+        for spec in self.specs():
+            self.spawn(spec)
+        for pid in old_pids:
+            self.retiring.add(pid)
+            self.children.pop(pid, None)
+            _kill(pid, signal.SIGTERM)
+        log.info("configuration reloaded; %d workers replaced", len(old_pids))
+
+    def stop(self) -> None:
+        self.stopping = True
+        notify("STOPPING=1")
+        pids = set(self.children) | self.retiring
+        for pid in pids:
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.server.shutdown_grace_seconds + 10
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                signal.sigtimedwait({signal.SIGCHLD}, 0.1)
+        else:
+            for pid in pids:
+                _kill(pid, signal.SIGKILL)
+        self.listeners.close()
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        for spec in self.specs():
+            self.spawn(spec)
+        log.info("fastmta started: %d smtp workers on %s", len(self.listeners.per_slot), _plan_text(self.listeners))
+        notify(f"READY=1\nSTATUS=serving with {len(self.children)} children\nMAINPID={os.getpid()}")
+        while True:
+            received = signal.sigtimedwait(_SIGNALS, 0.5 if self.waiting else 5.0)
+            signum = received.si_signo if received else None
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("stopping on %s", signal.Signals(signum).name)
+                self.stop()
+                log.info("stopped")
+                return 0
+            if signum == signal.SIGHUP:
+                self.reload()
+            self.reap()
+            self.restart_due()
+
+
+def _plan_text(listeners: Listeners) -> str:
+    return ", ".join(f"{kind} {address}" for kind, address in listeners.plan)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def run(config_path: str | None) -> int:
+    config = config_module.load(config_path)
+    logs.setup(config.server.log_level, config.server.log_format, "supervisor")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return Supervisor(config, config_path).run()

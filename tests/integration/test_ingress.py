@@ -1,0 +1,423 @@
+"""Ingress end to end: the real server driven by smtplib, aiosmtplib, swaks and raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from email.message import EmailMessage
+
+import aiosmtplib
+import pytest
+
+from tests.conftest import Server
+
+MESSAGE = (
+    b"From: Alice <alice@example.com>\r\n"
+    b"To: Bob <bob@example.org>\r\n"
+    b"Subject: hello\r\n"
+    b"Message-ID: <m1@example.com>\r\n"
+    b"X-Campaign-ID: spring\r\n"
+    b"\r\n"
+    b"Hi Bob.\r\n"
+    b".leading dot\r\n"
+)
+
+
+class Raw:
+    """A line-level SMTP client for what the libraries will not send: pipelining, BDAT, broken input."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+        self.greeting = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> bytes:
+        """One whole reply, multi-line ones included."""
+        while True:
+            lines = self.buffer.split(b"\r\n")
+            for index, line in enumerate(lines[:-1]):
+                if len(line) < 4 or line[3:4] == b" ":
+                    reply = b"\r\n".join(lines[: index + 1])
+                    self.buffer = b"\r\n".join(lines[index + 1 :])
+                    return reply
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                reply, self.buffer = self.buffer, b""
+                return reply
+            self.buffer += chunk
+
+    def command(self, line: bytes) -> bytes:
+        self.send(line + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def queued_id(reply: bytes | str) -> str:
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    assert "queued as" in text, text
+    return text.rsplit(" ", 1)[1].strip()
+
+
+def stored_body(server: Server, message_id: str) -> bytes:
+    result = server.cli("queue", "show", message_id, "--body")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def without_received(body: bytes) -> bytes:
+    assert body.startswith(b"Received: from "), body[:80]
+    end = body.index(b"\r\n", body.index(b"\r\n\tby ") + 2)
+    while body[end + 2 : end + 3] == b"\t":
+        end = body.index(b"\r\n", end + 2)
+    return body[end + 2 :]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    directory = tmp_path_factory.mktemp("ingress")
+    running = Server(directory, {"smtp": {"max_message_size": 100_000, "max_recipients": 3}}).start()
+    yield running
+    assert running.stop() == 0
+
+
+def test_smtplib_message_is_queued_byte_identical(server: Server) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        code, _ = client.ehlo("client.test")
+        assert code == 250
+        assert client.has_extn("pipelining") and client.has_extn("chunking") and client.has_extn("smtputf8")
+        assert client.has_extn("size") and client.esmtp_features["size"] == "100000"
+        client.mail("alice@example.com", ["SIZE=200", "BODY=8BITMIME"])
+        client.rcpt("bob@example.org", ["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;bob+2Bx@example.org"])
+        code, reply = client.data(MESSAGE)
+    assert code == 250 and reply.startswith(b"2.0.0 Ok: queued as ")
+    message_id = queued_id(reply)
+    body = stored_body(server, message_id)
+    # DATA removes the dot-stuffing smtplib added; the stored body is what the client meant to send.
+    assert without_received(body) == MESSAGE
+    assert b"by mx.test (fastmta) with ESMTP id " + message_id.encode() in body
+    record = json.loads(server.cli("queue", "show", message_id).stdout)
+    assert record["sender"] == "alice@example.com"
+    assert record["recipients"][0]["notify"] == ["FAILURE", "DELAY"]
+    assert record["recipients"][0]["orcpt"] == "rfc822;bob+x@example.org"
+    assert record["body_type"] == "8BITMIME" and record["declared_size"] == 200
+    assert record["message_id"] == "<m1@example.com>" and record["campaign_id"] == "spring"
+    assert record["client_ip"] == "127.0.0.1" and record["helo"] == "client.test"
+    listed = json.loads(server.cli("queue", "list", "--json").stdout)
+    assert message_id in {entry["id"] for entry in listed}
+
+
+def test_aiosmtplib_send(server: Server) -> None:
+    message = EmailMessage()
+    message["From"] = "alice@example.com"
+    message["To"] = "bob@example.org, carol@example.net"
+    message["Subject"] = "async"
+    message.set_content("sent with aiosmtplib\n")
+
+    async def send() -> tuple[dict[str, object], str]:
+        return await aiosmtplib.send(message, hostname="127.0.0.1", port=server.port, start_tls=False)
+
+    errors, reply = asyncio.run(send())
+    assert errors == {}
+    record = json.loads(server.cli("queue", "show", queued_id(reply)).stdout)
+    assert [r["address"] for r in record["recipients"]] == ["bob@example.org", "carol@example.net"]
+
+
+def test_pipelined_transactions_answered_in_order(server: Server) -> None:
+    client = Raw(server.port)
+    client.command(b"EHLO pipe.test")
+    client.send(
+        b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<bad address>\r\n"
+        b"RCPT TO:<c@example.org>\r\nDATA\r\n"
+    )
+    assert [client.reply()[:9] for _ in range(5)] == [b"250 2.1.0", b"250 2.1.5", b"553 5.1.3", b"250 2.1.5", b"354 End d"]
+    # The end of one message and the whole next transaction in one write.
+    client.send(b"one\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<d@example.org>\r\nDATA\r\ntwo\r\n.\r\nQUIT\r\n")
+    first = client.reply()
+    assert client.reply().startswith(b"250 2.1.0")
+    assert client.reply().startswith(b"250 2.1.5")
+    assert client.reply().startswith(b"354")
+    second = client.reply()
+    assert client.reply().startswith(b"221 2.0.0")
+    client.close()
+    assert without_received(stored_body(server, queued_id(first))) == b"one\r\n"
+    assert without_received(stored_body(server, queued_id(second))) == b"two\r\n"
+    assert json.loads(server.cli("queue", "show", queued_id(second)).stdout)["sender"] == ""
+
+
+def test_bdat_chunks(server: Server) -> None:
+    client = Raw(server.port)
+    client.command(b"EHLO chunk.test")
+    client.command(b"MAIL FROM:<a@example.com>")
+    client.command(b"RCPT TO:<b@example.org>")
+    part1 = b"Subject: chunked\r\n\r\nline with\r\n.a dot that stays\r\n"
+    part2 = b"and a bare\nline feed, which BDAT carries as is\r\n"
+    client.send(b"BDAT " + str(len(part1)).encode() + b"\r\n" + part1)
+    assert client.reply() == b"250 2.0.0 Ok: " + str(len(part1)).encode() + b" octets received"
+    client.send(b"BDAT " + str(len(part2)).encode() + b" LAST\r\n" + part2)
+    message_id = queued_id(client.reply())
+    assert client.command(b"DATA").startswith(b"503")
+    client.close()
+    assert without_received(stored_body(server, message_id)) == part1 + part2
+
+
+def test_size_limits(server: Server) -> None:
+    client = Raw(server.port)
+    client.command(b"EHLO big.test")
+    assert client.command(b"MAIL FROM:<a@example.com> SIZE=100001").startswith(b"552 5.3.4")
+    assert client.command(b"MAIL FROM:<a@example.com> SIZE=5000").startswith(b"250")
+    client.command(b"RCPT TO:<b@example.org>")
+    assert client.command(b"DATA").startswith(b"354")
+    client.send(b"x" * 1000 + b"\r\n" + (b"y" * 998 + b"\r\n") * 120 + b".\r\n")
+    assert client.reply().startswith(b"552 5.3.4")
+    # The session stays usable after the refusal.
+    assert client.command(b"MAIL FROM:<a@example.com>").startswith(b"250")
+    client.command(b"RCPT TO:<b@example.org>")
+    client.send(b"BDAT 100001 LAST\r\n" + b"z" * 100001)
+    assert client.reply().startswith(b"552 5.3.4")
+    assert client.command(b"NOOP").startswith(b"250")
+    client.close()
+
+
+def test_recipient_limit_and_sequence_errors(server: Server) -> None:
+    client = Raw(server.port)
+    assert client.command(b"MAIL FROM:<a@example.com>").startswith(b"503 5.5.1")
+    client.command(b"EHLO rcpt.test")
+    assert client.command(b"RCPT TO:<b@example.org>").startswith(b"503 5.5.1")
+    client.command(b"MAIL FROM:<a@example.com>")
+    for n in range(3):
+        assert client.command(f"RCPT TO:<r{n}@example.org>".encode()).startswith(b"250 2.1.5")
+    assert client.command(b"RCPT TO:<r4@example.org>").startswith(b"452 4.5.3")
+    assert client.command(b"MAIL FROM:<a@example.com>").startswith(b"503 5.5.1")
+    assert client.command(b"RSET").startswith(b"250 2.0.0")
+    assert client.command(b"DATA").startswith(b"503 5.5.1")
+    client.close()
+
+
+def test_other_commands(server: Server) -> None:
+    client = Raw(server.port)
+    assert client.greeting.startswith(b"220 mx.test ESMTP")
+    assert client.command(b"HELO old.test") == b"250 mx.test"
+    assert client.command(b"NOOP") == b"250 2.0.0 Ok"
+    assert client.command(b"VRFY bob").startswith(b"252 2.0.0")
+    assert client.command(b"EXPN staff").startswith(b"502 5.5.1")
+    assert client.command(b"HELP").startswith(b"214-2.0.0")
+    assert client.command(b"FOO bar").startswith(b"500 5.5.2")
+    assert client.command(b"STARTTLS").startswith(b"454 4.7.0")
+    assert client.command(b"ETRN example.org") == b"250 2.0.0 Queuing for node example.org started"
+    assert client.command(b"MAIL FROM:<a@example.com> BODY=BINARYMIME").startswith(b"555 5.5.4")
+    assert client.command(b"MAIL FROM:<j\xc3\xbcrgen@example.com>").startswith(b"553 5.6.7")
+    assert client.command(b"MAIL FROM:<j\xc3\xbcrgen@example.com> SMTPUTF8").startswith(b"250 2.1.0")
+    assert client.command(b"QUIT").startswith(b"221")
+    client.close()
+
+
+def test_line_too_long_and_nul(server: Server) -> None:
+    client = Raw(server.port)
+    client.command(b"EHLO long.test")
+    assert client.command(b"NOOP " + b"x" * 5000).startswith(b"500 5.5.2")
+    assert client.command(b"NOOP\0").startswith(b"500 5.5.2")
+    assert client.command(b"NOOP") == b"250 2.0.0 Ok"
+    client.close()
+
+
+def test_web_requests_are_turned_away(server: Server) -> None:
+    client = Raw(server.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert client.reply().startswith(b"221 2.7.0")
+    assert client.sock.recv(100) == b""
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "smuggled",
+    [
+        b"\n.\n",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r",
+    ],
+)
+def test_smuggling_never_ends_data_and_is_refused(server: Server, smuggled: bytes) -> None:
+    client = Raw(server.port)
+    client.command(b"EHLO smuggle.test")
+    client.command(b"MAIL FROM:<a@example.com>")
+    client.command(b"RCPT TO:<b@example.org>")
+    client.command(b"DATA")
+    client.send(
+        b"Subject: outer\r\n\r\nouter" + smuggled + b"MAIL FROM:<admin@example.com>\r\nRCPT TO:<victim@example.org>\r\n"
+        b"DATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
+    )
+    assert client.reply().startswith(b"550 5.6.0")
+    assert client.command(b"NOOP") == b"250 2.0.0 Ok"
+    client.close()
+
+
+def test_swaks_pipelining(server: Server) -> None:
+    swaks = shutil.which("swaks")
+    if swaks is None:
+        pytest.skip("swaks is not installed (.ci/run installs it)")
+    result = subprocess.run(
+        [swaks, "--server", f"127.0.0.1:{server.port}", "--from", "s@example.com", "--to", "t@example.org",
+         "--pipeline", "--header", "Subject: swaks", "--body", "from swaks"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    message_id = queued_id(next(line for line in result.stdout.splitlines() if "queued as" in line))
+    assert b"from swaks" in stored_body(server, message_id)
+
+
+def test_relay_policy(make_server) -> None:
+    server = make_server({"smtp": {"mynetworks": ["192.0.2.0/24"], "relay_domains": ["example.org", "*.example.net"]}})
+    client = Raw(server.port)
+    client.command(b"EHLO outside.test")
+    client.command(b"MAIL FROM:<a@example.com>")
+    assert client.command(b"RCPT TO:<x@elsewhere.com>") == b"554 5.7.1 Relay access denied"
+    assert client.command(b"RCPT TO:<x@example.org>").startswith(b"250 2.1.5")
+    assert client.command(b"RCPT TO:<x@sub.example.net>").startswith(b"250 2.1.5")
+    assert client.command(b"RCPT TO:<x@example.net>").startswith(b"554 5.7.1")
+    client.close()
+    assert server.stop() == 0
+
+
+def test_rate_limit_holds_across_workers(make_server) -> None:
+    server = make_server({"smtp": {"workers": 2}, "limits": {"connections_per_minute": 6}})
+    greetings = []
+    for _ in range(10):
+        client = Raw(server.port)
+        greetings.append(client.greeting[:9])
+        client.close()
+    assert greetings.count(b"421 4.7.0") == 4 and greetings[:6] == [b"220 mx.te"] * 6
+    # Both workers served some of the six, so the count really is shared.
+    assert server.stop() == 0
+
+
+def test_connections_per_ip(make_server) -> None:
+    server = make_server({"smtp": {"workers": 2, "max_connections_per_ip": 3}})
+    clients = [Raw(server.port) for _ in range(5)]
+    assert [c.greeting[:3] for c in clients].count(b"220") == 3
+    for client in clients:
+        client.close()
+    time.sleep(0.3)
+    assert Raw(server.port).greeting.startswith(b"220")
+    assert server.stop() == 0
+
+
+def test_message_rate_limit(make_server) -> None:
+    server = make_server({"limits": {"messages_per_hour": 2}})
+    client = Raw(server.port)
+    client.command(b"EHLO rate.test")
+    for _ in range(2):
+        assert client.command(b"MAIL FROM:<a@example.com>").startswith(b"250")
+        client.command(b"RSET")
+    assert client.command(b"MAIL FROM:<a@example.com>").startswith(b"421 4.7.0")
+    client.close()
+    assert server.stop() == 0
+
+
+def _add_user(server: Server, name: str, password: str) -> None:
+    result = server.cli("user", "add", name, "--password-stdin", input=password.encode() + b"\n")
+    assert result.returncode == 0, result.stderr
+
+
+def test_starttls_and_auth(make_server, tls_files) -> None:
+    cert, key = tls_files
+    server = make_server(
+        {"smtp": {"tls_cert": str(cert), "tls_key": str(key), "mynetworks": ["192.0.2.0/24"]},
+         "limits": {"auth_failures_per_hour": 3}}
+    )
+    _add_user(server, "alice", "s3cret pass")
+    context = ssl.create_default_context(cafile=str(cert))
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo("tls.test")
+        assert client.has_extn("starttls") and not client.has_extn("auth")
+        assert client.docmd("AUTH", "PLAIN AGFsaWNlAHMzY3JldCBwYXNz")[0] == 538
+        client.starttls(context=context)
+        client.ehlo("tls.test")
+        assert not client.has_extn("starttls") and "PLAIN" in client.esmtp_features["auth"]
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.login("alice", "wrong")
+        assert refused.value.smtp_code == 535
+        client.login("alice", "s3cret pass")
+        errors = client.sendmail("alice@example.com", ["far@elsewhere.com"], b"Subject: relayed\r\n\r\nauthenticated\r\n")
+        assert errors == {}
+
+    async def send_with_aiosmtplib() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, tls_context=context, start_tls=True)
+        await client.connect()
+        await client.login("ALICE", "s3cret pass")
+        await client.sendmail("alice@example.com", ["far@elsewhere.com"], b"Subject: x\r\n\r\ny\r\n")
+        await client.quit()
+
+    asyncio.run(send_with_aiosmtplib())
+    listed = json.loads(server.cli("queue", "list", "--json").stdout)
+    assert [entry["auth_user"] for entry in listed] == ["alice", "alice"]
+    assert all(entry["protocol"] == "ESMTPSA" and entry["tls"].startswith("TLSv1.") for entry in listed)
+    assert server.stop() == 0
+
+
+def test_pipelined_plaintext_after_starttls_is_discarded(make_server, tls_files) -> None:
+    cert, key = tls_files
+    server = make_server({"smtp": {"tls_cert": str(cert), "tls_key": str(key)}})
+    client = Raw(server.port)
+    client.command(b"EHLO inject.test")
+    client.send(b"STARTTLS\r\nMAIL FROM:<injected@example.com>\r\n")
+    assert client.reply().startswith(b"220 2.0.0")
+    context = ssl.create_default_context(cafile=str(cert))
+    secure = context.wrap_socket(client.sock, server_hostname="mx.test")
+    secure.sendall(b"EHLO inject.test\r\n")
+    time.sleep(0.2)
+    secure.recv(4096)
+    # Had the injected MAIL been kept, this would be a nested MAIL (503).
+    secure.sendall(b"MAIL FROM:<a@example.com>\r\n")
+    assert secure.recv(4096).startswith(b"250 2.1.0")
+    secure.close()
+    assert server.stop() == 0
+
+
+def test_submission_requires_auth_and_smtps(make_server, tls_files) -> None:
+    cert, key = tls_files
+    from tests.conftest import free_port
+
+    submission, smtps = free_port(), free_port()
+    server = make_server(
+        {"smtp": {"tls_cert": str(cert), "tls_key": str(key), "submission_listen": [f"127.0.0.1:{submission}"],
+                  "smtps_listen": [f"127.0.0.1:{smtps}"]}}
+    )
+    _add_user(server, "bob", "pw")
+    client = Raw(submission)
+    client.command(b"EHLO sub.test")
+    assert client.command(b"MAIL FROM:<bob@example.com>").startswith(b"530 5.7.0")
+    client.close()
+    context = ssl.create_default_context(cafile=str(cert))
+    with smtplib.SMTP_SSL("127.0.0.1", smtps, context=context) as secure:
+        secure.ehlo("smtps.test")
+        assert not secure.has_extn("starttls")
+        secure.login("bob", "pw")
+        assert secure.sendmail("bob@example.com", ["x@example.org"], b"Subject: s\r\n\r\nimplicit tls\r\n") == {}
+    assert server.stop() == 0
+
+
+def test_proxy_protocol_sets_client_address(make_server) -> None:
+    server = make_server({"smtp": {"proxy_protocol": True, "mynetworks": ["127.0.0.0/8"]}})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+    client = Raw.__new__(Raw)
+    client.sock, client.buffer = sock, b""
+    assert client.reply().startswith(b"220")
+    client.command(b"EHLO proxied.test")
+    client.command(b"MAIL FROM:<a@example.com>")
+    # 203.0.113.7 is outside mynetworks, so relaying is refused: the PROXY address is the one used.
+    assert client.command(b"RCPT TO:<x@elsewhere.com>").startswith(b"554 5.7.1")
+    client.close()
+    assert server.stop() == 0
