@@ -1,0 +1,135 @@
+"""The supervisor and the command line: reload, sd_notify, config checking, queue and user commands."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import tomli_w
+
+from tests.conftest import Server
+from tests.integration.test_ingress import Raw, queued_id
+
+
+def test_sighup_reloads_without_refusing_connections(make_server) -> None:
+    server = make_server({"smtp": {"workers": 2, "max_message_size": 1000}})
+    assert server.process is not None
+    old_workers = set(server.child_pids())
+    client = Raw(server.port)
+    client.command(b"EHLO before.test")
+    settings = server.settings
+    settings["smtp"]["max_message_size"] = 5000
+    server.config_path.write_text(tomli_w.dumps(settings))
+    server.process.send_signal(signal.SIGHUP)
+    # Connections keep being accepted throughout the reload.
+    greetings = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        probe = Raw(server.port)
+        greetings.append(probe.greeting[:3])
+        ehlo = probe.command(b"EHLO probe.test")
+        probe.close()
+        if b"SIZE 5000" in ehlo:
+            break
+    assert b"SIZE 5000" in ehlo
+    assert set(greetings) == {b"220"}
+    # The connection opened before the reload was idle, so the old worker said goodbye with 421.
+    assert client.command(b"NOOP").startswith(b"421 4.3.2")
+    client.close()
+    deadline = time.monotonic() + 10
+    while set(server.child_pids()) & old_workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(server.child_pids()) & old_workers
+    assert server.stop() == 0
+
+
+def test_bad_reload_keeps_running(make_server) -> None:
+    server = make_server()
+    assert server.process is not None
+    server.config_path.write_text("[smtp]\nworkrs = 3\n")
+    server.process.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert Raw(server.port).greeting.startswith(b"220")
+    assert "reload refused" in server.log() and "smtp.workrs" in server.log()
+    assert server.stop() == 0
+
+
+def test_sd_notify_ready_and_stopping(make_server, tmp_path) -> None:
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(15)
+    server = make_server(env={"NOTIFY_SOCKET": str(path)})
+    ready = listener.recv(4096).decode()
+    assert "READY=1" in ready and "STATUS=" in ready
+    assert server.stop() == 0
+    assert "STOPPING=1" in listener.recv(4096).decode()
+    listener.close()
+
+
+def test_check_config(tmp_path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[smtp]\nlisten = ["127.0.0.1:2626"]\nworkers = 3\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "fastmta", "check-config", "--config", str(good)],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "SMTP_MAX_MESSAGE_SIZE": "12345"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert 'listen = [\n    "127.0.0.1:2626",\n]' in result.stdout
+    assert "max_message_size = 12345" in result.stdout and "workers = 3" in result.stdout
+    for text, expected in (
+        ("[smtp]\nworkrs = 3\n", "smtp.workrs"),
+        ("[smtp]\nworkers = 'many'\n", "smtp.workers"),
+        ("[smtp]\nmynetworks = ['nonsense']\n", "smtp.mynetworks"),
+        ('[[routes]]\nmatch = ["*"]\nkind = "smarthost"\n', "routes[0].host"),
+        ("[smtp\n", "not valid TOML"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        result = subprocess.run(
+            [sys.executable, "-m", "fastmta", "check-config", "--config", str(bad)], capture_output=True, text=True
+        )
+        assert result.returncode == 2 and expected in result.stderr, (text, result.stderr)
+
+
+def test_queue_commands_with_server_stopped(make_server) -> None:
+    server = make_server()
+    client = Raw(server.port)
+    client.command(b"EHLO cli.test")
+    client.command(b"MAIL FROM:<a@example.com>")
+    client.command(b"RCPT TO:<b@example.org>")
+    client.command(b"DATA")
+    client.send(b"Subject: cli\r\n\r\nbody\r\n.\r\n")
+    message_id = queued_id(client.reply())
+    client.close()
+    assert server.stop() == 0
+    assert "<b@example.org>  queued" in server.cli("queue", "list").stdout
+    assert server.cli("queue", "hold", message_id).stdout.decode().strip() == f"{message_id}: held"
+    assert json.loads(server.cli("queue", "list", "--json").stdout)[0]["state"] == "held"
+    assert server.cli("queue", "release", message_id).returncode == 0
+    assert json.loads(server.cli("queue", "show", message_id).stdout)["state"] == "active"
+    assert server.cli("queue", "delete", message_id).returncode == 0
+    assert server.cli("queue", "show", message_id).returncode == 1
+    assert json.loads(server.cli("queue", "list", "--json").stdout) == []
+
+
+def test_user_commands(tmp_path) -> None:
+    server = Server(tmp_path, {})
+    assert server.cli("user", "add", "Carol", "--admin", "--password-stdin", input=b"pw1\n").returncode == 0
+    assert server.cli("user", "add", "carol", "--password-stdin", input=b"pw\n").returncode == 1
+    assert server.cli("user", "verify", "carol", "--password-stdin", input=b"pw1\n").returncode == 0
+    assert server.cli("user", "verify", "carol", "--password-stdin", input=b"nope\n").returncode != 0
+    assert server.cli("user", "passwd", "carol", "--password-stdin", input=b"pw2\n").returncode == 0
+    assert server.cli("user", "verify", "carol", "--password-stdin", input=b"pw2\n").returncode == 0
+    assert "disabled" in server.cli("user", "disable", "carol").stdout.decode()
+    assert server.cli("user", "verify", "carol", "--password-stdin", input=b"pw2\n").returncode != 0
+    assert server.cli("user", "quota", "carol", "500").returncode == 0
+    listed = json.loads(server.cli("user", "list", "--json").stdout)
+    assert listed[0]["username"] == "carol" and listed[0]["quota"] == 500 and listed[0]["admin"] is True
+    assert listed[0]["password_hash"] == ""
+    assert server.cli("user", "delete", "carol").returncode == 0
+    assert server.cli("user", "info", "carol").returncode == 1

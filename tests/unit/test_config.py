@@ -1,0 +1,80 @@
+"""Config loading: defaults, TOML, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastmta.config import ConfigError, load, parse_duration, parse_hostport
+
+
+def test_embedded_default() -> None:
+    config = load(environ={})
+    assert config.smtp.listen == ["127.0.0.1:2525"]
+    assert config.admin.listen == "127.0.0.1:8080"
+    assert config.server.data_dir == "./var"
+    assert "127.0.0.0/8" in config.smtp.mynetworks
+    assert config.routes[0].kind == "mx" and config.routes[0].match == ["*"]
+    assert config.delivery.bounce_from == f"MAILER-DAEMON@{config.server.hostname}"
+    assert config.smtp_workers >= 1
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[smtp]\nlisten = ["127.0.0.1:1"]\nmax_recipients = 7\n')
+    config = load(
+        path,
+        environ={
+            "SMTP_HOST": "::1",
+            "SMTP_PORT": "2600",
+            "SMTP_HOSTNAME": "mx.example",
+            "SMTP_ENABLE_AUTH": "yes",
+            "SMTP_HEALTH_PORT": "9100",
+            "SMTP_DATA_DIR": "/srv/q",
+            "FASTMTA_SMTP_MYNETWORKS": "10.0.0.0/8, 192.0.2.0/24",
+            "FASTMTA_LIMITS_MESSAGES_PER_HOUR": "50",
+            "FASTMTA_DELIVERY_MAX_AGE": "2d",
+        },
+    )
+    assert config.smtp.listen == ["[::1]:2600"]
+    assert config.server.hostname == "mx.example" and config.server.data_dir == "/srv/q"
+    assert config.smtp.require_auth is True and config.smtp.max_recipients == 7
+    assert config.admin.listen == "127.0.0.1:9100"
+    assert config.smtp.mynetworks == ["10.0.0.0/8", "192.0.2.0/24"]
+    assert config.limits.messages_per_hour == 50 and config.delivery.max_age == "2d"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[smtp]\nlisten = 5\n", "smtp.listen"),
+        ("[nope]\n", "nope"),
+        ("[smtp]\nlisten = ['127.0.0.1:99999']\n", "smtp.listen"),
+        ("[smtp]\ntls_cert = '/nonexistent'\ntls_key = '/nonexistent'\n", "smtp.tls_cert"),
+        ("[smtp]\ntls_cert = 'x'\n", "tls_key"),
+        ("[delivery]\nretry_schedule = ['soon']\n", "delivery.retry_schedule"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'maildir'\n", "routes[0].path"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'pigeon'\n", "routes"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        load(path, environ={})
+
+
+def test_env_type_error_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="smtp.workers"):
+        load(environ={"FASTMTA_SMTP_WORKERS": "lots"})
+
+
+def test_parsers() -> None:
+    assert parse_duration("90s") == 90 and parse_duration("5m") == 300 and parse_duration("5d") == 432000
+    assert parse_duration("250ms") == 0.25 and parse_duration("12") == 12
+    with pytest.raises(ValueError):
+        parse_duration("5 fortnights")
+    assert parse_hostport("[::1]:25") == ("::1", 25)
+    assert parse_hostport("mx.example.com") == ("mx.example.com", 25)
+    assert parse_hostport("127.0.0.1:2525") == ("127.0.0.1", 2525)

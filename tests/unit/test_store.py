@@ -1,0 +1,108 @@
+"""The queue store and group commit on a real LMDB environment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from fastmta.queue.commit import GroupCommit
+from fastmta.queue.records import HELD, MESSAGE_DECODER, Message, Recipient, new_message_id
+from fastmta.queue.store import CorruptRecord, QueueStore, StoreFullError
+
+
+def message(size: int = 10) -> Message:
+    now = time.time()
+    return Message(
+        id=new_message_id(now), sender="a@b.c", recipients=[Recipient("d@e.f")], received_at=now,
+        size=size, next_attempt=now,
+    )
+
+
+def test_ids_are_unique_and_sortable() -> None:
+    ids = [new_message_id() for _ in range(20000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 and i.isalnum() for i in ids)
+    start = time.time()
+    timed = [new_message_id(start + n / 1000) for n in range(1000)]
+    assert timed == sorted(timed)
+
+
+def test_insert_get_scan_due_hold_release_delete(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 26)
+    first, second = message(), message()
+    store.insert([(first, b"one"), (second, b"two")])
+    assert store.get(first.id) == first and store.body(second.id) == b"two"
+    assert [m.id for m in store.scan()] == [first.id, second.id]
+    assert store.due() == [first.id, second.id]
+    held = store.set_held(first.id, True)
+    assert held is not None and held.state == HELD and store.due() == [second.id]
+    store.set_held(first.id, False)
+    assert sorted(store.due()) == sorted([first.id, second.id])
+    assert store.delete(first.id) and not store.delete(first.id)
+    assert store.get(first.id) is None and store.body(first.id) is None and store.count() == 1
+
+
+def test_store_full_writes_nothing(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 20)
+    with pytest.raises(StoreFullError):
+        store.insert([(message(), b"x" * 200_000) for _ in range(10)])
+    assert store.count() == 0 and store.due() == []
+
+
+def test_corrupt_record_is_reported(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 24)
+    good = message()
+    store.insert([(good, b"ok")])
+    with store.env.begin(write=True) as txn:
+        txn.put(b"0000BROKEN000000", b"\xc1garbage", db=store.messages)
+    entries = list(store.scan())
+    assert any(isinstance(e, CorruptRecord) and e.message_id == "0000BROKEN000000" for e in entries)
+    with pytest.raises(CorruptRecord):
+        store.get("0000BROKEN000000")
+
+
+def test_records_tolerate_unknown_fields() -> None:
+    import msgspec
+
+    raw = msgspec.msgpack.encode({**msgspec.to_builtins(message()), "added_in_a_later_version": 1})
+    assert MESSAGE_DECODER.decode(raw).sender == "a@b.c"
+
+
+def test_group_commit_batches_concurrent_messages(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 26)
+
+    async def main() -> GroupCommit:
+        committer = GroupCommit(store, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        results = [loop.create_future() for _ in range(200)]
+        for result in results:
+            committer.submit(message(), b"body", lambda error, r=result: r.set_result(error))
+        assert [await r for r in results] == [None] * 200
+        await committer.wait_idle()
+        committer.close()
+        return committer
+
+    committer = asyncio.run(main())
+    assert committer.messages == 200 and committer.batches < 20
+    assert store.count() == 200
+
+
+def test_group_commit_reports_store_full(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 20)
+
+    async def main() -> list[BaseException | None]:
+        committer = GroupCommit(store, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        results = [loop.create_future() for _ in range(5)]
+        for result in results:
+            committer.submit(message(), b"y" * 400_000, lambda error, r=result: r.set_result(error))
+        out = [await r for r in results]
+        committer.close()
+        return out
+
+    assert any(isinstance(error, StoreFullError) for error in asyncio.run(main()))
+    with store.env.begin() as txn:
+        assert txn.stat(store.bodies)["entries"] == txn.stat(store.messages)["entries"]
