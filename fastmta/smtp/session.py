@@ -106,7 +106,7 @@ def _split_path(argument: str, keyword: str) -> tuple[str, list[str]]:
             raise R.BadSyntax("Syntax: junk after the address")
     else:
         address, _, params = rest.partition(" ")
-    if address.startswith("@"):
+    if address.startswith("@") and ":" in address:
         # A source route (RFC 5321 C): ignored, as every modern MTA does.
         address = address.partition(":")[2]
     return address, params.split()
@@ -537,6 +537,7 @@ class Session:
             self._pos = len(self._buf)
             return
         self._pos = end
+        self._mode = _COMMAND
         if scanner.overflow:
             self._reset_transaction()
             self._refuse(R.MessageTooBig())

@@ -223,7 +223,7 @@ def test_proxy_header_then_greeting(limiter: RateLimiter) -> None:
 
 
 def test_address_checks(limiter: RateLimiter) -> None:
-    driver = Driver(new_session(limiter))
+    driver = Driver(new_session(limiter, max_errors=20))
     driver.feed(b"EHLO x\r\n")
     for bad in (b"<a b@c.d>", b"<@c.d>", b"<a@>", b"<a@b..c>", b"<noat>"):
         assert driver.feed(b"MAIL FROM:" + bad + b"\r\n").startswith(b"553 5.1.3"), bad

@@ -1,0 +1,125 @@
+"""SMTP AUTH accounts: argon2id-hashed users in the `users` database of queue.lmdb."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import argon2
+import lmdb
+import msgspec
+
+_USERS_DB = b"users"
+# Local part or address characters only: usernames appear in logs, headers and URLs.
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{0,127}")
+
+
+class User(msgspec.Struct, omit_defaults=True):
+    """One account. Fields may be added with defaults; none may be removed or retyped."""
+
+    username: str
+    password_hash: str
+    enabled: bool = True
+    admin: bool = False
+    quota: int = 0  # messages per day; 0 = unlimited
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class AccountError(Exception):
+    """A change to the accounts that cannot be made; the message says why."""
+
+
+class AccountExists(AccountError):
+    def __init__(self) -> None:
+        super().__init__("user already exists")
+
+
+class AccountNotFound(AccountError):
+    def __init__(self) -> None:
+        super().__init__("no such user")
+
+
+class InvalidUsername(AccountError):
+    def __init__(self) -> None:
+        super().__init__("usernames are 1-128 of a-z 0-9 . _ @ + - and start with a letter or digit")
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(User)
+
+
+def normalize(username: str) -> str:
+    name = username.strip().lower()
+    if not _USERNAME.fullmatch(name):
+        raise InvalidUsername()
+    return name
+
+
+class Accounts:
+    """Reads and writes users; every method is one LMDB transaction, so the CLI and running workers agree."""
+
+    def __init__(self, env: lmdb.Environment, hasher: argon2.PasswordHasher | None = None) -> None:
+        self._env = env
+        self._db = env.open_db(_USERS_DB)
+        self._hasher = hasher or argon2.PasswordHasher()
+        # Checked against when the user is unknown, so a wrong username costs as long as a wrong password.
+        self._dummy_hash = self._hasher.hash("fastmta-no-such-user")
+
+    def add(self, username: str, password: str, admin: bool = False, quota: int = 0) -> User:
+        name = normalize(username)
+        now = time.time()
+        user = User(name, self._hasher.hash(password), admin=admin, quota=quota, created_at=now, updated_at=now)
+        with self._env.begin(write=True, db=self._db) as txn:
+            if not txn.put(name.encode(), _ENCODER.encode(user), overwrite=False):
+                raise AccountExists()
+        return user
+
+    def get(self, username: str) -> User | None:
+        try:
+            key = normalize(username).encode()
+        except InvalidUsername:
+            return None
+        with self._env.begin(db=self._db) as txn:
+            raw = txn.get(key)
+        return None if raw is None else _DECODER.decode(raw)
+
+    def list(self) -> list[User]:
+        with self._env.begin(db=self._db) as txn:
+            return [_DECODER.decode(raw) for _, raw in txn.cursor()]
+
+    def set_password(self, username: str, password: str) -> User:
+        return self._change(username, password_hash=self._hasher.hash(password))
+
+    def update(self, username: str, *, enabled: bool | None = None, admin: bool | None = None, quota: int | None = None) -> User:
+        changes = {"enabled": enabled, "admin": admin, "quota": quota}
+        return self._change(username, **{field: value for field, value in changes.items() if value is not None})
+
+    def delete(self, username: str) -> bool:
+        with self._env.begin(write=True, db=self._db) as txn:
+            if not txn.delete(normalize(username).encode()):
+                raise AccountNotFound()
+        return True
+
+    def verify(self, username: str, password: str) -> bool:
+        """True only for an enabled user with this password; upgrades the hash if the parameters changed."""
+        user = self.get(username)
+        try:
+            self._hasher.verify(user.password_hash if user else self._dummy_hash, password)
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+        if user is None or not user.enabled:
+            return False
+        if self._hasher.check_needs_rehash(user.password_hash):
+            self._change(user.username, password_hash=self._hasher.hash(password))
+        return True
+
+    def _change(self, username: str, **changes: object) -> User:
+        key = normalize(username).encode()
+        with self._env.begin(write=True, db=self._db) as txn:
+            raw = txn.get(key)
+            if raw is None:
+                raise AccountNotFound()
+            user = msgspec.structs.replace(_DECODER.decode(raw), updated_at=time.time(), **changes)
+            txn.put(key, _ENCODER.encode(user))
+        return user

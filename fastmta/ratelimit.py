@@ -1,0 +1,153 @@
+"""Per-IP counters in state.lmdb shared by every worker: sliding-window rate limits and open connections.
+
+Rates use the sliding-window counter (the previous fixed window weighted by how much of it still
+overlaps the sliding one, plus the current window): two keys per client and limit, no per-event
+records. Open connections are counted per process as well as in total, so the connections of a
+worker that died can be given back by whoever notices.
+
+The environment is opened without fsync: after a power loss the counters may be a little behind,
+which only makes the limits briefly more lenient; no mail depends on them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import time
+from pathlib import Path
+
+import lmdb
+
+_RATE = struct.Struct(">Qd")  # count, expires_at
+_COUNT = struct.Struct(">q")
+_WINDOW_INDEX = struct.Struct(">Q")
+_TOTAL = b"\0total"
+MAP_SIZE = 256 * 1024 * 1024
+
+
+class RateLimiter:
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=4, sync=False, metasync=False, readahead=False)
+        self._rates = self._env.open_db(b"rates")
+        self._open = self._env.open_db(b"connections")  # per ip, plus _TOTAL
+        self._owners = self._env.open_db(b"connection_owners")  # pid \0 ip -> count
+        self._pid = os.getpid()
+
+    def hit(self, kind: str, key: str, limit: int, window: float, now: float | None = None, amount: int = 1) -> bool:
+        """Counts `amount` events unless that would exceed `limit` per `window`; False means refused."""
+        if limit <= 0:
+            return True
+        now = time.time() if now is None else now
+        index = math.floor(now / window)
+        current_key = _rate_key(kind, key, index)
+        with self._env.begin(write=True, db=self._rates) as txn:
+            current, estimate = self._estimate(txn, kind, key, index, now, window)
+            if estimate + amount > limit:
+                return False
+            txn.put(current_key, _RATE.pack(current + amount, (index + 2) * window))
+        return True
+
+    def count(self, kind: str, key: str, window: float, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        with self._env.begin(db=self._rates) as txn:
+            return self._estimate(txn, kind, key, math.floor(now / window), now, window)[1]
+
+    def _estimate(
+        self, txn: lmdb.Transaction, kind: str, key: str, index: int, now: float, window: float
+    ) -> tuple[int, float]:
+        current = _rate_count(txn.get(_rate_key(kind, key, index)))
+        previous = _rate_count(txn.get(_rate_key(kind, key, index - 1)))
+        overlap = 1.0 - (now / window - index)
+        return current, current + previous * overlap
+
+    def sweep(self, now: float | None = None) -> int:
+        """Deletes windows that no longer count; returns how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self._env.begin(write=True, db=self._rates) as txn:
+            cursor = txn.cursor()
+            more = cursor.first()
+            while more:
+                if _RATE.unpack(cursor.value())[1] < now:
+                    more = cursor.delete()
+                    removed += 1
+                else:
+                    more = cursor.next()
+        return removed
+
+    def connection_opened(self, ip: str) -> tuple[int, int]:
+        """Counts an open connection; returns the open connections from `ip` and in total, this one included."""
+        return self._add_connection(ip, 1)
+
+    def connection_closed(self, ip: str) -> None:
+        self._add_connection(ip, -1)
+
+    def open_connections(self, ip: str | None = None) -> int:
+        with self._env.begin(db=self._open) as txn:
+            return _count(txn.get(_TOTAL if ip is None else ip.encode()))
+
+    def _add_connection(self, ip: str, delta: int) -> tuple[int, int]:
+        owner = _owner_key(self._pid, ip)
+        with self._env.begin(write=True) as txn:
+            _add(txn, self._owners, owner, delta)
+            from_ip = _add(txn, self._open, ip.encode(), delta)
+            total = _add(txn, self._open, _TOTAL, delta)
+        return from_ip, total
+
+    def forget_dead_processes(self) -> int:
+        """Gives back the connections counted by processes that no longer exist; returns how many."""
+        forgotten = 0
+        with self._env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self._owners)
+            more = cursor.first()
+            while more:
+                pid_text, _, ip = cursor.key().decode().partition("\0")
+                if _alive(int(pid_text)):
+                    more = cursor.next()
+                    continue
+                held = _count(cursor.value())
+                _add(txn, self._open, ip.encode(), -held)
+                _add(txn, self._open, _TOTAL, -held)
+                forgotten += held
+                more = cursor.delete()
+        return forgotten
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def _rate_key(kind: str, key: str, index: int) -> bytes:
+    return f"{kind}\0{key}\0".encode() + _WINDOW_INDEX.pack(index)
+
+
+def _rate_count(raw: bytes | None) -> int:
+    return 0 if raw is None else _RATE.unpack(raw)[0]
+
+
+def _owner_key(pid: int, ip: str) -> bytes:
+    return f"{pid}\0{ip}".encode()
+
+
+def _count(raw: bytes | None) -> int:
+    return 0 if raw is None else _COUNT.unpack(raw)[0]
+
+
+def _add(txn: lmdb.Transaction, db: lmdb._Database, key: bytes, delta: int) -> int:
+    value = max(0, _count(txn.get(key, db=db)) + delta)
+    if value:
+        txn.put(key, _COUNT.pack(value), db=db)
+    else:
+        txn.delete(key, db=db)
+    return value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
