@@ -46,13 +46,16 @@ def _when(timestamp: float) -> str:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
+    from fastmta.queue.records import to_document
     from fastmta.queue.store import CorruptRecord
 
     store = _store(args)
     entries = list(store.scan())
     if args.json:
         rows = [
-            {"id": e.message_id, "state": "corrupt", "error": e.reason} if isinstance(e, CorruptRecord) else e
+            {"id": e.message_id, "state": "corrupt", "error": e.reason}
+            if isinstance(e, CorruptRecord)
+            else to_document(e)
             for e in entries
         ]
         sys.stdout.write(_json.encode(rows).decode() + "\n")
@@ -73,6 +76,8 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
+    from fastmta.queue.records import to_document
+
     store = _store(args)
     message = store.get(args.id)
     if message is None:
@@ -81,7 +86,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
     if args.body:
         sys.stdout.buffer.write(store.body(args.id) or b"")
         return 0
-    sys.stdout.write(msgspec.json.format(_json.encode(message).decode(), indent=2) + "\n")
+    sys.stdout.write(msgspec.json.format(_json.encode(to_document(message)).decode(), indent=2) + "\n")
     return 0
 
 

@@ -273,9 +273,14 @@ def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | N
 def _readable(message: str) -> str:
     """msgspec says '... - at `$.smtp.workers`'; operators want 'smtp.workers: ...'."""
     found = re.match(r"^(.*?)(?: - at `\$\.?(.*)`)?$", message)
-    if found and found.group(2):
-        return f"{found.group(2)}: {found.group(1)}"
-    return message
+    if not found:
+        return message
+    problem, where = found.group(1), found.group(2) or ""
+    unknown = re.match(r"Object contains unknown field `(.*)`$", problem)
+    if unknown:
+        key = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+        return f"{key}: unknown setting"
+    return f"{where}: {problem}" if where else problem
 
 
 def to_toml(config: Config) -> str:

@@ -72,6 +72,13 @@ class Message(msgspec.Struct, omit_defaults=True):
     headers_size: int = 0
 
 
+def to_document(message: Message) -> dict[str, object]:
+    """Every field, defaults included: what operators and scripts read, unlike the compact stored form."""
+    document = msgspec.structs.asdict(message)
+    document["recipients"] = [msgspec.structs.asdict(recipient) for recipient in message.recipients]
+    return document
+
+
 MESSAGE_ENCODER = msgspec.msgpack.Encoder()
 MESSAGE_DECODER = msgspec.msgpack.Decoder(Message)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from fastmta import _ext
+from fastmta.accounts import normalize as normalize_username
 from fastmta.queue.records import Message, Recipient, new_message_id
 from fastmta.queue.store import StoreFullError
 from fastmta.smtp import replies as R
@@ -252,7 +253,7 @@ class Session:
         self._action = None
         self._mode = _COMMAND
         if ok:
-            self.auth_user = request.username
+            self.auth_user = normalize_username(request.username)
             self._out.append(R.AUTH_OK)
         else:
             self._limits.record_auth_failure(self.client_ip)

@@ -297,8 +297,8 @@ def test_rate_limit_holds_across_workers(make_server) -> None:
         client = Raw(server.port)
         greetings.append(client.greeting[:9])
         client.close()
-    assert greetings.count(b"421 4.7.0") == 4 and greetings[:6] == [b"220 mx.te"] * 6
-    # Both workers served some of the six, so the count really is shared.
+    # The start-up probe was the first of the six allowed connections.
+    assert greetings[:5] == [b"220 mx.te"] * 5 and greetings[5:] == [b"421 4.7.0"] * 5
     assert server.stop() == 0
 
 

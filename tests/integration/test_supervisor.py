@@ -107,7 +107,7 @@ def test_queue_commands_with_server_stopped(make_server) -> None:
     message_id = queued_id(client.reply())
     client.close()
     assert server.stop() == 0
-    assert "<b@example.org>  queued" in server.cli("queue", "list").stdout
+    assert "<b@example.org>  queued" in server.cli("queue", "list").stdout.decode()
     assert server.cli("queue", "hold", message_id).stdout.decode().strip() == f"{message_id}: held"
     assert json.loads(server.cli("queue", "list", "--json").stdout)[0]["state"] == "held"
     assert server.cli("queue", "release", message_id).returncode == 0
