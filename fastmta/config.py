@@ -60,6 +60,9 @@ class LimitsConfig(_Section):
     messages_per_hour: int = 0
     recipients_per_hour: int = 0
     auth_failures_per_hour: int = 0
+    # As Postfix's smtpd_client_event_limit_exceptions = $mynetworks: the per-IP limits (these and
+    # smtp.max_connections_per_ip) are for strangers, not for the hosts we relay for.
+    exempt_mynetworks: bool = True
 
 
 class DeliveryConfig(_Section):

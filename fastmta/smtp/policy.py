@@ -43,22 +43,35 @@ def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6
 
 
 class ClientLimits:
-    """Per-IP limits shared by every worker through state.lmdb; a limit of 0 costs nothing."""
+    """Per-IP limits shared by every worker through state.lmdb; a limit of 0 costs nothing.
+
+    `exempt` clients skip the per-IP limits but still count towards max_connections.
+    """
 
     def __init__(
-        self, limiter: RateLimiter, limits: LimitsConfig, max_connections: int, max_connections_per_ip: int
+        self,
+        limiter: RateLimiter,
+        limits: LimitsConfig,
+        max_connections: int,
+        max_connections_per_ip: int,
+        exempt: RelayPolicy | None = None,
     ) -> None:
         self._limiter = limiter
         self._limits = limits
         self._max_connections = max_connections
         self._max_per_ip = max_connections_per_ip
+        self._exempt = exempt
+
+    def _limited(self, ip: str) -> bool:
+        return self._exempt is None or not self._exempt.trusted(ip)
 
     def admit(self, ip: str) -> None:
         """Counts a new connection, or raises the refusal the client should hear."""
-        if not self._limiter.hit("connections", ip, self._limits.connections_per_minute, MINUTE):
+        limited = self._limited(ip)
+        if limited and not self._limiter.hit("connections", ip, self._limits.connections_per_minute, MINUTE):
             raise RateLimited("Too many connections from your address, try again later")
         from_ip, total = self._limiter.connection_opened(ip)
-        if total > self._max_connections or from_ip > self._max_per_ip:
+        if total > self._max_connections or (limited and from_ip > self._max_per_ip):
             self._limiter.connection_closed(ip)
             raise TooManyConnections()
 
@@ -66,17 +79,18 @@ class ClientLimits:
         self._limiter.connection_closed(ip)
 
     def check_message(self, ip: str) -> None:
-        if not self._limiter.hit("messages", ip, self._limits.messages_per_hour, HOUR):
+        if self._limited(ip) and not self._limiter.hit("messages", ip, self._limits.messages_per_hour, HOUR):
             raise RateLimited("Too much mail from your address, try again later")
 
     def check_recipient(self, ip: str) -> None:
-        if not self._limiter.hit("recipients", ip, self._limits.recipients_per_hour, HOUR):
+        if self._limited(ip) and not self._limiter.hit("recipients", ip, self._limits.recipients_per_hour, HOUR):
             raise RateLimited("Too many recipients from your address, try again later")
 
     def check_auth_allowed(self, ip: str) -> None:
         limit = self._limits.auth_failures_per_hour
-        if limit > 0 and self._limiter.count("auth_failures", ip, HOUR) >= limit:
+        if limit > 0 and self._limited(ip) and self._limiter.count("auth_failures", ip, HOUR) >= limit:
             raise RateLimited("Too many authentication failures, try again later")
 
     def record_auth_failure(self, ip: str) -> None:
-        self._limiter.hit("auth_failures", ip, self._limits.auth_failures_per_hour, HOUR)
+        if self._limited(ip):
+            self._limiter.hit("auth_failures", ip, self._limits.auth_failures_per_hour, HOUR)

@@ -47,7 +47,14 @@ class Worker:
         self.limiter = RateLimiter(config.data_dir / "state.lmdb")
         self.limiter.forget_dead_processes()
         self.accounts = Accounts(self.store.env)
-        self.limits = ClientLimits(self.limiter, config.limits, smtp.max_connections, smtp.max_connections_per_ip)
+        policy = RelayPolicy(smtp.mynetworks, smtp.relay_domains)
+        self.limits = ClientLimits(
+            self.limiter,
+            config.limits,
+            smtp.max_connections,
+            smtp.max_connections_per_ip,
+            exempt=policy if config.limits.exempt_mynetworks else None,
+        )
         self.tls_context: ssl.SSLContext | None = (
             server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
         )
@@ -61,7 +68,7 @@ class Worker:
             require_tls_for_auth=smtp.require_tls_for_auth,
             tls_available=self.tls_context is not None,
             reject_bare_line_endings=smtp.bare_line_endings == "reject",
-            policy=RelayPolicy(smtp.mynetworks, smtp.relay_domains),
+            policy=policy,
             worker=name,
         )
         self.committer = GroupCommit(self.store, loop)

@@ -291,7 +291,7 @@ def test_relay_policy(make_server) -> None:
 
 
 def test_rate_limit_holds_across_workers(make_server) -> None:
-    server = make_server({"smtp": {"workers": 2}, "limits": {"connections_per_minute": 6}})
+    server = make_server({"smtp": {"workers": 2}, "limits": {"connections_per_minute": 6, "exempt_mynetworks": False}})
     greetings = []
     for _ in range(10):
         client = Raw(server.port)
@@ -302,10 +302,13 @@ def test_rate_limit_holds_across_workers(make_server) -> None:
     assert server.stop() == 0
 
 
-def test_connections_per_ip(make_server) -> None:
-    server = make_server({"smtp": {"workers": 2, "max_connections_per_ip": 3}})
+@pytest.mark.parametrize("exempt_mynetworks", [False, True])
+def test_connections_per_ip(make_server, exempt_mynetworks: bool) -> None:
+    server = make_server(
+        {"smtp": {"workers": 2, "max_connections_per_ip": 3}, "limits": {"exempt_mynetworks": exempt_mynetworks}}
+    )
     clients = [Raw(server.port) for _ in range(5)]
-    assert [c.greeting[:3] for c in clients].count(b"220") == 3
+    assert [c.greeting[:3] for c in clients].count(b"220") == (5 if exempt_mynetworks else 3)
     for client in clients:
         client.close()
     time.sleep(0.3)
@@ -314,7 +317,7 @@ def test_connections_per_ip(make_server) -> None:
 
 
 def test_message_rate_limit(make_server) -> None:
-    server = make_server({"limits": {"messages_per_hour": 2}})
+    server = make_server({"limits": {"messages_per_hour": 2, "exempt_mynetworks": False}})
     client = Raw(server.port)
     client.command(b"EHLO rate.test")
     for _ in range(2):
