@@ -101,18 +101,21 @@ class Accounts:
                 raise AccountNotFound()
         return True
 
-    def verify(self, username: str, password: str) -> bool:
-        """True only for an enabled user with this password; upgrades the hash if the parameters changed."""
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The user, if enabled and this is its password; upgrades the hash if the parameters changed."""
         user = self.get(username)
         try:
             self._hasher.verify(user.password_hash if user else self._dummy_hash, password)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-            return False
+            return None
         if user is None or not user.enabled:
-            return False
+            return None
         if self._hasher.check_needs_rehash(user.password_hash):
-            self._change(user.username, password_hash=self._hasher.hash(password))
-        return True
+            user = self._change(user.username, password_hash=self._hasher.hash(password))
+        return user
+
+    def verify(self, username: str, password: str) -> bool:
+        return self.authenticate(username, password) is not None
 
     def _change(self, username: str, **changes: object) -> User:
         key = normalize(username).encode()

@@ -65,17 +65,12 @@ class RateLimiter:
     def sweep(self, now: float | None = None) -> int:
         """Deletes windows that no longer count; returns how many."""
         now = time.time() if now is None else now
-        removed = 0
         with self._env.begin(write=True, db=self._rates) as txn:
-            cursor = txn.cursor()
-            more = cursor.first()
-            while more:
-                if _RATE.unpack(cursor.value())[1] < now:
-                    more = cursor.delete()
-                    removed += 1
-                else:
-                    more = cursor.next()
-        return removed
+            # Collected first: deleting under a cursor leaves it unpositioned after the last record.
+            expired = [key for key, raw in txn.cursor() if _RATE.unpack(raw)[1] < now]
+            for key in expired:
+                txn.delete(key)
+        return len(expired)
 
     def connection_opened(self, ip: str) -> tuple[int, int]:
         """Counts an open connection; returns the open connections from `ip` and in total, this one included."""
@@ -100,18 +95,16 @@ class RateLimiter:
         """Gives back the connections counted by processes that no longer exist; returns how many."""
         forgotten = 0
         with self._env.begin(write=True) as txn:
-            cursor = txn.cursor(db=self._owners)
-            more = cursor.first()
-            while more:
-                pid_text, _, ip = cursor.key().decode().partition("\0")
+            owners = list(txn.cursor(db=self._owners))
+            for key, raw in owners:
+                pid_text, _, ip = key.decode().partition("\0")
                 if _alive(int(pid_text)):
-                    more = cursor.next()
                     continue
-                held = _count(cursor.value())
+                held = _count(raw)
                 _add(txn, self._open, ip.encode(), -held)
                 _add(txn, self._open, _TOTAL, -held)
+                txn.delete(key, db=self._owners)
                 forgotten += held
-                more = cursor.delete()
         return forgotten
 
     def close(self) -> None:

@@ -7,8 +7,9 @@ from functools import lru_cache
 
 from fastmta.config import LimitsConfig
 from fastmta.ratelimit import RateLimiter
-from fastmta.smtp.replies import RateLimited, TooManyConnections
+from fastmta.smtp.replies import QuotaExceeded, RateLimited, TooManyConnections
 
+DAY = 86400.0
 HOUR = 3600.0
 MINUTE = 60.0
 
@@ -94,3 +95,8 @@ class ClientLimits:
     def record_auth_failure(self, ip: str) -> None:
         if self._limited(ip):
             self._limiter.hit("auth_failures", ip, self._limits.auth_failures_per_hour, HOUR)
+
+    def check_daily_quota(self, username: str, quota: int) -> None:
+        """Per account, not per IP, so no network is exempt from it."""
+        if not self._limiter.hit("quota", username, quota, DAY):
+            raise QuotaExceeded(f"Daily sending quota of {quota} messages reached, try again later")

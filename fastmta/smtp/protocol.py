@@ -7,6 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
+from fastmta.accounts import User
 from fastmta.queue.store import EtrnRequest
 from fastmta.smtp.session import Close, Commit, RecordEtrn, Session, StartTls, Step, VerifyAuth
 from fastmta.smtp.tls import describe
@@ -88,7 +89,7 @@ class SmtpProtocol(asyncio.Protocol):
             transport.close()
         elif isinstance(action, VerifyAuth):
             self._worker.run_blocking(
-                self._worker.accounts.verify, (action.username, action.password), self._auth_verified
+                self._worker.accounts.authenticate, (action.username, action.password), self._auth_verified
             )
         elif isinstance(action, RecordEtrn):
             request = EtrnRequest(action.domain, time.time(), self.session.client_ip if self.session else "")
@@ -104,7 +105,7 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _auth_verified(self, result: object) -> None:
         if self.session is not None and not self.session.closed:
-            self._apply(self.session.auth_verified(result is True))
+            self._apply(self.session.auth_verified(result if isinstance(result, User) else None))
 
     def _etrn_recorded(self, result: object) -> None:
         if isinstance(result, BaseException):

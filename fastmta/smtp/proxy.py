@@ -45,13 +45,12 @@ def _parse_v1(data: bytes) -> tuple[int, Address | None] | None:
     try:
         source = family(fields[2])
         family(fields[3])
-        port = int(fields[4])
-        int(fields[5])
     except ValueError as exc:
         raise ProxyError(f"malformed PROXY v1 address: {exc}") from None
-    if not 0 <= port <= 65535 or not fields[4].isdigit():
-        raise ProxyError("malformed PROXY v1 port")
-    return end + 2, (str(source), port)
+    for port_text in fields[4:6]:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ProxyError("malformed PROXY v1 port")
+    return end + 2, (str(source), int(fields[4]))
 
 
 def _parse_v2(data: bytes) -> tuple[int, Address | None] | None:

@@ -151,6 +151,10 @@ class RateLimited(SmtpReplyError):
     closes = True
 
 
+class QuotaExceeded(SmtpReplyError):
+    code, status, text = 450, "4.7.1", "Daily sending quota reached, try again later"
+
+
 class TooManyConnections(SmtpReplyError):
     code, status, text = 421, "4.7.0", "Too many connections, try again later"
     closes = True

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from fastmta import _ext
-from fastmta.accounts import normalize as normalize_username
+from fastmta.accounts import User
 from fastmta.queue.records import Message, Recipient, new_message_id
 from fastmta.queue.store import StoreFullError
 from fastmta.smtp import replies as R
@@ -193,6 +193,7 @@ class Session:
         self.helo = ""
         self._esmtp = False
         self.auth_user = ""
+        self._daily_quota = 0
         self._auth_step = ""
         self._auth_username = ""
         self.messages_accepted = 0
@@ -247,13 +248,14 @@ class Session:
             self._close_with(R.SHUTTING_DOWN)
         return self._run()
 
-    def auth_verified(self, ok: bool) -> Step:
-        request = self._action
-        assert isinstance(request, VerifyAuth)
+    def auth_verified(self, user: User | None) -> Step:
+        """`user` is the account the credentials belong to, None when they are wrong."""
+        assert isinstance(self._action, VerifyAuth)
         self._action = None
         self._mode = _COMMAND
-        if ok:
-            self.auth_user = normalize_username(request.username)
+        if user is not None:
+            self.auth_user = user.username
+            self._daily_quota = user.quota
             self._out.append(R.AUTH_OK)
         else:
             self._limits.record_auth_failure(self.client_ip)
@@ -268,6 +270,7 @@ class Session:
         self.helo = ""
         self._esmtp = False
         self.auth_user = ""
+        self._daily_quota = 0
         self._reset_transaction()
         return self._run()
 
@@ -466,6 +469,8 @@ class Session:
         if address:
             _check_address(address, "SMTPUTF8" in params)
         self._limits.check_message(self.client_ip)
+        if self._daily_quota:
+            self._limits.check_daily_quota(self.auth_user, self._daily_quota)
         self._sender = address
         self._params = params
         self._out.append(R.SENDER_OK)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from fastmta.accounts import User
 from fastmta.config import LimitsConfig
 from fastmta.queue.store import StoreFullError
 from fastmta.ratelimit import RateLimiter
@@ -46,9 +47,12 @@ def new_session(limiter: RateLimiter, ip: str = "127.0.0.1", limits: LimitsConfi
 class Driver:
     """Feeds a session and plays the shell: commits succeed unless told otherwise."""
 
-    def __init__(self, session: Session, commit_error: BaseException | None = None) -> None:
+    def __init__(
+        self, session: Session, commit_error: BaseException | None = None, user: User = User("alice", "")
+    ) -> None:
         self.session = session
         self.commit_error = commit_error
+        self.user = user
         self.out = b""
         self.commits: list[Commit] = []
         self.closed = False
@@ -69,7 +73,7 @@ class Driver:
             elif isinstance(action, RecordEtrn):
                 step = self.session.etrn_recorded()
             elif isinstance(action, VerifyAuth):
-                step = self.session.auth_verified(action.password == "right")
+                step = self.session.auth_verified(self.user if action.password == "right" else None)
             elif isinstance(action, Close):
                 self.closed = True
                 return
@@ -174,6 +178,18 @@ def test_auth_needs_tls_and_failures_are_limited(limiter: RateLimiter) -> None:
     assert driver.feed(bad).startswith(b"535")
     assert driver.feed(bad).startswith(b"535")
     assert driver.feed(bad).startswith(b"421 4.7.0") and driver.closed
+
+
+def test_daily_quota_of_an_authenticated_user(limiter: RateLimiter) -> None:
+    session = new_session(limiter)
+    session.tls = "TLS"
+    driver = Driver(session, user=User("quota-user", "", quota=2))
+    driver.feed(b"EHLO x\r\nAUTH PLAIN " + base64.b64encode(b"\0quota-user\0right") + b"\r\n")
+    for _ in range(2):
+        assert driver.feed(b"MAIL FROM:<a@b.c>\r\n").startswith(b"250")
+        driver.feed(b"RSET\r\n")
+    assert driver.feed(b"MAIL FROM:<a@b.c>\r\n").startswith(b"450 4.7.1 Daily sending quota of 2")
+    assert not driver.closed
 
 
 def test_too_many_errors_closes(limiter: RateLimiter) -> None:
