@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -114,6 +115,8 @@ def _split_path(argument: str, keyword: str) -> tuple[str, list[str]]:
 
 
 def _closing_bracket(text: str) -> int:
+    if '"' not in text and "\\" not in text:
+        return text.find(">")
     quoted = False
     escaped = False
     for index in range(1, len(text)):
@@ -129,8 +132,11 @@ def _closing_bracket(text: str) -> int:
     return -1
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+
 def _check_address(address: str, smtputf8: bool) -> None:
-    if len(address) > 254 or any(ord(c) < 32 or c == "\x7f" for c in address):
+    if len(address) > 254 or _CONTROL_CHARACTER.search(address):
         raise R.BadAddress()
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain or len(local) > 64:
