@@ -63,6 +63,7 @@ class Stats:
     latencies: array = field(default_factory=lambda: array("q"))
     ids: list[bytes] = field(default_factory=list)
     first_start: float = 0.0
+    started_at: float = 0.0  # first_start on the wall clock, to line up with other processes' timestamps
     last_done: float = 0.0
 
     def fail(self, reason: str) -> None:
@@ -448,6 +449,7 @@ async def run(load: Load, progress: array | None = None, slot: int = 0) -> tuple
     if progress is not None:
         report_progress(runner, progress, slot)
     stats.first_start = time.perf_counter()
+    stats.started_at = time.time()
     if load.rate is not None:
         runner.produce(stats.first_start)
     await asyncio.gather(*(session_slot(runner) for _ in range(load.sessions)))

@@ -35,6 +35,7 @@ class Part:
     histogram: bytes
     ids: list[bytes]
     first_start: float
+    started_at: float
     last_done: float
     fatal: str | None
 
@@ -162,9 +163,9 @@ def histogram_of(latencies) -> HdrHistogram:
 def pack(stats: Stats, fatal: str | None) -> Part:
     return Part(
         accepted=stats.accepted, failed=stats.failed, bytes=stats.bytes, connections=stats.connections,
-        errors={k.decode(errors="replace"): v for k, v in stats.errors.items()},
+        errors=dict(stats.errors),
         histogram=histogram_of(stats.latencies).encode(), ids=stats.ids,
-        first_start=stats.first_start, last_done=stats.last_done, fatal=fatal,
+        first_start=stats.first_start, started_at=stats.started_at, last_done=stats.last_done, fatal=fatal,
     )
 
 
@@ -194,6 +195,7 @@ def merge(parts: list[Part]) -> dict:
         "messages_failed": sum(p.failed for p in parts),
         "connections": sum(p.connections for p in parts),
         "seconds": round(seconds, 4),
+        "started_at": min(p.started_at for p in parts),
         "messages_per_second": round(accepted / seconds, 1) if seconds else 0.0,
         "bytes_per_second": round(total_bytes / seconds, 1) if seconds else 0.0,
         "bytes_accepted": total_bytes,

@@ -1,0 +1,197 @@
+"""The servers compare.py measures: how each starts on a loopback port, how durable it is, how it stops."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from postfix import Instance
+
+BENCH = Path(__file__).resolve().parent
+READY_SECONDS = 20.0
+STOP_SECONDS = 30.0
+
+
+class NotAvailable(Exception):
+    """This target cannot run this scenario here; the message says why."""
+
+
+@dataclass
+class Running:
+    """A started target: its port, the root of the process tree charged for CPU, and how to stop it."""
+
+    name: str
+    port: int
+    pid: int
+    process: subprocess.Popen[bytes] | None = None
+    postfix: Instance | None = None
+    cleanup: Path | None = None
+
+    def stop(self) -> None:
+        if self.postfix is not None:
+            self.postfix.stop()
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.cleanup is not None:
+            shutil.rmtree(self.cleanup, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_greeting(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until the port answers 220; fails early if the server process died."""
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode} before answering")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if sock.recv(512).startswith(b"220"):
+                    sock.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"no SMTP greeting on 127.0.0.1:{port} within {READY_SECONDS:.0f} s")
+
+
+def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def started(name: str, port: int, process: subprocess.Popen[bytes], cleanup: Path | None = None) -> Running:
+    running = Running(name, port, process.pid, process=process, cleanup=cleanup)
+    try:
+        wait_for_greeting(port, process)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+class Target:
+    """A server under test. `durability` is printed next to every number measured on it."""
+
+    name = ""
+    durability = ""
+    relays = False  # can it run the end-to-end relay scenario?
+
+    def missing(self) -> str | None:
+        """Why this target cannot run on this machine at all, or None."""
+        return None
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None) -> Running:
+        raise NotImplementedError
+
+
+class FastMTA(Target):
+    name = "fastmta"
+    durability = "fsync before 250"
+    relays = True
+
+    def executable(self) -> str | None:
+        beside_python = Path(sys.executable).parent / "fastmta"
+        return str(beside_python) if beside_python.exists() else shutil.which("fastmta")
+
+    def missing(self) -> str | None:
+        return None if self.executable() else "the fastmta command is not installed (make dev)"
+
+    def config(self, workdir: Path, port: int, relay_port: int | None) -> str:
+        lines = [
+            "[server]",
+            f'data_dir = "{workdir / "var"}"',
+            "[smtp]",
+            f'listen = ["127.0.0.1:{port}"]',
+            'mynetworks = ["127.0.0.0/8"]',
+            "[admin]",
+            f'listen = "127.0.0.1:{free_port()}"',
+            "[delivery]",
+            f"workers = {1 if relay_port else 0}",
+        ]
+        if relay_port:
+            lines += [
+                "[[routes]]",
+                'match = ["*"]',
+                'kind = "smarthost"',
+                'host = "127.0.0.1"',
+                f"port = {relay_port}",
+                'tls = "none"',
+            ]
+        return "\n".join(lines) + "\n"
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None) -> Running:
+        executable = self.executable()
+        assert executable is not None
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "fastmta.toml"
+        config.write_text(self.config(workdir, port, relay_port))
+        process = spawn([executable, "serve", "--config", str(config)], workdir / "fastmta.log")
+        return started(self.name, port, process, cleanup=workdir / "var")
+
+
+class Postfix(Target):
+    name = "postfix"
+    durability = "fsync before 250 (queue file)"
+    relays = True
+
+    def missing(self) -> str | None:
+        return None if shutil.which("postfix") else "Postfix is not installed (apt-get install postfix)"
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None) -> Running:
+        instance = Instance(workdir / "postfix", port, "relay" if relay_port else "hold", relay_port)
+        pid = instance.start()
+        running = Running(self.name, port, pid, postfix=instance)
+        try:
+            wait_for_greeting(port)
+        except BaseException:
+            running.stop()
+            raise
+        return running
+
+
+class Aiosmtpd(Target):
+    name = "aiosmtpd"
+    durability = "none: discards"
+
+    def missing(self) -> str | None:
+        try:
+            import aiosmtpd  # noqa: F401
+        except ImportError:
+            return "aiosmtpd is not installed (pip install -e '.[bench]')"
+        return None
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None) -> Running:
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(BENCH / "aiosmtpd_discard.py"), f"127.0.0.1:{port}"]
+        return started(self.name, port, spawn(command, workdir / "aiosmtpd.log"))
+
+
+class SmtpSink(Target):
+    name = "smtp-sink"
+    durability = "none: discards (protocol limit)"
+
+    def missing(self) -> str | None:
+        return None if shutil.which("smtp-sink") else "smtp-sink is not installed (it comes with postfix)"
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None) -> Running:
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = ["smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1024"]  # -u: it refuses to run as root
+        return started(self.name, port, spawn(command, workdir / "smtp-sink.log"))
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink())}
