@@ -367,6 +367,7 @@ def environment() -> dict:
         "aiosmtpd": package("aiosmtpd"),
         "fastmta": package("fastmta"),
         "fastmta_commit": version(["git", "-C", str(BENCH), "rev-parse", "--short", "HEAD"]),
+        "fastmta_uncommitted": version(["git", "-C", str(BENCH.parent), "status", "--porcelain", "fastmta"]) != "",
     }
 
 
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     targets = choose(args.targets, TARGETS, "target", p)
     scenarios = choose(args.scenarios, SCENARIOS, "scenario", p)
-    out = args.out or BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")
+    out = (args.out or BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")).resolve()  # Postfix needs absolute paths
     out.mkdir(parents=True, exist_ok=True)
     client = (SourceClient if args.client == "source.py" else SmtpSourceClient)(args.sessions, args.duration)
 

@@ -108,7 +108,8 @@ class Instance:
     def postfix(self, *command: str) -> None:
         result = subprocess.run(["postfix", "-c", str(self.config_dir), *command], capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"postfix {' '.join(command)} failed: {result.stderr.strip() or result.stdout.strip()}")
+            why = result.stderr.strip() or result.stdout.strip() or "it logs why to syslog, or to a terminal"
+            raise RuntimeError(f"postfix -c {self.config_dir} {' '.join(command)} failed: {why}")
 
     def start(self) -> int:
         """Write the config, start the master, and return its PID once the port answers."""
@@ -155,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    instance = Instance(args.root, args.port, args.mode, args.relay_port)
+    instance = Instance(args.root.resolve(), args.port, args.mode, args.relay_port)  # Postfix needs absolute paths
     if args.action == "up":
         pid = instance.start()
         print(f"postfix ({args.mode}) on 127.0.0.1:{args.port}, master PID {pid}; stop: {sys.argv[0]} down {args.root}")
