@@ -1,0 +1,274 @@
+"""Known answers for the hot path, checked on each implementation, so the twins cannot agree on a wrong result."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+
+from tests.ext.implementations import ParseHeaders, ScannerClass, SplitLines, both
+from tests.ext.strategies import Read, data_reads, thorough
+
+with_split_lines = pytest.mark.parametrize("split_lines", both("lines", "split_lines"))
+with_scanner = pytest.mark.parametrize("scanner_class", both("data", "DataScanner"))
+with_parse_headers = pytest.mark.parametrize("parse_headers", both("headers", "parse_headers"))
+
+NOT_CONTIGUOUS = memoryview(b"EHLO x\r\n" * 2)[::2]
+
+
+def scan_whole(scanner_class: ScannerClass, stream: bytes, limit: int = 1 << 20) -> tuple[bytes, int, bool]:
+    scanner = scanner_class(limit)
+    end = scanner.feed(stream)
+    return scanner.body, end, scanner.bare_eol
+
+
+# --- split_lines ---------------------------------------------------------------------------------------------
+
+
+@with_split_lines
+def test_pipelined_commands_split_and_the_partial_tail_waits(split_lines: SplitLines) -> None:
+    assert split_lines(b"EHLO a\r\nMAIL FROM:<x>\r\nRCPT", 0, 512) == ([b"EHLO a", b"MAIL FROM:<x>"], [8, 23])
+
+
+@with_split_lines
+def test_a_bare_lf_ends_a_command_and_only_the_cr_right_before_it_is_dropped(split_lines: SplitLines) -> None:
+    assert split_lines(b"NOOP\nA\rB\r\n\r\r\n", 0, 512) == ([b"NOOP", b"A\rB", b"\r"], [5, 10, 13])
+
+
+@with_split_lines
+def test_splitting_starts_at_the_offset(split_lines: SplitLines) -> None:
+    assert split_lines(b"EHLO a\r\nNOOP\r\n", 8, 512) == ([b"NOOP"], [14])
+    assert split_lines(b"EHLO a\r\n", 8, 512) == ([], [])
+
+
+@with_split_lines
+def test_line_length_limit_counts_the_content_without_its_line_break(split_lines: SplitLines) -> None:
+    assert split_lines(b"abcd\r\nabcde\r\n", 0, 4) == ([b"abcd", None], [6, 13])
+
+
+@with_split_lines
+def test_an_unterminated_tail_is_refused_only_once_it_is_over_the_limit(split_lines: SplitLines) -> None:
+    assert split_lines(b"NOOP\r\nabcd", 0, 4) == ([b"NOOP"], [6])
+    assert split_lines(b"NOOP\r\nabcde", 0, 4) == ([b"NOOP", None], [6, 11])
+
+
+@with_split_lines
+def test_split_lines_refuses_bad_arguments(split_lines: SplitLines) -> None:
+    with pytest.raises(ValueError, match="outside the buffer"):
+        split_lines(b"NOOP\r\n", 7, 512)
+    with pytest.raises(ValueError, match="outside the buffer"):
+        split_lines(b"NOOP\r\n", -1, 512)
+    with pytest.raises(ValueError, match="max_line"):
+        split_lines(b"NOOP\r\n", 0, -1)
+    with pytest.raises(BufferError):
+        split_lines(NOT_CONTIGUOUS, 0, 512)
+
+
+# --- DataScanner ---------------------------------------------------------------------------------------------
+
+
+@with_scanner
+def test_dot_stuffing_is_removed(scanner_class: ScannerClass) -> None:
+    stream = b"a\r\n..b\r\n.\r\n"
+    assert scan_whole(scanner_class, stream) == (b"a\r\n.b\r\n", len(stream), False)
+
+
+@with_scanner
+def test_a_lone_dot_line_at_the_very_start_is_an_empty_message(scanner_class: ScannerClass) -> None:
+    assert scan_whole(scanner_class, b".\r\n") == (b"", 3, False)
+
+
+@with_scanner
+def test_bytes_after_the_terminator_are_not_consumed(scanner_class: ScannerClass) -> None:
+    assert scan_whole(scanner_class, b"a\r\n.\r\nQUIT\r\n") == (b"a\r\n", 6, False)
+
+
+@pytest.mark.parametrize(
+    "smuggled",
+    [b"a\n.\n", b"a\r\n.\n", b"a\n.\r\n", b"a\r.\r\n", b"a\r\n.\r", b"a\r\n.\rX\r\n"],
+    ids=["lf-dot-lf", "crlf-dot-lf", "lf-dot-crlf", "cr-dot-crlf", "crlf-dot-cr", "crlf-dot-cr-x"],
+)
+@with_scanner
+def test_bare_line_endings_never_end_data(scanner_class: ScannerClass, smuggled: bytes) -> None:
+    scanner = scanner_class(1 << 20)
+    assert scanner.feed(smuggled) == -1
+    assert not scanner.done
+
+
+@with_scanner
+def test_bare_lf_is_data_and_is_flagged(scanner_class: ScannerClass) -> None:
+    stream = b"a\n.\n\r\n.\r\n"
+    assert scan_whole(scanner_class, stream) == (b"a\n.\n\r\n", len(stream), True)
+
+
+@with_scanner
+def test_a_held_back_cr_after_a_line_start_dot_is_kept_when_no_lf_follows(scanner_class: ScannerClass) -> None:
+    stream = b"a\r\n.\rX\r\n.\r\n"
+    assert scan_whole(scanner_class, stream) == (b"a\r\n\rX\r\n", len(stream), True)
+
+
+@with_scanner
+def test_nul_and_non_ascii_bytes_pass_through(scanner_class: ScannerClass) -> None:
+    stream = b"a\x00b\xff\r\n.\r\n"
+    assert scan_whole(scanner_class, stream) == (b"a\x00b\xff\r\n", len(stream), False)
+
+
+@with_scanner
+def test_bytes_over_the_limit_are_counted_but_not_kept(scanner_class: ScannerClass) -> None:
+    scanner = scanner_class(4)
+    assert scanner.feed(b"ab\r\n..cd\r\n.\r\n") == 13
+    assert (scanner.body, scanner.size, scanner.overflow, scanner.done) == (b"ab\r\n", 9, True, True)
+
+
+@with_scanner
+def test_a_body_of_exactly_the_limit_does_not_overflow(scanner_class: ScannerClass) -> None:
+    scanner = scanner_class(4)
+    scanner.feed(b"ab\r\n.\r\n")
+    assert (scanner.body, scanner.size, scanner.overflow) == (b"ab\r\n", 4, False)
+
+
+@with_scanner
+def test_the_body_so_far_is_readable_between_feeds(scanner_class: ScannerClass) -> None:
+    scanner = scanner_class(1 << 20)
+    assert scanner.feed(b"ab\r\n.") == -1
+    assert scanner.body == b"ab\r\n"
+    assert scanner.feed(b"x\r\n.\r") == -1
+    assert scanner.body == b"ab\r\nx\r\n"
+    assert scanner.feed(b"\n") == 1
+    assert scanner.body == b"ab\r\nx\r\n"
+
+
+@with_scanner
+def test_feeding_starts_at_the_offset(scanner_class: ScannerClass) -> None:
+    scanner = scanner_class(1 << 20)
+    assert scanner.feed(bytearray(b"DATA\r\nbody\r\n.\r\nQUIT"), 6) == 15
+    assert scanner.body == b"body\r\n"
+
+
+@with_scanner
+def test_every_split_of_a_stream_gives_the_same_body_and_leftover(scanner_class: ScannerClass) -> None:
+    stream = b"a\r\n..b\r\n.c\r\n.\r\nQUIT\r\n"
+    for first in range(len(stream) + 1):
+        for second in range(first, len(stream) + 1):
+            scanner = scanner_class(1 << 20)
+            leftover = b""
+            for chunk in (stream[:first], stream[first:second], stream[second:]):
+                if scanner.done:
+                    leftover += chunk
+                elif (end := scanner.feed(chunk)) >= 0:
+                    leftover = chunk[end:]
+            assert (scanner.body, leftover, scanner.bare_eol) == (b"a\r\n.b\r\nc\r\n", b"QUIT\r\n", False), (first, second)
+
+
+@thorough
+@given(data_reads)
+@with_scanner
+def test_any_split_of_a_stream_gives_what_one_read_gives(scanner_class: ScannerClass, reads: list[Read]) -> None:
+    stream = b"".join(read.new for read in reads)
+    whole = scanner_class(1 << 20)
+    end = whole.feed(stream)
+    pieces = scanner_class(1 << 20)
+    leftover = b""
+    for read in reads:
+        if pieces.done:
+            leftover += read.new
+        elif (read_end := pieces.feed(read.buffer(), len(read.consumed))) >= 0:
+            leftover = read.new[read_end - len(read.consumed) :]
+    assert (pieces.body, pieces.size, pieces.bare_eol, pieces.done) == (whole.body, whole.size, whole.bare_eol, whole.done)
+    assert leftover == (stream[end:] if end >= 0 else b"")
+
+
+@with_scanner
+def test_a_large_body_is_kept_up_to_the_limit(scanner_class: ScannerClass) -> None:
+    line = b"x" * 998 + b"\r\n"
+    scanner = scanner_class(50_000)
+    for _ in range(100):
+        assert scanner.feed(line) == -1
+    assert scanner.feed(b".\r\n") == 3
+    assert (scanner.body, scanner.size, scanner.overflow) == ((line * 50)[:50_000], 100_000, True)
+
+
+@with_scanner
+def test_scanner_refuses_bad_arguments_and_feeding_past_the_end(scanner_class: ScannerClass) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        scanner_class(-1)
+    scanner = scanner_class(100)
+    with pytest.raises(ValueError, match="outside the buffer"):
+        scanner.feed(b"abc", 4)
+    with pytest.raises(BufferError):
+        scanner.feed(NOT_CONTIGUOUS)
+    scanner.feed(b".\r\n")
+    with pytest.raises(RuntimeError):
+        scanner.feed(b"more")
+
+
+# --- parse_headers -------------------------------------------------------------------------------------------
+
+
+@with_parse_headers
+def test_wanted_fields_are_read_up_to_the_empty_line(parse_headers: ParseHeaders) -> None:
+    block = b"Received: by mx\r\nFrom: a@b\r\nTo: c@d\r\nSubject: hi\r\n\r\n"
+    assert parse_headers(block + b"To: body@not.header\r\n") == ({"from": "a@b", "to": "c@d", "subject": "hi"}, len(block))
+
+
+@with_parse_headers
+def test_names_match_in_any_case(parse_headers: ParseHeaders) -> None:
+    assert parse_headers(b"MESSAGE-id: <x@y>\r\nX-Priority: 1\r\n\r\n")[0] == {"message-id": "<x@y>", "x-priority": "1"}
+
+
+@with_parse_headers
+def test_unfolding_drops_the_line_break_and_keeps_the_leading_blank(parse_headers: ParseHeaders) -> None:
+    assert parse_headers(b"Subject: one\r\n two\r\n\tthree \r\n\r\n")[0] == {"subject": "one two\tthree"}
+
+
+@with_parse_headers
+def test_the_first_occurrence_wins_and_a_later_ones_continuation_is_ignored(parse_headers: ParseHeaders) -> None:
+    assert parse_headers(b"To: a\r\nTo: b\r\n c\r\n\r\n")[0] == {"to": "a"}
+
+
+@with_parse_headers
+def test_values_are_decoded_as_utf8_with_replacement(parse_headers: ParseHeaders) -> None:
+    assert parse_headers(b"Subject: caf\xc3\xa9 \xff\r\n\r\n")[0] == {"subject": "caf\u00e9 \ufffd"}
+
+
+@with_parse_headers
+def test_an_empty_value_is_an_empty_string(parse_headers: ParseHeaders) -> None:
+    block = b"To:\r\nFrom: \r\n\r\n"
+    assert parse_headers(block) == ({"to": "", "from": ""}, len(block))
+
+
+@with_parse_headers
+def test_bare_lf_line_endings_are_accepted(parse_headers: ParseHeaders) -> None:
+    block = b"To: a\nFrom: b\n\n"
+    assert parse_headers(block + b"body") == ({"to": "a", "from": "b"}, len(block))
+
+
+@with_parse_headers
+def test_a_block_without_an_empty_line_ends_at_the_buffer_end(parse_headers: ParseHeaders) -> None:
+    assert parse_headers(b"To: a\r\nSubject: b") == ({"to": "a", "subject": "b"}, 17)
+    assert parse_headers(b"") == ({}, 0)
+
+
+@pytest.mark.parametrize(
+    ("data", "end"),
+    [
+        (b"To: a\r\nnot a header\r\nSubject: b\r\n", 7),
+        (b"To: a\r\nSubject : b\r\n", 7),
+        (b"To: a\r\nSubj\xc3\xa9ct: b\r\n", 7),
+        (b"To: a\r\n: b\r\n", 7),
+    ],
+    ids=["no-colon", "space-before-colon", "non-ascii-name", "empty-name"],
+)
+@with_parse_headers
+def test_the_block_ends_at_the_first_line_that_is_not_a_field(parse_headers: ParseHeaders, data: bytes, end: int) -> None:
+    assert parse_headers(data) == ({"to": "a"}, end)
+
+
+@with_parse_headers
+def test_a_continuation_before_any_field_ends_the_block_at_once(parse_headers: ParseHeaders) -> None:
+    assert parse_headers(b" folded\r\nTo: a\r\n\r\n") == ({}, 0)
+
+
+@with_parse_headers
+def test_parse_headers_refuses_a_non_contiguous_buffer(parse_headers: ParseHeaders) -> None:
+    with pytest.raises(BufferError):
+        parse_headers(NOT_CONTIGUOUS)
