@@ -100,14 +100,47 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
 
 def _hold(held: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        message = _store(args).set_held(args.id, held)
+        store = _store(args)
+        message = store.set_held(args.id, held)
         if message is None:
             print(f"no message {args.id}", file=sys.stderr)
             return 1
+        if not held:
+            _wake_runners(args)
         print(f"{args.id}: {message.state}")
         return 0
 
     return command
+
+
+def _wake_runners(args: argparse.Namespace) -> None:
+    from fastmta.queue.wakeup import Poker
+
+    poker = Poker(_load(args).data_dir)
+    poker.poke()
+    poker.close()
+
+
+def cmd_queue_flush(args: argparse.Namespace) -> int:
+    from fastmta.queue.schedule import Scheduler
+
+    count = Scheduler(_store(args)).make_due()
+    _wake_runners(args)
+    print(f"{count} messages due now")
+    return 0
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    from fastmta.queue.schedule import Scheduler
+
+    store = _store(args)
+    if store.get(args.id) is None:
+        print(f"no message {args.id}", file=sys.stderr)
+        return 1
+    Scheduler(store).make_due([args.id])
+    _wake_runners(args)
+    print(f"{args.id}: due now")
+    return 0
 
 
 # ----- users ----------------------------------------------------------------------------------
@@ -218,10 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     show.add_argument("--body", action="store_true", help="print the stored message instead of its record")
     show.set_defaults(func=cmd_queue_show)
-    for name, func in (("delete", cmd_queue_delete), ("hold", _hold(True)), ("release", _hold(False))):
+    for name, func in (
+        ("delete", cmd_queue_delete),
+        ("hold", _hold(True)),
+        ("release", _hold(False)),
+        ("retry", cmd_queue_retry),
+    ):
         sub = queue.add_parser(name, parents=[common])
         sub.add_argument("id")
         sub.set_defaults(func=func)
+    queue.add_parser("flush", parents=[common], help="make all deferred mail due now").set_defaults(func=cmd_queue_flush)
 
     password = argparse.ArgumentParser(add_help=False)
     password.add_argument("--password-stdin", action="store_true", help="read the password from standard input")

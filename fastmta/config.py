@@ -70,6 +70,15 @@ class DeliveryConfig(_Section):
     retry_schedule: list[str] = msgspec.field(default_factory=lambda: ["1m", "5m", "15m", "1h", "4h"])
     max_age: str = "5d"
     bounce_from: str = ""
+    # How many messages a runner claims at once, and for how long before another runner may retry them.
+    batch_size: int = 100
+    lease_time: str = "10m"
+    # Messages one runner sends at the same time, across all destinations.
+    concurrency: int = 200
+    connect_timeout: str = "30s"
+    command_timeout: str = "5m"
+    # "host" or "host:port"; empty means the system resolver (/etc/resolv.conf).
+    dns_servers: list[str] = msgspec.field(default_factory=list)
 
 
 class RouteConfig(_Section):
@@ -136,6 +145,21 @@ def parse_duration(text: str) -> float:
     if not found:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 4h, 5d)")
     return float(found.group(1)) * _DURATION_UNITS[found.group(2)]
+
+
+def parse_rate(text: str) -> float:
+    """'100/s', '600/m', '1000/h' -> events per second; '' means unlimited (0)."""
+    if not text:
+        return 0.0
+    count, _, unit = text.partition("/")
+    per = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}.get(unit.strip())
+    try:
+        value = float(count)
+    except ValueError:
+        value = -1.0
+    if per is None or value <= 0:
+        raise ValueError(f"not a rate: {text!r} (use e.g. 100/s, 600/m, 1000/h)")
+    return value / per
 
 
 def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
@@ -223,7 +247,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("smtp.max_line_length: RFC 5321 needs at least 512")
     if config.delivery.workers < 0:
         raise ConfigError("delivery.workers: must be 0 or more")
-    for key in ("retry_schedule", "max_age"):
+    for key in ("batch_size", "concurrency"):
+        if getattr(config.delivery, key) <= 0:
+            raise ConfigError(f"delivery.{key}: must be a positive number")
+    for key in ("retry_schedule", "max_age", "lease_time", "connect_timeout", "command_timeout"):
         values = getattr(config.delivery, key)
         for value in values if isinstance(values, list) else [values]:
             try:
@@ -242,6 +269,22 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{where}.host: a smarthost route needs a host")
         if route.kind == "maildir" and not route.path:
             raise ConfigError(f"{where}.path: a maildir route needs a path")
+        try:
+            parse_rate(route.rate)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.rate: {exc}") from None
+        for address in route.source_ips:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(f"{where}.source_ips: not an IP address: {address!r}") from None
+        if route.max_connections <= 0 or route.max_messages_per_connection <= 0:
+            raise ConfigError(f"{where}.max_connections: must be a positive number")
+    for address in config.delivery.dns_servers:
+        try:
+            parse_hostport(address, 53)
+        except ValueError as exc:
+            raise ConfigError(f"delivery.dns_servers: {exc}") from None
 
 
 def _finish(config: Config) -> Config:

@@ -32,6 +32,12 @@ _RESTART_DELAY_MAX = 30.0
 _HEALTHY_AFTER = 30.0
 
 
+def _delivery_role(config: Config, name: str) -> int:
+    from fastmta.delivery import runner
+
+    return runner.run(config, name)
+
+
 def notify(state: str) -> None:
     """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, when systemd set it."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -129,6 +135,7 @@ class Supervisor:
         specs = []
         for slot, sockets in enumerate(self.listeners.per_slot):
             specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, (sockets,), sockets))
+        specs += [ChildSpec(f"delivery-{n}", _delivery_role) for n in range(self.config.delivery.workers)]
         return specs
 
     def spawn(self, spec: ChildSpec) -> None:

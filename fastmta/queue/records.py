@@ -16,11 +16,12 @@ import time
 
 import msgspec
 
-# Recipient states: each recipient moves from queued to exactly one of the settled states.
+# Recipient states: queued, then deferred any number of times, then exactly one of the settled states.
 QUEUED = "queued"
 DEFERRED = "deferred"
 DELIVERED = "delivered"
 FAILED = "failed"
+SETTLED = frozenset({DELIVERED, FAILED})
 
 # Message states: held messages stay out of the schedule until released.
 ACTIVE = "active"
@@ -36,6 +37,8 @@ class Recipient(msgspec.Struct, omit_defaults=True):
     last_reply: str = ""
     next_attempt: float = 0.0
     updated_at: float = 0.0
+    remote_host: str = ""
+    delay_notified: bool = False
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -70,6 +73,9 @@ class Message(msgspec.Struct, omit_defaults=True):
     user_id: str = ""
     priority: str = ""
     headers_size: int = 0
+    # A delivery runner's claim: until lease_until nobody else sends this message.
+    lease_owner: str = ""
+    lease_until: float = 0.0
 
 
 def to_document(message: Message) -> dict[str, object]:

@@ -61,6 +61,10 @@ def schedule_key(when: float, message_id: str) -> bytes:
     return _SCHEDULE_TIME.pack(int(when * 1000)) + message_id.encode()
 
 
+def scheduled_id(key: bytes) -> str:
+    return key[_SCHEDULE_TIME.size :].decode()
+
+
 class QueueStore:
     def __init__(self, data_dir: Path, map_size: int) -> None:
         self.env = open_env(data_dir / "queue.lmdb", map_size)
@@ -77,13 +81,37 @@ class QueueStore:
         try:
             with self.env.begin(write=True) as txn:
                 for message, body in batch:
-                    key = message.id.encode()
-                    txn.put(key, MESSAGE_ENCODER.encode(message), db=self.messages)
-                    txn.put(key, body, db=self.bodies)
-                    if message.state == ACTIVE:
-                        txn.put(schedule_key(message.next_attempt, message.id), b"", db=self.schedule)
+                    self.put_new(txn, message, body)
         except lmdb.MapFullError:
             raise StoreFullError("queue store is full") from None
+
+    # The building blocks of write transactions, for this class and the scheduler.
+
+    def put_new(self, txn: lmdb.Transaction, message: Message, body: bytes) -> None:
+        key = message.id.encode()
+        txn.put(key, MESSAGE_ENCODER.encode(message), db=self.messages)
+        txn.put(key, body, db=self.bodies)
+        if message.state == ACTIVE:
+            txn.put(schedule_key(message.next_attempt, message.id), b"", db=self.schedule)
+
+    def read(self, txn: lmdb.Transaction, message_id: str) -> Message | None:
+        """The record, or None when it is missing or corrupt (corrupt ones are for `scan` to report)."""
+        raw = txn.get(message_id.encode(), db=self.messages)
+        if raw is None:
+            return None
+        try:
+            return self._decode(message_id.encode(), raw)
+        except CorruptRecord:
+            return None
+
+    def remove(self, txn: lmdb.Transaction, message_id: str) -> None:
+        """Record, body and (if the record is readable) schedule entry."""
+        message = self.read(txn, message_id)
+        if message is not None:
+            txn.delete(schedule_key(message.next_attempt, message_id), db=self.schedule)
+        key = message_id.encode()
+        txn.delete(key, db=self.messages)
+        txn.delete(key, db=self.bodies)
 
     def _decode(self, key: bytes, raw: bytes) -> Message:
         try:
@@ -121,27 +149,21 @@ class QueueStore:
             for key in txn.cursor(db=self.schedule).iternext(values=False):
                 if key > limit:
                     break
-                ids.append(key[_SCHEDULE_TIME.size :].decode())
+                ids.append(scheduled_id(key))
             return ids
 
     def delete(self, message_id: str) -> bool:
-        key = message_id.encode()
         with self.env.begin(write=True) as txn:
-            raw = txn.get(key, db=self.messages)
-            if raw is None:
+            if txn.get(message_id.encode(), db=self.messages) is None:
                 return False
-            try:
-                message = self._decode(key, raw)
-            except CorruptRecord:
-                message = None
-            if message is not None:
-                txn.delete(schedule_key(message.next_attempt, message_id), db=self.schedule)
-            txn.delete(key, db=self.messages)
-            txn.delete(key, db=self.bodies)
+            self.remove(txn, message_id)
             return True
 
     def set_held(self, message_id: str, held: bool) -> Message | None:
-        """Hold takes a message out of the schedule; release puts it back, due now."""
+        """Hold takes a message out of the schedule; release puts it back, due now.
+
+        A runner sending the message when it is held finishes that attempt; it takes no new one.
+        """
         key = message_id.encode()
         with self.env.begin(write=True) as txn:
             raw = txn.get(key, db=self.messages)
@@ -164,4 +186,8 @@ class QueueStore:
 
     def etrn_requests(self) -> list[EtrnRequest]:
         with self.env.begin() as txn:
-            return [_ETRN_DECODER.decode(raw) for _, raw in txn.cursor(db=self.etrn)]
+            return [self.decode_etrn(raw) for _, raw in txn.cursor(db=self.etrn)]
+
+    @staticmethod
+    def decode_etrn(raw: bytes) -> EtrnRequest:
+        return _ETRN_DECODER.decode(raw)

@@ -84,7 +84,7 @@ class SmtpProtocol(asyncio.Protocol):
                 transport.resume_reading()
             return
         if isinstance(action, Commit):
-            self._worker.committer.submit(action.message, action.body, self._committed)
+            self._worker.committer.submit((action.message, action.body), self._committed)
         elif isinstance(action, Close):
             transport.close()
         elif isinstance(action, VerifyAuth):

@@ -18,6 +18,8 @@ import uvloop
 from fastmta.accounts import Accounts
 from fastmta.config import Config
 from fastmta.queue.commit import GroupCommit
+from fastmta.queue.records import Message
+from fastmta.queue.wakeup import Poker
 from fastmta.queue.store import QueueStore
 from fastmta.ratelimit import RateLimiter
 from fastmta.smtp.policy import ClientLimits, RelayPolicy
@@ -71,11 +73,18 @@ class Worker:
             policy=policy,
             worker=name,
         )
-        self.committer = GroupCommit(self.store, loop)
+        self._poker = Poker(config.data_dir) if config.delivery.workers else None
+        self.committer: GroupCommit[tuple[Message, bytes]] = GroupCommit(self._insert, loop)
         self.connections: set[SmtpProtocol] = set()
         self._loop = loop
         # Password hashing takes tens of milliseconds; it must not stall other clients.
         self._blocking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blocking")
+
+    def _insert(self, batch: list[tuple[Message, bytes]]) -> None:
+        """Runs in the commit thread: store the batch, then wake a delivery runner."""
+        self.store.insert(batch)
+        if self._poker is not None:
+            self._poker.poke()
 
     def run_blocking(self, function: Callable[..., Any], args: tuple[Any, ...], done: Callable[[object], None]) -> None:
         """Runs function in a thread; done receives its result, or the exception it raised."""
@@ -130,6 +139,8 @@ class Worker:
 
     def close(self) -> None:
         self._blocking.shutdown(wait=False)
+        if self._poker is not None:
+            self._poker.close()
         self.limiter.close()
         self.store.close()
 

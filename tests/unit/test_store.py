@@ -75,18 +75,18 @@ def test_group_commit_batches_concurrent_messages(tmp_path: Path) -> None:
     store = QueueStore(tmp_path, 1 << 26)
 
     async def main() -> GroupCommit:
-        committer = GroupCommit(store, asyncio.get_running_loop())
+        committer = GroupCommit(store.insert, asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         results = [loop.create_future() for _ in range(200)]
         for result in results:
-            committer.submit(message(), b"body", lambda error, r=result: r.set_result(error))
+            committer.submit((message(), b"body"), lambda error, r=result: r.set_result(error))
         assert [await r for r in results] == [None] * 200
         await committer.wait_idle()
         committer.close()
         return committer
 
     committer = asyncio.run(main())
-    assert committer.messages == 200 and committer.batches < 20
+    assert committer.items == 200 and committer.batches < 20
     assert store.count() == 200
 
 
@@ -94,11 +94,11 @@ def test_group_commit_reports_store_full(tmp_path: Path) -> None:
     store = QueueStore(tmp_path, 1 << 20)
 
     async def main() -> list[BaseException | None]:
-        committer = GroupCommit(store, asyncio.get_running_loop())
+        committer = GroupCommit(store.insert, asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         results = [loop.create_future() for _ in range(5)]
         for result in results:
-            committer.submit(message(), b"y" * 400_000, lambda error, r=result: r.set_result(error))
+            committer.submit((message(), b"y" * 400_000), lambda error, r=result: r.set_result(error))
         out = [await r for r in results]
         committer.close()
         return out

@@ -1,0 +1,1 @@
+"""Delivery: runners that lease due messages, route them, send them, and settle what happened."""

@@ -1,0 +1,86 @@
+"""Where mail for a domain goes: MX hosts in preference order (RFC 5321 §5.1), their addresses, cached for their TTL."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from fastmta.config import parse_hostport
+
+
+class DnsFailure(Exception):
+    """permanent: the domain cannot receive mail (NXDOMAIN, null MX); otherwise try again later."""
+
+    def __init__(self, message: str, permanent: bool, status: str) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.status = status
+
+
+class MxResolver:
+    def __init__(self, servers: list[str], timeout: float = 10.0) -> None:
+        self._resolver = dns.asyncresolver.Resolver(configure=not servers)
+        if servers:
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port) for host, port in (parse_hostport(s, 53) for s in servers)
+            ]
+        self._resolver.lifetime = timeout
+        self._cache: dict[tuple[str, int], tuple[float, list[object]]] = {}
+
+    async def _query(self, name: str, rdtype: int) -> list[object]:
+        """Records of one type; [] when the name exists without them. Raises DnsFailure."""
+        key = (name, rdtype)
+        cached = self._cache.get(key)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            answer = await self._resolver.resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            raise DnsFailure(f"{name}: no such domain", True, "5.1.2") from None
+        except dns.resolver.NoAnswer:
+            records: list[object] = []
+            ttl = 300.0
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            raise DnsFailure(f"{name}: DNS lookup failed: {exc}", False, "4.4.3") from None
+        else:
+            records = list(answer)
+            ttl = float(answer.rrset.ttl if answer.rrset is not None else 300)
+        self._cache[key] = (time.monotonic() + ttl, records)
+        return records
+
+    async def addresses(self, host: str) -> list[str]:
+        found: list[str] = []
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            try:
+                found += [record.address for record in await self._query(host, rdtype)]  # type: ignore[attr-defined]
+            except DnsFailure as failure:
+                if failure.permanent:
+                    return found
+                raise
+        return found
+
+    async def destinations(self, domain: str) -> list[tuple[str, str]]:
+        """(host name, address) pairs to try in order. Equal preferences are shuffled, to spread the load."""
+        records = await self._query(domain, dns.rdatatype.MX)
+        if len(records) == 1 and str(records[0].exchange) == ".":  # type: ignore[attr-defined]
+            raise DnsFailure(f"{domain} accepts no mail (null MX)", True, "5.1.10")
+        if records:
+            ordered = sorted(records, key=lambda r: (r.preference, random.random()))  # type: ignore[attr-defined]
+            hosts = [str(r.exchange).rstrip(".") for r in ordered if str(r.exchange) != "."]  # type: ignore[attr-defined]
+        else:
+            hosts = [domain]  # no MX: the domain's own address is the implicit MX
+        pairs = []
+        for host in hosts:
+            try:
+                pairs += [(host, address) for address in await self.addresses(host)]
+            except DnsFailure:
+                continue
+        if not pairs:
+            raise DnsFailure(f"{domain}: no address for any mail exchanger", False, "4.4.4")
+        return pairs

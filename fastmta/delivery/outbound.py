@@ -1,0 +1,177 @@
+"""One outbound SMTP connection (aiosmtplib) and the mail transaction it runs for one message."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from fastmta.queue.records import Message, Recipient
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What a pooled connection is bound to: a route's next hop from one source address."""
+
+    route_index: int
+    host: str  # the name: for TLS and the delivery log
+    address: str  # what we connect to
+    port: int
+    source_ip: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+class ConnectionFailed(Exception):
+    """The next hop could not be reached or dropped us: every recipient of the attempt is deferred."""
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    mode: str  # "none" | "opportunistic" | "required"
+    username: str = ""
+    password: str = ""
+
+
+_OPPORTUNISTIC = ssl.create_default_context()
+_OPPORTUNISTIC.check_hostname = False
+# As Postfix's "may": any certificate beats plain text, so an unverifiable one is still used.
+_OPPORTUNISTIC.verify_mode = ssl.CERT_NONE
+
+_CONNECTION_ERRORS = (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError)
+
+
+class Connection:
+    def __init__(self, destination: Destination, helo: str, connect_timeout: float, command_timeout: float) -> None:
+        self.destination = destination
+        self.messages_sent = 0
+        self.tls = False
+        self._smtp = aiosmtplib.SMTP(
+            hostname=destination.address,
+            port=destination.port,
+            local_hostname=helo,
+            source_address=(destination.source_ip, 0) if destination.source_ip else None,
+            timeout=command_timeout,
+            start_tls=False,
+        )
+        self._connect_timeout = connect_timeout
+
+    async def open(self, policy: TlsPolicy) -> None:
+        smtp = self._smtp
+        try:
+            await smtp.connect(timeout=self._connect_timeout)
+            await smtp.ehlo()
+            if policy.mode != "none" and smtp.supports_extension("starttls"):
+                verify = policy.mode == "required"
+                await smtp.starttls(
+                    server_hostname=self.destination.host,
+                    validate_certs=verify,
+                    tls_context=None if verify else _OPPORTUNISTIC,
+                )
+                self.tls = True
+                await smtp.ehlo()
+            elif policy.mode == "required":
+                raise ConnectionFailed(f"{self.destination.host} does not offer STARTTLS, which the route requires")
+            if policy.username:
+                await smtp.login(policy.username, policy.password)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            self.close()
+            raise ConnectionFailed(f"authentication failed: {exc.code} {exc.message}") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            self.close()
+            raise ConnectionFailed(f"refused: {exc.code} {exc.message}") from None
+        except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
+            self.close()
+            raise ConnectionFailed(f"cannot talk to {self.destination.host}[{self.destination.address}]: {exc}") from None
+
+    @property
+    def usable(self) -> bool:
+        return self._smtp.is_connected
+
+    async def send(self, message: Message, recipients: list[Recipient], body: bytes) -> dict[str, Reply]:
+        """One transaction for all `recipients`; each gets the reply that decided its fate."""
+        smtp = self._smtp
+        if message.smtputf8 and not smtp.supports_extension("smtputf8"):
+            refusal = Reply(553, "5.6.7 The next hop does not support SMTPUTF8, which this message needs")
+            return {r.address: refusal for r in recipients}
+        mail_options = [f"SIZE={len(body)}"] if smtp.supports_extension("size") else []
+        if message.body_type.upper() == "8BITMIME" and smtp.supports_extension("8bitmime"):
+            mail_options.append("BODY=8BITMIME")
+        if message.smtputf8:
+            mail_options.append("SMTPUTF8")
+        dsn = smtp.supports_extension("dsn")
+        if dsn and message.ret:
+            mail_options.append(f"RET={message.ret}")
+        if dsn and message.envid:
+            mail_options.append(f"ENVID={_xtext(message.envid)}")
+        encoding = "utf-8" if message.smtputf8 else "ascii"
+        replies: dict[str, Reply] = {}
+        try:
+            try:
+                await smtp.mail(message.sender, options=mail_options, encoding=encoding)
+            except aiosmtplib.SMTPResponseException as exc:
+                await self._reset()
+                return {r.address: Reply(exc.code, exc.message) for r in recipients}
+            accepted = []
+            for recipient in recipients:
+                options = []
+                if dsn and recipient.notify:
+                    options.append("NOTIFY=" + ",".join(recipient.notify))
+                if dsn and recipient.orcpt:
+                    options.append(f"ORCPT={_xtext(recipient.orcpt)}")
+                try:
+                    await smtp.rcpt(recipient.address, options=options, encoding=encoding)
+                    accepted.append(recipient)
+                except aiosmtplib.SMTPResponseException as exc:
+                    replies[recipient.address] = Reply(exc.code, exc.message)
+            if not accepted:
+                await self._reset()
+                return replies
+            try:
+                response = await smtp.data(body)
+                final = Reply(response.code, response.message)
+            except aiosmtplib.SMTPResponseException as exc:
+                final = Reply(exc.code, exc.message)
+            for recipient in accepted:
+                replies[recipient.address] = final
+            self.messages_sent += 1
+            return replies
+        except _CONNECTION_ERRORS as exc:
+            self.close()
+            raise ConnectionFailed(f"lost {self.destination.host}[{self.destination.address}]: {exc}") from None
+
+    async def _reset(self) -> None:
+        try:
+            await self._smtp.rset()
+        except aiosmtplib.SMTPResponseException:
+            self.close()
+
+    async def quit(self) -> None:
+        try:
+            await self._smtp.quit()
+        except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException):
+            self.close()
+
+    def close(self) -> None:
+        self._smtp.close()
+
+
+def _xtext(value: str) -> str:
+    """RFC 3461 xtext: '+', '=' and anything outside printable ASCII become '+XX'."""
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode()) for c in value)

@@ -1,0 +1,295 @@
+"""A delivery runner process: lease due messages, send each recipient group along its route, settle the outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvloop
+
+from fastmta.config import Config, RouteConfig, parse_duration, parse_rate
+from fastmta.delivery import dsn, maildir, retry
+from fastmta.delivery.journal import DeliveryLog
+from fastmta.delivery.mx import DnsFailure, MxResolver
+from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy
+from fastmta.delivery.pool import Pools
+from fastmta.delivery.routes import Router
+from fastmta.queue.commit import GroupCommit
+from fastmta.queue.records import DEFERRED, DELIVERED, FAILED, QUEUED, Message, Recipient
+from fastmta.queue.schedule import Scheduler, Settlement
+from fastmta.queue.store import QueueStore
+from fastmta.queue.wakeup import Poker, Waiter
+
+log = logging.getLogger("fastmta.delivery")
+
+# Without a poke, the schedule is still looked at this often: deferred mail comes due on its own.
+_IDLE_LOOK_SECONDS = 1.0
+_SWEEP_SECONDS = 5.0
+_NO_ROUTE = Reply(550, "5.4.4 No route is configured for this domain")
+_NO_MAILBOX = Reply(550, "5.1.1 No such mailbox")
+_DISCARDED = Reply(250, "2.0.0 Discarded by route")
+_STORED = Reply(250, "2.0.0 Delivered to maildir")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt did for one recipient, and where."""
+
+    reply: Reply
+    route: str
+    host: str = ""
+    source_ip: str = ""
+
+
+def owner_alive(owner: str) -> bool:
+    """Leases are owned by 'name:pid'; a pid that no longer exists holds nothing."""
+    _, _, pid = owner.rpartition(":")
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Runner:
+    def __init__(self, config: Config, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        delivery = config.delivery
+        self.config = config
+        self.name = name
+        self.owner = f"{name}:{os.getpid()}"
+        self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
+        self.scheduler = Scheduler(self.store)
+        self.router = Router(config.routes)
+        self.resolver = MxResolver(delivery.dns_servers, parse_duration(delivery.connect_timeout))
+        self.pools = Pools(self._open)
+        self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
+        self.journal = DeliveryLog(config.data_dir / "delivery.log")
+        self.retry_schedule = [parse_duration(step) for step in delivery.retry_schedule]
+        self.max_age = parse_duration(delivery.max_age)
+        self.lease_seconds = parse_duration(delivery.lease_time)
+        self.connect_timeout = parse_duration(delivery.connect_timeout)
+        self.command_timeout = parse_duration(delivery.command_timeout)
+        self._wake = asyncio.Event()
+        self._waiter = Waiter(config.data_dir, loop, self._wake)
+        self._poker = Poker(config.data_dir)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._source_turn: dict[int, itertools.cycle[str]] = {}
+        self.delivered = 0
+
+    # ----- the loop ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_sigterm() -> None:
+            stop.set()
+            self._wake.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        reclaimed = await asyncio.to_thread(self.scheduler.reclaim, owner_alive)
+        if reclaimed:
+            log.info("%s took over %d messages from runners that died", self.name, reclaimed)
+        log.info("%s delivering", self.name)
+        last_sweep = time.monotonic()
+        while not stop.is_set():
+            await asyncio.to_thread(self.scheduler.take_etrn_requests)
+            free = self.config.delivery.concurrency - len(self._in_flight)
+            limit = min(self.config.delivery.batch_size, free)
+            leased = await asyncio.to_thread(self.scheduler.lease, self.owner, limit, self.lease_seconds) if limit else []
+            for message in leased:
+                task = asyncio.ensure_future(self._deliver(message))
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
+            if leased and len(leased) == limit:
+                self._poker.poke()  # there may be more: let a sibling runner help
+            if time.monotonic() - last_sweep > _SWEEP_SECONDS:
+                await self.pools.sweep()
+                last_sweep = time.monotonic()
+            if leased and free > len(leased):
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), _IDLE_LOOK_SECONDS)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+        await self._drain()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery failed unexpectedly", exc_info=task.exception())
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        """Attempts under way may finish within the grace period; the rest come back when their lease ends."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=self.config.server.shutdown_grace_seconds)
+        for task in self._in_flight:
+            task.cancel()
+        await self.settler.wait_idle()
+        await self.pools.close()
+        log.info("%s stopped after %d deliveries", self.name, self.delivered)
+
+    def close(self) -> None:
+        self.settler.close()
+        self._waiter.close()
+        self._poker.close()
+        self.journal.close()
+        self.store.close()
+
+    # ----- one message ------------------------------------------------------------------------
+
+    async def _deliver(self, message: Message) -> None:
+        body = self.store.body(message.id)
+        if body is None:
+            return
+        started = time.time()
+        due = [r for r in message.recipients if r.state in (QUEUED, DEFERRED) and r.next_attempt <= started + 1.0]
+        groups: dict[tuple[int, str], list[Recipient]] = defaultdict(list)
+        outcomes: dict[str, Outcome] = {}
+        for recipient in due:
+            domain = recipient.address.rpartition("@")[2].lower()
+            found = self.router.route_for(domain)
+            if found is None:
+                outcomes[recipient.address] = Outcome(_NO_ROUTE, "none")
+            else:
+                groups[(found[0], domain)].append(recipient)
+        results = await asyncio.gather(
+            *(self._send_group(self.router.routes[index], index, domain, message, group, body) for (index, domain), group in groups.items())
+        )
+        for result in results:
+            outcomes.update(result)
+        await self._settle(message, body, outcomes, started)
+
+    async def _settle(self, message: Message, body: bytes, outcomes: dict[str, Outcome], started: float) -> None:
+        now = time.time()
+        failed_now: list[Recipient] = []
+        delayed_now: list[Recipient] = []
+        message.attempts += 1
+        for recipient in message.recipients:
+            if recipient.address not in outcomes:
+                continue
+            outcome = outcomes[recipient.address]
+            reply = outcome.reply
+            recipient.attempts += 1
+            recipient.last_reply = str(reply)
+            recipient.remote_host = outcome.host
+            recipient.updated_at = now
+            if reply.accepted:
+                recipient.state = DELIVERED
+            elif reply.permanent:
+                recipient.state = FAILED
+                failed_now.append(recipient)
+            elif retry.expired(message.received_at, self.max_age, now):
+                recipient.state = FAILED
+                recipient.last_reply = f"{reply.code} 4.4.7 Gave up after {recipient.attempts} attempts: {reply.text}"
+                failed_now.append(recipient)
+            else:
+                recipient.state = DEFERRED
+                recipient.next_attempt = retry.next_attempt(recipient.attempts, self.retry_schedule, now)
+                if not recipient.delay_notified and dsn.wants_notice(recipient, "delayed"):
+                    recipient.delay_notified = True
+                    delayed_now.append(recipient)
+            self.journal.write(message, recipient, outcome.host, now - started, outcome.route, outcome.source_ip)
+        bounces = []
+        hostname = self.config.server.hostname
+        bounce_from = self.config.delivery.bounce_from
+        for recipients, action in ((failed_now, "failed"), (delayed_now, "delayed")):
+            notice = dsn.build(message, body, recipients, action, hostname, bounce_from, now) if recipients else None
+            if notice is not None:
+                bounces.append(notice)
+        done = asyncio.get_running_loop().create_future()
+        self.settler.submit(Settlement(message, self.owner, bounces), lambda error: done.set_result(error))
+        error = await done
+        if error is not None:
+            log.error("could not record the outcome for %s: %s; it will be retried", message.id, error)
+            return
+        self.delivered += sum(1 for r in message.recipients if r.address in outcomes and r.state == DELIVERED)
+        if bounces:
+            self._poker.poke()
+
+    # ----- one route --------------------------------------------------------------------------
+
+    async def _send_group(
+        self, route: RouteConfig, index: int, domain: str, message: Message, recipients: list[Recipient], body: bytes
+    ) -> dict[str, Outcome]:
+        name = f"{index}:{route.kind}"
+        if route.kind == "discard":
+            return {r.address: Outcome(_DISCARDED, name) for r in recipients}
+        if route.kind == "maildir":
+            return {r.address: Outcome(await self._store_locally(route, r, body), name) for r in recipients}
+        if route.kind == "smarthost":
+            candidates = [(route.host, route.host)]
+        else:
+            try:
+                candidates = await self.resolver.destinations(domain)
+            except DnsFailure as failure:
+                code = 550 if failure.permanent else 451
+                if failure.status == "5.1.10":
+                    code = 556
+                return {r.address: Outcome(Reply(code, f"{failure.status} {failure}"), name) for r in recipients}
+        last_error = "no mail exchanger tried"
+        for host, address in candidates:
+            destination = Destination(index, host, address, route.port, self._source_ip(index, route))
+            pool = self.pools.get(destination, route.max_connections, route.max_messages_per_connection, parse_rate(route.rate))
+            await pool.bucket.take()
+            try:
+                connection = await pool.acquire()
+            except ConnectionFailed as exc:
+                last_error = str(exc)
+                continue
+            try:
+                replies = await connection.send(message, recipients, body)
+            except ConnectionFailed as exc:
+                last_error = str(exc)
+                continue
+            finally:
+                await pool.release(connection)
+            return {rcpt: Outcome(reply, name, host, destination.source_ip) for rcpt, reply in replies.items()}
+        deferral = Reply(451, f"4.4.1 {last_error}")
+        return {r.address: Outcome(deferral, name) for r in recipients}
+
+    def _source_ip(self, index: int, route: RouteConfig) -> str:
+        if not route.source_ips:
+            return ""
+        turn = self._source_turn.get(index)
+        if turn is None:
+            turn = self._source_turn[index] = itertools.cycle(route.source_ips)
+        return next(turn)
+
+    async def _open(self, destination: Destination) -> Connection:
+        route = self.router.routes[destination.route_index]
+        connection = Connection(destination, self.config.server.hostname, self.connect_timeout, self.command_timeout)
+        await connection.open(TlsPolicy(route.tls, route.username, route.password))
+        return connection
+
+    async def _store_locally(self, route: RouteConfig, recipient: Recipient, body: bytes) -> Reply:
+        try:
+            await asyncio.to_thread(maildir.deliver, Path(route.path), recipient.address, body)
+        except maildir.MaildirError:
+            return _NO_MAILBOX
+        except OSError as exc:
+            return Reply(451, f"4.3.0 Maildir write failed: {exc.strerror}")
+        return _STORED
+
+
+def run(config: Config, name: str) -> int:
+    async def main() -> None:
+        runner = Runner(config, name, asyncio.get_running_loop())
+        try:
+            await runner.serve()
+        finally:
+            runner.close()
+
+    uvloop.run(main())
+    return 0

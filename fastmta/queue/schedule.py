@@ -1,0 +1,159 @@
+"""Who sends what when: leasing due messages to a runner, settling their outcomes, and making mail due now.
+
+A lease moves the message's schedule entry to the lease's expiry, so if the runner dies the
+message simply becomes due again then: nobody has to notice the death. Settling replaces the
+record with the outcome of the attempt, removes the message once every recipient is settled,
+and stores its bounce in the same transaction, so a bounce exists exactly when the failure does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import lmdb
+import msgspec
+
+from fastmta.queue.records import ACTIVE, DEFERRED, MESSAGE_ENCODER, QUEUED, SETTLED, Message, Recipient
+from fastmta.queue.store import QueueStore, schedule_key, scheduled_id
+
+
+class Settlement(msgspec.Struct):
+    """The outcome of one attempt: the record as the runner left it, and the notices to queue."""
+
+    message: Message
+    owner: str
+    bounces: list[tuple[Message, bytes]] = msgspec.field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(self, store: QueueStore) -> None:
+        self.store = store
+
+    def lease(self, owner: str, limit: int, lease_seconds: float, now: float | None = None) -> list[Message]:
+        """Claims up to `limit` due messages for `owner`, soonest first."""
+        now = time.time() if now is None else now
+        store = self.store
+        due_before = schedule_key(now, "\xff")
+        leased: list[Message] = []
+        with store.env.begin(write=True) as txn:
+            keys = []
+            for key in txn.cursor(db=store.schedule).iternext(values=False):
+                if key > due_before or len(keys) == limit:
+                    break
+                keys.append(key)
+            for key in keys:
+                txn.delete(key, db=store.schedule)
+                message = store.read(txn, scheduled_id(key))
+                if message is None or message.state != ACTIVE:
+                    continue
+                message.lease_owner = owner
+                message.lease_until = now + lease_seconds
+                message.next_attempt = message.lease_until
+                self._put(txn, message)
+                leased.append(message)
+        return leased
+
+    def settle(self, batch: list[Settlement]) -> None:
+        """Applies many attempts' outcomes in one durable transaction."""
+        store = self.store
+        with store.env.begin(write=True) as txn:
+            for settlement in batch:
+                self._settle_one(txn, settlement)
+                for bounce, body in settlement.bounces:
+                    store.put_new(txn, bounce, body)
+
+    def _settle_one(self, txn: lmdb.Transaction, settlement: Settlement) -> None:
+        store = self.store
+        attempted = settlement.message
+        current = store.read(txn, attempted.id)
+        if current is None:
+            return  # deleted by an operator while it was being sent
+        txn.delete(schedule_key(current.next_attempt, current.id), db=store.schedule)
+        outcome = {r.address: r for r in attempted.recipients}
+        current.recipients = [outcome.get(r.address, r) for r in current.recipients]
+        current.attempts = max(current.attempts, attempted.attempts)
+        if current.lease_owner == settlement.owner:
+            current.lease_owner = ""
+            current.lease_until = 0.0
+        if all(r.state in SETTLED for r in current.recipients):
+            store.remove(txn, current.id)
+            return
+        waiting = [r.next_attempt for r in current.recipients if r.state in (QUEUED, DEFERRED)]
+        current.next_attempt = min(waiting) if waiting else time.time()
+        self._put(txn, current)
+
+    def _put(self, txn: lmdb.Transaction, message: Message) -> None:
+        store = self.store
+        txn.put(message.id.encode(), MESSAGE_ENCODER.encode(message), db=store.messages)
+        if message.state == ACTIVE:
+            txn.put(schedule_key(message.next_attempt, message.id), b"", db=store.schedule)
+
+    def reclaim(self, owner_alive: Callable[[str], bool], now: float | None = None) -> int:
+        """Messages leased by runners that are gone become due now instead of when their lease ends."""
+        now = time.time() if now is None else now
+        store = self.store
+        with store.env.begin() as txn:
+            orphans = [
+                message.id
+                for message in (store.read(txn, key.decode()) for key in txn.cursor(db=store.messages).iternext(values=False))
+                if message is not None and message.lease_until > now and not owner_alive(message.lease_owner)
+            ]
+        if not orphans:
+            return 0
+        with store.env.begin(write=True) as txn:
+            for message_id in orphans:
+                message = store.read(txn, message_id)
+                if message is None or message.lease_until <= now or owner_alive(message.lease_owner):
+                    continue
+                txn.delete(schedule_key(message.next_attempt, message.id), db=store.schedule)
+                message.lease_owner, message.lease_until, message.next_attempt = "", 0.0, now
+                self._put(txn, message)
+        return len(orphans)
+
+    def take_etrn_requests(self, now: float | None = None) -> int:
+        """ETRN from ingress: deferred mail for those domains (and their subdomains) becomes due now."""
+        store = self.store
+        with store.env.begin(write=True) as txn:
+            requests = list(txn.cursor(db=store.etrn))
+            if not requests:
+                return 0
+            for key, _ in requests:
+                txn.delete(key, db=store.etrn)
+        domains = {store.decode_etrn(raw).domain.lower() for _, raw in requests}
+        suffixes = tuple("." + domain for domain in domains)
+
+        def wanted(recipient: Recipient) -> bool:
+            domain = recipient.address.rpartition("@")[2].lower()
+            return recipient.state == DEFERRED and (domain in domains or domain.endswith(suffixes))
+
+        with store.env.begin() as txn:
+            ids = [
+                message.id
+                for message in (store.read(txn, key.decode()) for key in txn.cursor(db=store.messages).iternext(values=False))
+                if message is not None and any(wanted(r) for r in message.recipients)
+            ]
+        return self.make_due(ids, now)
+
+    def make_due(self, message_ids: list[str] | None = None, now: float | None = None) -> int:
+        """Deferred mail becomes due now (all of it, or the given ids); leased and held mail is left alone."""
+        now = time.time() if now is None else now
+        store = self.store
+        changed = 0
+        with store.env.begin(write=True) as txn:
+            if message_ids is None:
+                message_ids = [scheduled_id(key) for key in txn.cursor(db=store.schedule).iternext(values=False)]
+            for message_id in message_ids:
+                message = store.read(txn, message_id)
+                if message is None or message.state != ACTIVE or message.lease_until > now:
+                    continue
+                if message.next_attempt <= now:
+                    continue
+                txn.delete(schedule_key(message.next_attempt, message.id), db=store.schedule)
+                message.next_attempt = now
+                for recipient in message.recipients:
+                    if recipient.state == DEFERRED:
+                        recipient.next_attempt = now
+                self._put(txn, message)
+                changed += 1
+        return changed

@@ -1,0 +1,150 @@
+"""Next hops for delivery tests: an aiosmtpd server that records what arrived and answers as scripted,
+and a loopback DNS server (dnslib) with a fixed zone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+from dnslib import MX, QTYPE, RR, A, DNSLabel
+from dnslib.server import BaseResolver, DNSServer
+
+from tests.conftest import free_port
+
+
+@dataclass
+class Arrival:
+    sender: str
+    recipients: list[str]
+    content: bytes
+    peer: tuple[str, int]
+    at: float
+
+
+@dataclass
+class Recorder:
+    """The handler: `data_replies` are answered to DATA in order (then 250), `rcpt_replies` per address."""
+
+    arrivals: list[Arrival] = field(default_factory=list)
+    data_replies: list[str] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    data_delay: float = 0.0
+    open_now: int = 0
+    most_open: int = 0
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+        reply = self.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        if self.data_replies:
+            reply = self.data_replies.pop(0)
+            if not reply.startswith("250"):
+                return reply
+        self.arrivals.append(
+            Arrival(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer, time.time())
+        )
+        return "250 2.0.0 OK"
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[Arrival]:
+        deadline = time.monotonic() + timeout
+        while len(self.arrivals) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.arrivals) >= count, f"{len(self.arrivals)} of {count} arrived"
+        return self.arrivals
+
+
+class _CountingSMTP(SMTP):
+    def connection_made(self, transport):  # noqa: ANN001
+        recorder: Recorder = self.event_handler
+        with recorder.lock:
+            recorder.connections += 1
+            recorder.open_now += 1
+            recorder.most_open = max(recorder.most_open, recorder.open_now)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):  # noqa: ANN001
+        recorder: Recorder = self.event_handler
+        with recorder.lock:
+            recorder.open_now -= 1
+        super().connection_lost(exc)
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, enable_SMTPUTF8=True)
+
+
+class NextHop:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.recorder = Recorder()
+        self._controller: Controller | None = None
+
+    def start(self) -> NextHop:
+        self._controller = _Controller(self.recorder, hostname=self.host, port=self.port)
+        self._controller.start()
+        self.recorder.connections = 0  # start() made one to see the server answer
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+class _ZoneResolver(BaseResolver):
+    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, str]) -> None:
+        self.mx = mx
+        self.a = a
+
+    def resolve(self, request, handler):  # noqa: ANN001
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".").lower()
+        qtype = QTYPE[request.q.qtype]
+        known = name in self.mx or name in self.a
+        if qtype == "MX":
+            for preference, exchange in self.mx.get(name, []):
+                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(DNSLabel(exchange), preference), ttl=60))
+        elif qtype == "A" and name in self.a:
+            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(self.a[name]), ttl=60))
+        if not known:
+            reply.header.rcode = 3  # NXDOMAIN
+        return reply
+
+
+class Dns:
+    """UDP and TCP on one loopback port; names in `mx` and `a` exist, all others are NXDOMAIN."""
+
+    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, str]) -> None:
+        self.port = free_port()
+        resolver = _ZoneResolver(mx, a)
+        self._servers = [
+            DNSServer(resolver, address="127.0.0.1", port=self.port, tcp=tcp, logger=_Quiet()) for tcp in (False, True)
+        ]
+
+    def start(self) -> Dns:
+        for server in self._servers:
+            server.start_thread()
+        return self
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.stop()
+
+
+class _Quiet:
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return lambda *args, **kwargs: None

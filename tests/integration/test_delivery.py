@@ -1,0 +1,207 @@
+"""Delivery end to end: the real server relays to aiosmtpd next hops on loopback, by smarthost, MX and maildir."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Server
+from tests.integration.nexthop import Dns, NextHop
+from tests.integration.test_ingress import MESSAGE, without_received
+
+
+@pytest.fixture
+def hop() -> Iterator[NextHop]:
+    started = NextHop().start()
+    yield started
+    started.stop()
+
+
+def relay_config(port: int, **route: Any) -> dict[str, Any]:
+    return {
+        "delivery": {"workers": 1, "retry_schedule": ["1s"]},
+        "routes": [{"match": ["*"], "kind": "smarthost", "host": "127.0.0.1", "port": port, "tls": "none", **route}],
+    }
+
+
+def send(server: Server, body: bytes = MESSAGE, sender: str = "alice@example.com", to: tuple[str, ...] = ("bob@example.org",)) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.sendmail(sender, list(to), body)
+
+
+def journal(server: Server) -> list[dict[str, Any]]:
+    path = server.data_dir / "delivery.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def queue_empty(server: Server) -> bool:
+    return json.loads(server.cli("queue", "list", "--json").stdout) == []
+
+
+def test_relayed_byte_identical_with_our_received_header(make_server, hop: NextHop) -> None:
+    server = make_server(relay_config(hop.port))
+    send(server)
+    arrival = hop.recorder.wait_for(1)[0]
+    assert arrival.sender == "alice@example.com" and arrival.recipients == ["bob@example.org"]
+    assert without_received(arrival.content) == MESSAGE
+    assert b"by mx.test (fastmta)" in arrival.content.split(b"\r\n\r\n")[0]
+    wait_until(lambda: queue_empty(server))
+    entry = journal(server)[0]
+    assert entry["status"] == "delivered" and entry["attempt"] == 1 and entry["reply"].startswith("250")
+    assert server.stop() == 0
+
+
+def test_temporary_failures_are_retried(make_server, hop: NextHop) -> None:
+    hop.recorder.data_replies = ["451 4.3.0 try later", "451 4.3.0 try later"]
+    server = make_server(relay_config(hop.port))
+    send(server)
+    hop.recorder.wait_for(1, timeout=20)
+    wait_until(lambda: len(journal(server)) == 3)
+    assert [e["status"] for e in journal(server)] == ["deferred", "deferred", "delivered"]
+    assert [e["attempt"] for e in journal(server)] == [1, 2, 3]
+    assert server.stop() == 0
+
+
+def test_permanent_failure_bounces_to_the_sender(make_server, hop: NextHop) -> None:
+    hop.recorder.rcpt_replies["nobody@example.org"] = "550 5.1.1 No such user here"
+    server = make_server(relay_config(hop.port))
+    send(server, to=("nobody@example.org", "bob@example.org"))
+    bounce, original = sorted(hop.recorder.wait_for(2), key=lambda a: a.sender)
+    assert original.recipients == ["bob@example.org"]
+    assert bounce.sender == "<>" and bounce.recipients == ["alice@example.com"]
+    report = bounce.content.decode()
+    assert "multipart/report; report-type=delivery-status" in report
+    assert "Final-Recipient: rfc822; nobody@example.org" in report and "Action: failed" in report
+    assert "Status: 5.1.1" in report and "Diagnostic-Code: smtp; 550 5.1.1 No such user here" in report
+    assert "Subject: hello" in report and "Message-ID: <m1@example.com>" in report  # the original's headers
+    wait_until(lambda: queue_empty(server))
+    assert server.stop() == 0
+
+
+def test_bounces_are_never_bounced(make_server, hop: NextHop) -> None:
+    hop.recorder.rcpt_replies["gone@example.org"] = "550 5.1.1 gone"
+    server = make_server(relay_config(hop.port))
+    send(server, sender="", to=("gone@example.org",))
+    wait_until(lambda: queue_empty(server))
+    time.sleep(0.3)
+    assert hop.recorder.arrivals == [] and journal(server)[0]["status"] == "failed"
+    assert server.stop() == 0
+
+
+def test_next_hop_down_then_back(make_server) -> None:
+    hop = NextHop()
+    server = make_server(relay_config(hop.port) | {"delivery": {"workers": 1, "retry_schedule": ["1h"]}})
+    send(server)
+    wait_until(lambda: len(journal(server)) == 1)
+    assert journal(server)[0]["status"] == "deferred" and journal(server)[0]["reply"].startswith("451 4.4.1")
+    hop.start()
+    try:
+        assert server.cli("queue", "flush").returncode == 0
+        hop.recorder.wait_for(1)
+        wait_until(lambda: queue_empty(server))
+    finally:
+        hop.stop()
+    assert server.stop() == 0
+
+
+def test_connections_are_reused_and_capped(make_server, hop: NextHop) -> None:
+    server = make_server(relay_config(hop.port, max_connections=2, max_messages_per_connection=50))
+    for n in range(20):
+        send(server, body=MESSAGE + f"number {n}\r\n".encode())
+    hop.recorder.wait_for(20)
+    assert hop.recorder.connections <= 2 and hop.recorder.most_open <= 2
+    assert server.stop() == 0
+
+
+def test_rate_is_respected(make_server, hop: NextHop) -> None:
+    server = make_server(relay_config(hop.port, rate="5/s"))
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        for _ in range(12):
+            client.sendmail("alice@example.com", ["bob@example.org"], MESSAGE)
+    arrivals = hop.recorder.wait_for(12)
+    # A burst of five, then five per second: twelve messages take at least 1.4 s at the sink.
+    assert arrivals[-1].at - arrivals[0].at >= 1.2
+    assert server.stop() == 0
+
+
+def test_mx_routing_with_fallback_and_null_mx(make_server) -> None:
+    hop = NextHop().start()
+    dns = Dns(
+        mx={
+            "example.org": [(10, "mx1.example.org"), (20, "mx2.example.org")],
+            "example.com": [(10, "mx.example.com")],
+            "null.example": [(0, ".")],
+        },
+        # mx1 has an address where nothing listens: the runner falls back to mx2.
+        a={"mx1.example.org": "127.0.0.3", "mx2.example.org": "127.0.0.1", "mx.example.com": "127.0.0.1", "bare.example": "127.0.0.1"},
+    ).start()
+    try:
+        server = make_server(
+            {
+                "delivery": {"workers": 1, "dns_servers": [f"127.0.0.1:{dns.port}"], "connect_timeout": "2s"},
+                "routes": [{"match": ["*"], "kind": "mx", "port": hop.port, "tls": "none"}],
+            }
+        )
+        send(server, to=("bob@example.org",))
+        send(server, to=("carol@bare.example",))  # no MX: the domain's own address
+        send(server, to=("dave@null.example",))  # null MX: fails at once, bounce to alice (example.com MX)
+        arrivals = hop.recorder.wait_for(3)
+        by_rcpt = {tuple(a.recipients): a for a in arrivals}
+        assert ("bob@example.org",) in by_rcpt and ("carol@bare.example",) in by_rcpt
+        bounce = by_rcpt[("alice@example.com",)]
+        assert bounce.sender == "<>" and b"Status: 5.1.10" in bounce.content
+        wait_until(lambda: queue_empty(server))
+        assert server.stop() == 0
+    finally:
+        hop.stop()
+        dns.stop()
+
+
+def test_maildir_delivery(make_server, tmp_path: Path) -> None:
+    root = tmp_path / "maildirs"
+    server = make_server(
+        {"delivery": {"workers": 1}, "routes": [{"match": ["example.org"], "kind": "maildir", "path": str(root)}]}
+    )
+    send(server)
+    wait_until(lambda: any((root / "bob@example.org" / "new").glob("*")) if (root / "bob@example.org" / "new").exists() else False)
+    delivered = next((root / "bob@example.org" / "new").iterdir()).read_bytes()
+    assert without_received(delivered) == MESSAGE
+    assert list((root / "bob@example.org" / "tmp").iterdir()) == []
+    assert server.stop() == 0
+
+
+def test_unroutable_domain_fails(make_server, hop: NextHop) -> None:
+    server = make_server(
+        {"delivery": {"workers": 1}, "routes": [{"match": ["example.com"], "kind": "smarthost", "host": "127.0.0.1", "port": hop.port, "tls": "none"}]}
+    )
+    send(server, to=("bob@elsewhere.test",))
+    bounce = hop.recorder.wait_for(1)[0]  # the bounce itself routes to example.com
+    assert b"Status: 5.4.4" in bounce.content
+    assert server.stop() == 0
+
+
+def test_smtputf8_needs_a_capable_next_hop(make_server, hop: NextHop) -> None:
+    server = make_server(relay_config(hop.port))
+    message = EmailMessage()
+    message["From"] = "alice@example.com"
+    message["To"] = "bob@example.org"
+    message["Subject"] = "héllo"
+    message.set_content("ça va")
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.send_message(message, from_addr="alice@example.com", to_addrs=["bob@example.org"], mail_options=["SMTPUTF8"])
+    hop.recorder.wait_for(1)
+    assert server.stop() == 0
