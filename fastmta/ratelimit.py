@@ -19,6 +19,8 @@ from pathlib import Path
 
 import lmdb
 
+from fastmta.processes import alive
+
 _RATE = struct.Struct(">Qd")  # count, expires_at
 _COUNT = struct.Struct(">q")
 _WINDOW_INDEX = struct.Struct(">Q")
@@ -98,7 +100,7 @@ class RateLimiter:
             owners = list(txn.cursor(db=self._owners))
             for key, raw in owners:
                 pid_text, _, ip = key.decode().partition("\0")
-                if _alive(int(pid_text)):
+                if alive(int(pid_text)):
                     continue
                 held = _count(raw)
                 _add(txn, self._open, ip.encode(), -held)
@@ -134,13 +136,3 @@ def _add(txn: lmdb.Transaction, db: lmdb._Database, key: bytes, delta: int) -> i
     else:
         txn.delete(key, db=db)
     return value
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -21,6 +21,7 @@ from fastmta.delivery.mx import DnsFailure, MxResolver
 from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy
 from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
+from fastmta.processes import alive
 from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import DEFERRED, DELIVERED, FAILED, QUEUED, Message, Recipient
 from fastmta.queue.schedule import Scheduler, Settlement
@@ -50,14 +51,8 @@ class Outcome:
 
 def owner_alive(owner: str) -> bool:
     """Leases are owned by 'name:pid'; a pid that no longer exists holds nothing."""
-    _, _, pid = owner.rpartition(":")
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    pid = owner.rpartition(":")[2]
+    return pid.isdigit() and alive(int(pid))
 
 
 class Runner:
