@@ -97,7 +97,6 @@ class Runner:
         log.info("%s delivering", self.name)
         last_sweep = time.monotonic()
         while not stop.is_set():
-            await asyncio.to_thread(self.scheduler.take_etrn_requests)
             free = self.config.delivery.concurrency - len(self._in_flight)
             limit = min(self.config.delivery.batch_size, free)
             leased = await asyncio.to_thread(self.scheduler.lease, self.owner, limit, self.lease_seconds) if limit else []
@@ -108,6 +107,7 @@ class Runner:
             if leased and len(leased) == limit:
                 self._poker.poke()  # there may be more: let a sibling runner help
             if time.monotonic() - last_sweep > _SWEEP_SECONDS:
+                await asyncio.to_thread(self.scheduler.take_etrn_requests)
                 await self.pools.sweep()
                 last_sweep = time.monotonic()
             if leased and free > len(leased):

@@ -36,14 +36,19 @@ class Scheduler:
         store = self.store
         due_before = schedule_key(now, "\xff")
         leased: list[Message] = []
-        with store.env.begin(write=True) as txn:
+        # Looked for under a read transaction first: an idle runner must not take the writer lock from ingress.
+        with store.env.begin() as txn:
             keys = []
             for key in txn.cursor(db=store.schedule).iternext(values=False):
                 if key > due_before or len(keys) == limit:
                     break
                 keys.append(key)
+        if not keys:
+            return leased
+        with store.env.begin(write=True) as txn:
             for key in keys:
-                txn.delete(key, db=store.schedule)
+                if not txn.delete(key, db=store.schedule):
+                    continue  # another runner was quicker
                 message = store.read(txn, scheduled_id(key))
                 if message is None or message.state != ACTIVE:
                     continue
@@ -114,10 +119,11 @@ class Scheduler:
     def take_etrn_requests(self, now: float | None = None) -> int:
         """ETRN from ingress: deferred mail for those domains (and their subdomains) becomes due now."""
         store = self.store
+        with store.env.begin() as txn:
+            if not txn.stat(store.etrn)["entries"]:
+                return 0
         with store.env.begin(write=True) as txn:
             requests = list(txn.cursor(db=store.etrn))
-            if not requests:
-                return 0
             for key, _ in requests:
                 txn.delete(key, db=store.etrn)
         domains = {store.decode_etrn(raw).domain.lower() for _, raw in requests}
