@@ -227,6 +227,49 @@ USER_COMMANDS: dict[str, Callable[..., object]] = {
 }
 
 
+# ----- admin API tokens -----------------------------------------------------------------------
+
+
+def _tokens(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fastmta.admin.tokens import Tokens
+
+    return Tokens(_store(args).env)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from fastmta.admin.tokens import TokenExists
+
+    try:
+        token, text = _tokens(args).create(args.name, args.role, created_by="cli")
+    except TokenExists as exc:
+        print(f"{args.name}: {exc}", file=sys.stderr)
+        return 1
+    # Scripts take the last word; the token cannot be shown again.
+    print(f"created {token.role} token {token.name} (id {token.id}): {text}")
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    tokens = _tokens(args).list()
+    if args.json:
+        rows = [msgspec.structs.replace(t, secret_hash="") for t in tokens]
+        sys.stdout.write(_json.encode(rows).decode() + "\n")
+    else:
+        for token in tokens:
+            print(f"{token.id}  {token.role:<8}  {token.name}  created {_when(token.created_at)} by {token.created_by or '-'}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    tokens = _tokens(args)
+    token = tokens.find(args.token)
+    if token is None or tokens.revoke(token.id) is None:
+        print(f"no token {args.token}", file=sys.stderr)
+        return 1
+    print(f"revoked {token.role} token {token.name} (id {token.id})")
+    return 0
+
+
 # ----- parser ---------------------------------------------------------------------------------
 
 
@@ -279,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "quota":
             sub.add_argument("quota", type=int)
         sub.set_defaults(func=_with_user(change))
+
+    tokens = commands.add_parser("token", help="admin API tokens").add_subparsers(dest="action", required=True)
+    create = tokens.add_parser("create", parents=[common], help="prints the new token as its last word")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    create.add_argument("--name", required=True)
+    create.set_defaults(func=cmd_token_create)
+    token_list = tokens.add_parser("list", parents=[common])
+    token_list.add_argument("--json", action="store_true")
+    token_list.set_defaults(func=cmd_token_list)
+    revoke = tokens.add_parser("revoke", parents=[common])
+    revoke.add_argument("token", help="the token's id or name")
+    revoke.set_defaults(func=cmd_token_revoke)
     return parser
 
 

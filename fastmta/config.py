@@ -97,6 +97,8 @@ class RouteConfig(_Section):
 
 
 class AdminConfig(_Section):
+    # The HTTP API and /metrics; without it the workers still record metrics, nobody serves them.
+    enabled: bool = True
     listen: str = "127.0.0.1:8080"
     basic_auth: bool = True
 

@@ -16,9 +16,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from fastmta import child, config as config_module, logs
+import msgspec
+
+from fastmta import child, config as config_module, logs, metrics
 from fastmta.config import Config, ConfigError, parse_hostport
 from fastmta.smtp import worker as smtp_worker
 from fastmta.smtp.worker import ListenerSocket
@@ -30,6 +32,22 @@ _RESTART_DELAY_FIRST = 0.1
 _RESTART_DELAY_MAX = 30.0
 # A child that lived this long before dying is treated as a fresh failure, not a crash loop.
 _HEALTHY_AFTER = 30.0
+# Where the admin process learns which children are alive: children share nothing but data_dir.
+CHILDREN_FILE = "children.json"
+ADMIN = "admin"
+
+
+class ChildRecord(msgspec.Struct):
+    name: str
+    pid: int
+    started_at: float
+
+
+def _admin_role(config: Config, name: str) -> int:
+    # Imported in the child: the HTTP server's runtime never exists in the supervisor.
+    from fastmta.admin import server
+
+    return server.run(config, name)
 
 
 def _delivery_role(config: Config, name: str) -> int:
@@ -119,6 +137,7 @@ class ChildSpec:
     failures: int = 0
     started_at: float = 0.0
     restart_at: float = 0.0
+    since: float = 0.0  # wall clock, for children.json
 
 
 class Supervisor:
@@ -138,6 +157,16 @@ class Supervisor:
         specs += [ChildSpec(f"delivery-{n}", _delivery_role) for n in range(self.config.delivery.workers)]
         return specs
 
+    def admin_specs(self) -> list[ChildSpec]:
+        return [ChildSpec(ADMIN, _admin_role)] if self.config.admin.enabled else []
+
+    def publish(self) -> None:
+        records = [ChildRecord(spec.name, pid, spec.since) for pid, spec in self.children.items()]
+        path = self.config.data_dir / CHILDREN_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(msgspec.json.encode(records))
+        os.replace(temporary, path)
+
     def spawn(self, spec: ChildSpec) -> None:
         config = self.config
         pid = os.fork()
@@ -145,7 +174,9 @@ class Supervisor:
             self.listeners.close_except(spec.sockets)
             child.run(spec.name, config, spec.role, *spec.args)
         spec.started_at = time.monotonic()
+        spec.since = time.time()
         self.children[pid] = spec
+        self.publish()
         log.debug("started %s as pid %d", spec.name, pid)
 
     def reap(self) -> None:
@@ -157,7 +188,9 @@ class Supervisor:
             if pid == 0:
                 return
             self.retiring.discard(pid)
+            metrics.process_dead(pid)
             spec = self.children.pop(pid, None)
+            self.publish()
             if spec is None or self.stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)
@@ -184,20 +217,37 @@ class Supervisor:
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
-        old_pids = list(self.children)
+        old_pids = [pid for pid, spec in self.children.items() if spec.name != ADMIN]
+        admin_changed = (config.admin, config.server) != (self.config.admin, self.config.server)
         self.config = config
         if not self.listeners.fits(config):
             # The old workers hold their own copies of the old sockets until they finish draining.
             old_listeners, self.listeners = self.listeners, Listeners.open(config)
             old_listeners.close()
-        self.waiting = []
+        self.waiting = [spec for spec in self.waiting if spec.name == ADMIN]
         for spec in self.specs():
             self.spawn(spec)
         for pid in old_pids:
             self.retiring.add(pid)
             self.children.pop(pid, None)
             _kill(pid, signal.SIGTERM)
+        if admin_changed:
+            self.replace_admin()
         log.info("configuration reloaded; %d workers replaced", len(old_pids))
+
+    def replace_admin(self) -> None:
+        """The admin keeps running across reloads unless its own settings changed.
+
+        Its successor waits a moment for the old one to let go of the port; if it starts too
+        early it fails to bind and the usual restart backoff tries again.
+        """
+        self.waiting = [spec for spec in self.waiting if spec.name != ADMIN]
+        for pid, spec in list(self.children.items()):
+            if spec.name == ADMIN:
+                self.retiring.add(pid)
+                self.children.pop(pid)
+                _kill(pid, signal.SIGTERM)
+        self.waiting += [replace(spec, restart_at=time.monotonic() + 0.5) for spec in self.admin_specs()]
 
     def stop(self) -> None:
         self.stopping = True
@@ -220,7 +270,7 @@ class Supervisor:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        for spec in self.specs():
+        for spec in self.specs() + self.admin_specs():
             self.spawn(spec)
         log.info("fastmta started: %d smtp workers on %s", len(self.listeners.per_slot), _plan_text(self.listeners))
         notify(f"READY=1\nSTATUS=serving with {len(self.children)} children\nMAINPID={os.getpid()}")
@@ -253,4 +303,5 @@ def run(config_path: str | None) -> int:
     config = config_module.load(config_path)
     logs.setup(config.server.log_level, config.server.log_format, "supervisor")
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    metrics.prepare(config.data_dir)
     return Supervisor(config, config_path).run()

@@ -59,13 +59,15 @@ class Server:
 
     def __init__(self, tmp: Path, overrides: dict[str, Any], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.admin_port = free_port()
         self.data_dir = tmp / "data"
         settings = _merge(
             {
                 "server": {"hostname": "mx.test", "data_dir": str(self.data_dir), "log_level": "info"},
                 "smtp": {"listen": [f"127.0.0.1:{self.port}"], "workers": 2},
                 "delivery": {"workers": 0},
-                "admin": {"listen": f"127.0.0.1:{free_port()}"},
+                # The admin process only where a test asks for it: others count the SMTP workers.
+                "admin": {"listen": f"127.0.0.1:{self.admin_port}", "enabled": False},
             },
             overrides,
         )
@@ -103,7 +105,17 @@ class Server:
         except TimeoutError:
             self.kill()
             raise AssertionError(f"server did not start:\n{self.log()}") from None
+        if self.settings["admin"]["enabled"]:
+            try:
+                wait_for_listener(self.admin_port)
+            except TimeoutError:
+                self.kill()
+                raise AssertionError(f"admin did not start:\n{self.log()}") from None
         return self
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

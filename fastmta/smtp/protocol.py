@@ -8,7 +8,9 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from fastmta.accounts import User
-from fastmta.queue.store import EtrnRequest
+from fastmta.queue.records import Message
+from fastmta.queue.store import EtrnRequest, StoreFullError
+from fastmta.smtp import replies as R
 from fastmta.smtp.session import Close, Commit, RecordEtrn, Session, StartTls, Step, VerifyAuth
 from fastmta.smtp.tls import describe
 
@@ -20,6 +22,9 @@ log = logging.getLogger("fastmta.smtp")
 # A client may pipeline ahead while we wait for a commit, but not without bound.
 _MAX_BUFFERED = 1 << 20
 
+# A connection refused at greeting, by the reply it heard; any other refusal there is a per-IP rate limit.
+_REJECTION_REASONS = {R.TooManyConnections().reply: "max_connections"}
+
 
 class SmtpProtocol(asyncio.Protocol):
     def __init__(self, worker: Worker, listener: str, proxy_protocol: bool) -> None:
@@ -30,6 +35,7 @@ class SmtpProtocol(asyncio.Protocol):
         self._paused = False
         self.session: Session | None = None
         self.last_activity = time.monotonic()
+        self._committing: Message | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -46,7 +52,11 @@ class SmtpProtocol(asyncio.Protocol):
             self._proxy_protocol,
         )
         self._worker.connections.add(self)
-        self._apply(self.session.start())
+        self._worker.metrics.connections += 1
+        greeting = self.session.start()
+        if isinstance(greeting[1], Close):
+            self._worker.metrics.rejected[_REJECTION_REASONS.get(greeting[0], "rate_limit")] += 1
+        self._apply(greeting)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
@@ -84,6 +94,7 @@ class SmtpProtocol(asyncio.Protocol):
                 transport.resume_reading()
             return
         if isinstance(action, Commit):
+            self._committing = action.message
             self._worker.committer.submit((action.message, action.body), self._committed)
         elif isinstance(action, Close):
             transport.close()
@@ -98,12 +109,25 @@ class SmtpProtocol(asyncio.Protocol):
             asyncio.ensure_future(self._start_tls())
 
     def _committed(self, error: BaseException | None) -> None:
+        self._count_commit(error)
         if error is not None:
             log.error("commit failed: %s", error)
         if self.session is not None and not self.session.closed:
             self._apply(self.session.committed(error))
 
+    def _count_commit(self, error: BaseException | None) -> None:
+        metrics = self._worker.metrics
+        message = self._committing
+        if error is None and message is not None:
+            metrics.received["accepted"] += 1
+            # received_at is stamped when the end of DATA was seen.
+            metrics.processing.observe(time.time() - message.received_at)
+            metrics.size.observe(message.size)
+        else:
+            metrics.received["store_full" if isinstance(error, StoreFullError) else "error"] += 1
+
     def _auth_verified(self, result: object) -> None:
+        self._worker.metrics.auth["success" if isinstance(result, User) else "failure"] += 1
         if self.session is not None and not self.session.closed:
             self._apply(self.session.auth_verified(result if isinstance(result, User) else None))
 

@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from fastmta.accounts import Accounts
 from fastmta.config import Config
+from fastmta.metrics import SmtpMetrics
 from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import Message
 from fastmta.queue.wakeup import Poker
@@ -38,6 +40,20 @@ class ListenerSocket:
     proxy_protocol: bool
 
 
+class MeteredRateLimiter(RateLimiter):
+    """Counts every refusal by the limit that refused (the `kind` of the counter that was full)."""
+
+    def __init__(self, path: Path, metrics: SmtpMetrics) -> None:
+        super().__init__(path)
+        self._refused = metrics.ratelimit
+
+    def hit(self, kind: str, key: str, limit: int, window: float, now: float | None = None, amount: int = 1) -> bool:
+        allowed = super().hit(kind, key, limit, window, now, amount)
+        if not allowed:
+            self._refused[kind] += 1
+        return allowed
+
+
 class Worker:
     """Everything the connections of one worker share: stores, limits, settings, the group commit."""
 
@@ -46,7 +62,8 @@ class Worker:
         self.config = config
         self.name = name
         self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
-        self.limiter = RateLimiter(config.data_dir / "state.lmdb")
+        self.metrics = SmtpMetrics(name)
+        self.limiter = MeteredRateLimiter(config.data_dir / "state.lmdb", self.metrics)
         self.limiter.forget_dead_processes()
         self.accounts = Accounts(self.store.env)
         policy = RelayPolicy(smtp.mynetworks, smtp.relay_domains)
@@ -121,6 +138,7 @@ class Worker:
                 if session is not None and not session.blocked and now - connection.last_activity > timeout:
                     connection.timed_out()
             self.limiter.sweep()
+            self.metrics.flush(len(self.connections))
 
     async def _drain(self, servers: list[asyncio.AbstractServer]) -> None:
         """Stop accepting; idle clients hear 421 now; open transactions get the grace period to finish."""
@@ -135,6 +153,7 @@ class Worker:
         for connection in list(self.connections):
             connection.shutdown(now=True)
         self.committer.close()
+        self.metrics.flush(0)
         log.info("%s stopped", self.name)
 
     def close(self) -> None:

@@ -1,0 +1,39 @@
+"""GET /api/v1/audit: the audit log, newest first."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio.to_thread
+import msgspec
+
+from fastmta.admin.audit import AuditEntry
+from fastmta.admin.endpoint import Call, Endpoint
+from fastmta.admin.roles import Role
+
+
+class AuditQuery(msgspec.Struct):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    actor: str | None = None
+    action: str | None = None
+
+
+class AuditPage(msgspec.Struct):
+    items: list[AuditEntry]
+    total: int
+    limit: int
+    offset: int
+
+
+async def audit(call: Call) -> AuditPage:
+    query: AuditQuery = call.query
+    items, total = await anyio.to_thread.run_sync(
+        call.state.audit.newest, query.limit, query.offset, query.actor, query.action
+    )
+    return AuditPage(items, total, query.limit, query.offset)
+
+
+ENDPOINTS = [
+    Endpoint("GET", "/api/v1/audit", "Every change made through this API, newest first", audit, "audit", role=Role.operator, query=AuditQuery, returns=AuditPage),
+]

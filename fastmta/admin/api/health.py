@@ -1,0 +1,68 @@
+"""GET /health: no authentication; 503 when the store is unreachable, the disk nearly full, or no SMTP worker alive."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Literal
+
+import lmdb
+import msgspec
+
+from fastmta.admin.endpoint import Call, Endpoint, json_response
+from fastmta.supervisor import CHILDREN_FILE, ChildRecord
+from starlette.responses import Response
+
+_MIN_FREE_DISK = 0.10
+_children = msgspec.json.Decoder(list[ChildRecord])
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok", "unhealthy"]
+    reasons: list[str]
+    smtp_workers_alive: int
+    queue_depth: int | None
+    disk_free_percent: float
+
+
+async def health(call: Call) -> Response:
+    # Each check is a syscall or a read transaction: cheap enough to stay on the event loop.
+    data_dir = call.state.config.data_dir
+    reasons = []
+    try:
+        depth: int | None = call.state.store.count()
+    except lmdb.Error as error:
+        depth = None
+        reasons.append(f"queue store unreachable: {error}")
+    disk = shutil.disk_usage(data_dir)
+    free = disk.free / disk.total if disk.total else 0.0
+    if free < _MIN_FREE_DISK:
+        reasons.append(f"free disk space is {free:.1%}, below {_MIN_FREE_DISK:.0%}")
+    alive = _smtp_workers_alive(data_dir / CHILDREN_FILE)
+    if not alive:
+        reasons.append("no SMTP worker is alive")
+    report = Health("unhealthy" if reasons else "ok", reasons, alive, depth, round(free * 100, 2))
+    return json_response({"success": not reasons, "data": report}, 503 if reasons else 200)
+
+
+def _smtp_workers_alive(path: os.PathLike[str]) -> int:
+    try:
+        children = _children.decode(open(path, "rb").read())
+    except (OSError, msgspec.DecodeError):
+        return 0
+    return sum(1 for child in children if child.name.startswith("smtp-") and _alive(child.pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+ENDPOINTS = [
+    Endpoint("GET", "/health", "Whether this node can take mail", health, "monitoring", role=None, returns=Health, errors=(503,)),
+]

@@ -1,0 +1,169 @@
+"""The queue: list with status/limit/offset, show, retry, delete, hold, release, flush."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+import anyio.to_thread
+import msgspec
+
+from fastmta.admin.endpoint import Call, Endpoint, Outcome
+from fastmta.admin.errors import Conflict, NotFound
+from fastmta.admin.roles import Role
+from fastmta.queue.records import ACTIVE, DEFERRED, HELD, Message, to_document
+from fastmta.queue.store import CorruptRecord, QueueStore
+
+Status = Literal["active", "held", "deferred", "corrupt"]
+
+
+class QueueQuery(msgspec.Struct):
+    status: Status | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class QueueEntry(msgspec.Struct):
+    id: str
+    status: Status
+    sender: str = ""
+    recipients: list[str] = []
+    size: int = 0
+    received_at: float = 0.0
+    next_attempt: float = 0.0
+    attempts: int = 0
+    subject: str = ""
+    error: str = ""
+
+
+class QueuePage(msgspec.Struct):
+    items: list[QueueEntry]
+    total: int  # entries matching the status filter
+    limit: int
+    offset: int
+
+
+class Deleted(msgspec.Struct):
+    id: str
+    deleted: bool
+
+
+class Flushed(msgspec.Struct):
+    scheduled: int
+
+
+def _status(message: Message) -> Status:
+    if message.state == HELD:
+        return "held"
+    return "deferred" if any(r.state == DEFERRED for r in message.recipients) else "active"
+
+
+def _entry(found: Message | CorruptRecord) -> QueueEntry:
+    if isinstance(found, CorruptRecord):
+        return QueueEntry(found.message_id, "corrupt", error=found.reason)
+    return QueueEntry(
+        found.id,
+        _status(found),
+        found.sender,
+        [r.address for r in found.recipients],
+        found.size,
+        found.received_at,
+        found.next_attempt,
+        found.attempts,
+        found.subject,
+    )
+
+
+def _page(store: QueueStore, query: QueueQuery) -> QueuePage:
+    items: list[QueueEntry] = []
+    matched = 0
+    for found in store.scan():
+        entry = _entry(found)
+        if query.status and entry.status != query.status:
+            continue
+        if query.offset <= matched < query.offset + query.limit:
+            items.append(entry)
+        matched += 1
+    return QueuePage(items, matched, query.limit, query.offset)
+
+
+def _schedule(message: Message) -> dict[str, Any]:
+    return {"state": message.state, "next_attempt": message.next_attempt}
+
+
+def _existing(store: QueueStore, message_id: str) -> Message:
+    try:
+        message = store.get(message_id)
+    except CorruptRecord as corrupt:
+        raise Conflict(f"message {message_id} is corrupt: {corrupt.reason}") from None
+    if message is None:
+        raise NotFound(f"no message {message_id} in the queue")
+    return message
+
+
+async def list_queue(call: Call) -> QueuePage:
+    # A scan of a large queue takes a while: in a thread, so /health keeps answering.
+    return await anyio.to_thread.run_sync(_page, call.state.store, call.query)
+
+
+async def show(call: Call) -> dict[str, Any]:
+    return to_document(_existing(call.state.store, call.path("id")))
+
+
+async def retry(call: Call) -> Outcome:
+    store, message_id = call.state.store, call.path("id")
+    before = _existing(store, message_id)
+    if before.state == HELD:
+        raise Conflict(f"message {message_id} is held: release it instead")
+    after = await anyio.to_thread.run_sync(store.set_held, message_id, False)
+    if after is None:
+        raise NotFound(f"no message {message_id} in the queue")
+    return Outcome(to_document(after), message_id, _schedule(before), _schedule(after))
+
+
+async def delete(call: Call) -> Outcome:
+    store, message_id = call.state.store, call.path("id")
+    before = _existing(store, message_id)
+    if not await anyio.to_thread.run_sync(store.delete, message_id):
+        raise NotFound(f"no message {message_id} in the queue")
+    return Outcome(Deleted(message_id, True), message_id, to_document(before))
+
+
+def _holding(held: bool):  # type: ignore[no-untyped-def]
+    async def change(call: Call) -> Outcome:
+        store, message_id = call.state.store, call.path("id")
+        before = _existing(store, message_id)
+        if (before.state == HELD) == held:
+            raise Conflict(f"message {message_id} is {'already held' if held else 'not held'}")
+        after = await anyio.to_thread.run_sync(store.set_held, message_id, held)
+        if after is None:
+            raise NotFound(f"no message {message_id} in the queue")
+        return Outcome(to_document(after), message_id, _schedule(before), _schedule(after))
+
+    return change
+
+
+def _flush(store: QueueStore) -> int:
+    """Every active message due now; held ones stay held."""
+    now = time.time()
+    due = [m.id for m in store.scan() if isinstance(m, Message) and m.state == ACTIVE and m.next_attempt > now]
+    for message_id in due:
+        store.set_held(message_id, False)
+    return len(due)
+
+
+async def flush(call: Call) -> Outcome:
+    scheduled = await anyio.to_thread.run_sync(_flush, call.state.store)
+    return Outcome(Flushed(scheduled), "queue", after={"scheduled": scheduled})
+
+
+_ERRORS = (404, 409)
+ENDPOINTS = [
+    Endpoint("GET", "/api/v1/queue", "Queued messages, oldest first", list_queue, "queue", query=QueueQuery, returns=QueuePage),
+    Endpoint("POST", "/api/v1/queue/flush", "Make every active message due now", flush, "queue", role=Role.operator, returns=Flushed, action="queue.flush"),
+    Endpoint("GET", "/api/v1/queue/{id}", "One message's record", show, "queue", returns=Message, errors=_ERRORS),
+    Endpoint("DELETE", "/api/v1/queue/{id}", "Remove a message without delivering it", delete, "queue", role=Role.operator, returns=Deleted, errors=_ERRORS, action="queue.delete"),
+    Endpoint("POST", "/api/v1/queue/{id}/retry", "Make an active message due now", retry, "queue", role=Role.operator, returns=Message, errors=_ERRORS, action="queue.retry"),
+    Endpoint("POST", "/api/v1/queue/{id}/hold", "Keep a message out of delivery", _holding(True), "queue", role=Role.operator, returns=Message, errors=_ERRORS, action="queue.hold"),
+    Endpoint("POST", "/api/v1/queue/{id}/release", "Put a held message back, due now", _holding(False), "queue", role=Role.operator, returns=Message, errors=_ERRORS, action="queue.release"),
+]

@@ -1,0 +1,111 @@
+"""SMTP AUTH accounts, the same store as `fastmta user`: list, get, create, update, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio.to_thread
+import msgspec
+
+from fastmta.accounts import AccountExists, AccountNotFound, InvalidUsername, User
+from fastmta.admin.endpoint import Call, Endpoint, Outcome
+from fastmta.admin.errors import Conflict, NotFound, ValidationFailed
+from fastmta.admin.roles import Role
+
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Quota = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class UserView(msgspec.Struct):
+    """An account as the API shows it: never its password hash."""
+
+    username: str
+    enabled: bool
+    admin: bool
+    quota: int
+    created_at: float
+    updated_at: float
+
+
+class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    password: Password
+    admin: bool = False
+    quota: Quota = 0
+
+
+class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    password: Password | None = None
+    enabled: bool | None = None
+    admin: bool | None = None
+    quota: Quota | None = None
+
+
+def view(user: User) -> UserView:
+    return UserView(user.username, user.enabled, user.admin, user.quota, user.created_at, user.updated_at)
+
+
+def _existing(call: Call) -> User:
+    user = call.state.accounts.get(call.path("username"))
+    if user is None:
+        raise NotFound(f"no user {call.path('username')}")
+    return user
+
+
+async def list_users(call: Call) -> list[UserView]:
+    return [view(user) for user in call.state.accounts.list()]
+
+
+async def get_user(call: Call) -> UserView:
+    return view(_existing(call))
+
+
+async def create_user(call: Call) -> Outcome:
+    body: UserCreate = call.body
+    try:
+        # argon2 hashing takes tens of milliseconds: in a thread.
+        user = await anyio.to_thread.run_sync(
+            lambda: call.state.accounts.add(body.username, body.password, admin=body.admin, quota=body.quota)
+        )
+    except InvalidUsername as error:
+        raise ValidationFailed(f"username: {error}", "username") from None
+    except AccountExists:
+        raise Conflict(f"user {body.username} already exists") from None
+    return Outcome(view(user), user.username, after=view(user))
+
+
+async def update_user(call: Call) -> Outcome:
+    body: UserUpdate = call.body
+    accounts = call.state.accounts
+    before = _existing(call)
+
+    def change() -> User:
+        user = accounts.update(before.username, enabled=body.enabled, admin=body.admin, quota=body.quota)
+        return accounts.set_password(before.username, body.password) if body.password is not None else user
+
+    try:
+        after = await anyio.to_thread.run_sync(change)
+    except AccountNotFound:
+        raise NotFound(f"no user {before.username}") from None
+    # The audit log says a password changed, never what it became.
+    changed = {"password_changed": body.password is not None}
+    return Outcome(view(after), after.username, msgspec.to_builtins(view(before)), {**msgspec.to_builtins(view(after)), **changed})
+
+
+async def delete_user(call: Call) -> Outcome:
+    before = _existing(call)
+    try:
+        await anyio.to_thread.run_sync(call.state.accounts.delete, before.username)
+    except AccountNotFound:
+        raise NotFound(f"no user {before.username}") from None
+    return Outcome(view(before), before.username, before=view(before))
+
+
+_ADMIN = Role.admin
+ENDPOINTS = [
+    Endpoint("GET", "/api/v1/users", "Every SMTP account", list_users, "users", role=_ADMIN, returns=list[UserView]),
+    Endpoint("POST", "/api/v1/users", "Create an SMTP account", create_user, "users", role=_ADMIN, body=UserCreate, returns=UserView, status=201, errors=(409,), action="user.create"),
+    Endpoint("GET", "/api/v1/users/{username}", "One SMTP account", get_user, "users", role=_ADMIN, returns=UserView, errors=(404,)),
+    Endpoint("PUT", "/api/v1/users/{username}", "Change an account's password, flags or quota", update_user, "users", role=_ADMIN, body=UserUpdate, returns=UserView, errors=(404,), action="user.update"),
+    Endpoint("DELETE", "/api/v1/users/{username}", "Delete an SMTP account", delete_user, "users", role=_ADMIN, returns=UserView, errors=(404,), action="user.delete"),
+]

@@ -1,0 +1,88 @@
+"""The admin ASGI app: every endpoint module's routes, the request id, and the error envelope for the rest.
+
+Starlette supplies routing, requests, responses and streaming; validation, auth and the OpenAPI
+document come from the endpoint declarations (endpoint.py), built on msgspec like the rest of fastmta.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fastmta.admin.api import audit, delivery, docs, health, metrics, queue, realtime, stats, tokens, users
+from fastmta.admin.endpoint import REQUEST_ID, Endpoint, error_response, route
+from fastmta.admin.errors import ApiError, MethodNotAllowed, NotFound
+from fastmta.admin.state import AdminState
+from fastmta.config import Config
+
+log = logging.getLogger("fastmta.admin")
+
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def endpoints() -> list[Endpoint]:
+    described = [
+        endpoint
+        for module in (health, metrics, stats, realtime, queue, delivery, users, tokens, audit)
+        for endpoint in module.ENDPOINTS
+    ]
+    return described + docs.endpoints(described)
+
+
+class RequestId:
+    """Takes the client's X-Request-ID if it is sane, else makes one; echoes it on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        scope[REQUEST_ID] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: ApiError = (
+        MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        if exc.status_code == 405
+        else NotFound(f"no endpoint {request.url.path}")
+    )
+    return error_response(error, request)
+
+
+def create_app(config: Config) -> Starlette:
+    state = AdminState.open(config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        state.close()
+
+    return Starlette(
+        routes=[Route(e.path, route(e, state), methods=[e.method]) for e in endpoints()],
+        middleware=[Middleware(RequestId)],
+        exception_handlers={HTTPException: _routing_error},
+        lifespan=lifespan,
+    )

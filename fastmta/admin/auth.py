@@ -1,0 +1,57 @@
+"""Who is calling: a Bearer token with its role, or HTTP Basic for an SMTP account flagged admin."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+import anyio.to_thread
+from starlette.requests import Request
+
+from fastmta.accounts import Accounts
+from fastmta.admin.errors import AuthRequired, InsufficientPermissions
+from fastmta.admin.roles import Role
+from fastmta.admin.tokens import Tokens
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str  # as the audit log shows it: "token:<name>" or "user:<username>"
+    role: Role
+
+
+async def authenticate(request: Request, tokens: Tokens, accounts: Accounts, basic_auth: bool) -> Principal:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        token = tokens.verify(credentials.strip())
+        if token is None:
+            raise AuthRequired("the token is unknown or revoked")
+        return Principal(f"token:{token.name}", Role.named(token.role))
+    if scheme == "basic" and basic_auth:
+        username, password = _basic_credentials(credentials)
+        # argon2 takes tens of milliseconds: never on the event loop.
+        user = await anyio.to_thread.run_sync(accounts.authenticate, username, password)
+        if user is None:
+            raise AuthRequired("wrong username or password")
+        if not user.admin:
+            raise InsufficientPermissions(f"{user.username} is not an admin account")
+        return Principal(f"user:{user.username}", Role.admin)
+    raise AuthRequired("send Authorization: Bearer <token>" + (" or HTTP Basic" if basic_auth else ""))
+
+
+def _basic_credentials(credentials: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthRequired("malformed Basic credentials") from None
+    username, colon, password = decoded.partition(":")
+    if not colon:
+        raise AuthRequired("malformed Basic credentials")
+    return username, password
+
+
+def require(principal: Principal, role: Role) -> None:
+    if principal.role < role:
+        raise InsufficientPermissions(f"this needs the {role.name} role; {principal.name} has {principal.role.name}")

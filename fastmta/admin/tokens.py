@@ -1,0 +1,85 @@
+"""Admin API tokens in the `tokens` database of queue.lmdb: only a SHA-256 of each secret is stored.
+
+A token reads `fmta_<id>_<secret>`. The id finds the record without a scan; the secret has 192
+random bits, so a fast hash is enough (a slow one protects guessable passwords, not these).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+
+import lmdb
+import msgspec
+
+from fastmta.admin.roles import RoleName
+
+_TOKENS_DB = b"tokens"
+_TOKEN = re.compile(r"fmta_([0-9a-f]{12})_([A-Za-z0-9_-]{32})")
+
+
+class Token(msgspec.Struct, omit_defaults=True):
+    """One token. Fields may be added with defaults; none may be removed or retyped."""
+
+    id: str
+    name: str
+    role: RoleName
+    secret_hash: str
+    created_at: float
+    created_by: str = ""
+
+
+class TokenExists(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a token named {name!r} already exists")
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Token)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Tokens:
+    def __init__(self, env: lmdb.Environment) -> None:
+        self._env = env
+        self._db = env.open_db(_TOKENS_DB)
+
+    def create(self, name: str, role: RoleName, created_by: str = "") -> tuple[Token, str]:
+        """The new token and its text; the text is never stored and cannot be shown again."""
+        token_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(24)
+        token = Token(token_id, name, role, _digest(secret), time.time(), created_by)
+        with self._env.begin(write=True, db=self._db) as txn:
+            if any(_DECODER.decode(raw).name == name for _, raw in txn.cursor()):
+                raise TokenExists(name)
+            txn.put(token_id.encode(), _ENCODER.encode(token))
+        return token, f"fmta_{token_id}_{secret}"
+
+    def list(self) -> list[Token]:
+        with self._env.begin(db=self._db) as txn:
+            return [_DECODER.decode(raw) for _, raw in txn.cursor()]
+
+    def find(self, id_or_name: str) -> Token | None:
+        return next((t for t in self.list() if id_or_name in (t.id, t.name)), None)
+
+    def revoke(self, token_id: str) -> Token | None:
+        with self._env.begin(write=True, db=self._db) as txn:
+            raw = txn.pop(token_id.encode())
+        return None if raw is None else _DECODER.decode(raw)
+
+    def verify(self, text: str) -> Token | None:
+        found = _TOKEN.fullmatch(text)
+        if not found:
+            return None
+        with self._env.begin(db=self._db) as txn:
+            raw = txn.get(found.group(1).encode())
+        if raw is None:
+            return None
+        token = _DECODER.decode(raw)
+        return token if hmac.compare_digest(token.secret_hash, _digest(found.group(2))) else None

@@ -1,0 +1,143 @@
+"""Metric definitions (DESIGN §4) and their multiprocess plumbing.
+
+Every process writes its samples to its own files in data_dir/metrics (prometheus_client's
+multiprocess mode) and the admin process merges them for /metrics. prometheus_client decides
+between in-memory and file-backed values when it is first imported, so the supervisor calls
+prepare() before anything imports it, and this module imports it only on first use.
+
+A worker does not touch the files per event: it counts in plain Python attributes and flush()
+moves the differences to the files once a second. A message costs a few integer increments;
+a worker killed with SIGKILL loses at most its last second of counts, never what it flushed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from bisect import bisect_left
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Receipt to "250" is dominated by the group commit's fsync: milliseconds, seconds when the disk stalls.
+PROCESSING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SIZE_BUCKETS = tuple(float(1 << shift) for shift in range(10, 27, 2))  # 1 KiB .. 64 MiB
+DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def prepare(data_dir: Path) -> Path:
+    """Empties data_dir/metrics and points prometheus_client at it; the supervisor runs this before forking."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
+    directory = data_dir / "metrics"
+    # Files of a previous run would be summed into this run's counters.
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def process_dead(pid: int) -> None:
+    """Drops a reaped child's live gauges; its counters stay, so totals never go backwards."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
+
+
+@cache
+def families() -> SimpleNamespace:
+    """Every metric of DESIGN §4, created once per process, unregistered: /metrics reads the files instead."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    def counter(name: str, text: str, *labels: str) -> Counter:
+        return Counter(name, text, ["worker", *labels], registry=None)
+
+    def histogram(name: str, text: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, text, ["worker"], buckets=buckets, registry=None)
+
+    return SimpleNamespace(
+        connections_active=Gauge(
+            "smtp_connections_active", "Open SMTP connections", ["worker"], registry=None, multiprocess_mode="livesum"
+        ),
+        connections_total=counter("smtp_connections", "SMTP connections accepted"),
+        connections_rejected=counter("smtp_connections_rejected", "SMTP connections refused at greeting", "reason"),
+        messages_received=counter("smtp_messages_received", "Messages received over SMTP by outcome", "status"),
+        messages_sent=counter("smtp_messages_sent", "Recipients settled by delivery, by outcome", "status"),
+        auth_attempts=counter("smtp_auth_attempts", "SMTP AUTH credential checks", "result"),
+        ratelimit_hits=counter("smtp_ratelimit_hits", "Requests refused by a per-client limit", "limit"),
+        processing=histogram(
+            "smtp_processing_duration_seconds", "End of DATA to the 250 reply", PROCESSING_BUCKETS
+        ),
+        message_size=histogram("smtp_message_size_bytes", "Size of accepted messages", SIZE_BUCKETS),
+        delivery=histogram("smtp_delivery_duration_seconds", "One delivery attempt", DELIVERY_BUCKETS),
+    )
+
+
+class Tally:
+    """A histogram kept in process memory: observe() is one bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = (*bounds, float("inf"))
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # prometheus buckets are "less than or equal": the first bound >= value.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def move_to(self, child: Any) -> None:
+        """Adds the tally to a labelled prometheus Histogram and empties it.
+
+        prometheus_client has no public "observe n values at once"; its per-bucket values are the
+        only way to write a second's worth in a few operations instead of one locked write each.
+        """
+        if not any(self.counts):
+            return
+        child._sum.inc(self.total)
+        for bucket, count in zip(child._buckets, self.counts):
+            if count:
+                bucket.inc(count)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+
+class SmtpMetrics:
+    """One SMTP worker's counts since the last flush, with its `worker` label."""
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.connections = 0
+        self.rejected: defaultdict[str, int] = defaultdict(int)
+        self.received: defaultdict[str, int] = defaultdict(int)
+        self.auth: defaultdict[str, int] = defaultdict(int)
+        self.ratelimit: defaultdict[str, int] = defaultdict(int)
+        self.processing = Tally(PROCESSING_BUCKETS)
+        self.size = Tally(SIZE_BUCKETS)
+
+    def flush(self, active_connections: int) -> None:
+        found = families()
+        worker = self.worker
+        found.connections_active.labels(worker).set(active_connections)
+        if self.connections:
+            found.connections_total.labels(worker).inc(self.connections)
+            self.connections = 0
+        for counts, family in (
+            (self.rejected, found.connections_rejected),
+            (self.received, found.messages_received),
+            (self.auth, found.auth_attempts),
+            (self.ratelimit, found.ratelimit_hits),
+        ):
+            for label, count in counts.items():
+                if count:
+                    family.labels(worker, label).inc(count)
+            counts.clear()
+        self.processing.move_to(found.processing.labels(worker))
+        self.size.move_to(found.message_size.labels(worker))
