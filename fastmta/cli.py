@@ -69,8 +69,9 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
             f"  next {_when(entry.next_attempt)}"
         )
         for recipient in entry.recipients:
+            waiting = f"  next {_when(recipient.next_attempt)}" if recipient.state == "deferred" else ""
             last = f"  ({recipient.last_reply})" if recipient.last_reply else ""
-            print(f"    <{recipient.address}>  {recipient.state}  attempts {recipient.attempts}{last}")
+            print(f"    <{recipient.address}>  {recipient.state}  attempts {recipient.attempts}{waiting}{last}")
     print(f"-- {len(entries)} messages", file=sys.stderr)
     return 0
 

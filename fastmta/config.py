@@ -66,7 +66,8 @@ class LimitsConfig(_Section):
 
 
 class DeliveryConfig(_Section):
-    workers: int = 0
+    # Runner processes; 0 = ingress only, mail stays queued.
+    workers: int = 1
     retry_schedule: list[str] = msgspec.field(default_factory=lambda: ["1m", "5m", "15m", "1h", "4h"])
     max_age: str = "5d"
     bounce_from: str = ""
