@@ -424,3 +424,31 @@ def test_proxy_protocol_sets_client_address(make_server) -> None:
     assert client.command(b"RCPT TO:<x@elsewhere.com>").startswith(b"554 5.7.1")
     client.close()
     assert server.stop() == 0
+
+
+def test_full_store_refuses_without_losing_what_it_has(make_server) -> None:
+    server = make_server({"server": {"queue_max_bytes": 4 << 20}, "smtp": {"workers": 1}})
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 1000
+    replies = []
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        for _ in range(8):
+            try:
+                client.sendmail("a@example.com", ["b@example.org"], big)
+                replies.append(250)
+            except smtplib.SMTPDataError as refused:
+                replies.append(refused.smtp_code)
+                assert refused.smtp_error.startswith(b"4.3.1")
+    assert 250 in replies and 452 in replies
+    listed = json.loads(server.cli("queue", "list", "--json").stdout)
+    assert len(listed) == replies.count(250) and all(m["state"] != "corrupt" for m in listed)
+    assert server.stop() == 0
+
+
+def test_idle_client_is_timed_out(make_server) -> None:
+    server = make_server({"smtp": {"timeout_seconds": 1.0}})
+    client = Raw(server.port)
+    assert client.command(b"EHLO idle.test").startswith(b"250")
+    started = time.monotonic()
+    assert client.reply().startswith(b"421 4.4.2")
+    assert time.monotonic() - started < 5
+    assert server.stop() == 0
