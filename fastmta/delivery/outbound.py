@@ -152,7 +152,7 @@ class Connection:
                 replies[recipient.address] = final
             self.messages_sent += 1
             return replies
-        except _CONNECTION_ERRORS as exc:
+        except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
             self.close()
             raise ConnectionFailed(f"lost {self.destination.host}[{self.destination.address}]: {exc}") from None
 

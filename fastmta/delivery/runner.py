@@ -37,6 +37,7 @@ _NO_ROUTE = Reply(550, "5.4.4 No route is configured for this domain")
 _NO_MAILBOX = Reply(550, "5.1.1 No such mailbox")
 _DISCARDED = Reply(250, "2.0.0 Discarded by route")
 _STORED = Reply(250, "2.0.0 Delivered to maildir")
+_LOCAL_FAULT = Reply(451, "4.3.0 Local error while sending")
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,14 @@ class Runner:
             else:
                 groups[(found[0], domain)].append(recipient)
         results = await asyncio.gather(
-            *(self._send_group(self.router.routes[index], index, domain, message, group, body) for (index, domain), group in groups.items())
+            *(self._send_group(self.router.routes[index], index, domain, message, group, body) for (index, domain), group in groups.items()),
+            return_exceptions=True,
         )
-        for result in results:
+        for ((index, _), group), result in zip(groups.items(), results):
+            if isinstance(result, BaseException):
+                # A fault of ours, not of the next hop: try again later rather than leave the lease to expire.
+                log.error("sending %s failed unexpectedly", message.id, exc_info=result)
+                result = {r.address: Outcome(_LOCAL_FAULT, f"{index}:{self.router.routes[index].kind}") for r in group}
             outcomes.update(result)
         await self._settle(message, body, outcomes, started)
 
