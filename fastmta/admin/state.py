@@ -10,7 +10,9 @@ from fastmta.admin.control import DeliveryControl
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
 from fastmta.config import Config
+from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
+from fastmta.queue.wakeup import Poker
 
 
 @dataclass
@@ -22,6 +24,7 @@ class AdminState:
     audit: AuditLog
     delivery: DeliveryControl
     readings: Readings
+    poker: Poker
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
@@ -34,7 +37,18 @@ class AdminState:
             AuditLog(store.env),
             DeliveryControl(store.env),
             Readings(config.data_dir, store),
+            Poker(config.data_dir),
         )
 
+    def make_due(self, message_ids: list[str] | None) -> int:
+        """Deferred mail (all, or these ids) due now, and the delivery runners told; runs in a thread."""
+        changed = Scheduler(self.store).make_due(message_ids)
+        self.wake_runners()
+        return changed
+
+    def wake_runners(self) -> None:
+        self.poker.poke()
+
     def close(self) -> None:
+        self.poker.close()
         self.store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
@@ -11,7 +10,7 @@ import msgspec
 from fastmta.admin.endpoint import Call, Endpoint, Outcome
 from fastmta.admin.errors import Conflict, NotFound
 from fastmta.admin.roles import Role
-from fastmta.queue.records import ACTIVE, DEFERRED, HELD, Message, to_document
+from fastmta.queue.records import DEFERRED, HELD, Message, to_document
 from fastmta.queue.store import CorruptRecord, QueueStore
 
 Status = Literal["active", "held", "deferred", "corrupt"]
@@ -111,13 +110,12 @@ async def show(call: Call) -> dict[str, Any]:
 
 
 async def retry(call: Call) -> Outcome:
-    store, message_id = call.state.store, call.path("id")
-    before = _existing(store, message_id)
+    state, message_id = call.state, call.path("id")
+    before = _existing(state.store, message_id)
     if before.state == HELD:
         raise Conflict(f"message {message_id} is held: release it instead")
-    after = await anyio.to_thread.run_sync(store.set_held, message_id, False)
-    if after is None:
-        raise NotFound(f"no message {message_id} in the queue")
+    await anyio.to_thread.run_sync(state.make_due, [message_id])
+    after = _existing(state.store, message_id)
     return Outcome(to_document(after), message_id, _schedule(before), _schedule(after))
 
 
@@ -138,32 +136,25 @@ def _holding(held: bool):  # type: ignore[no-untyped-def]
         after = await anyio.to_thread.run_sync(store.set_held, message_id, held)
         if after is None:
             raise NotFound(f"no message {message_id} in the queue")
+        if not held:
+            call.state.wake_runners()
         return Outcome(to_document(after), message_id, _schedule(before), _schedule(after))
 
     return change
 
 
-def _flush(store: QueueStore) -> int:
-    """Every active message due now; held ones stay held."""
-    now = time.time()
-    due = [m.id for m in store.scan() if isinstance(m, Message) and m.state == ACTIVE and m.next_attempt > now]
-    for message_id in due:
-        store.set_held(message_id, False)
-    return len(due)
-
-
 async def flush(call: Call) -> Outcome:
-    scheduled = await anyio.to_thread.run_sync(_flush, call.state.store)
+    scheduled = await anyio.to_thread.run_sync(call.state.make_due, None)
     return Outcome(Flushed(scheduled), "queue", after={"scheduled": scheduled})
 
 
 _ERRORS = (404, 409)
 ENDPOINTS = [
     Endpoint("GET", "/api/v1/queue", "Queued messages, oldest first", list_queue, "queue", query=QueueQuery, returns=QueuePage),
-    Endpoint("POST", "/api/v1/queue/flush", "Make every active message due now", flush, "queue", role=Role.operator, returns=Flushed, action="queue.flush"),
+    Endpoint("POST", "/api/v1/queue/flush", "Make all deferred mail due now", flush, "queue", role=Role.operator, returns=Flushed, action="queue.flush"),
     Endpoint("GET", "/api/v1/queue/{id}", "One message's record", show, "queue", returns=Message, errors=_ERRORS),
     Endpoint("DELETE", "/api/v1/queue/{id}", "Remove a message without delivering it", delete, "queue", role=Role.operator, returns=Deleted, errors=_ERRORS, action="queue.delete"),
-    Endpoint("POST", "/api/v1/queue/{id}/retry", "Make an active message due now", retry, "queue", role=Role.operator, returns=Message, errors=_ERRORS, action="queue.retry"),
+    Endpoint("POST", "/api/v1/queue/{id}/retry", "Make a deferred message due now", retry, "queue", role=Role.operator, returns=Message, errors=_ERRORS, action="queue.retry"),
     Endpoint("POST", "/api/v1/queue/{id}/hold", "Keep a message out of delivery", _holding(True), "queue", role=Role.operator, returns=Message, errors=_ERRORS, action="queue.hold"),
     Endpoint("POST", "/api/v1/queue/{id}/release", "Put a held message back, due now", _holding(False), "queue", role=Role.operator, returns=Message, errors=_ERRORS, action="queue.release"),
 ]
