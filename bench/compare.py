@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from proctree import tree_cpu_seconds
-from targets import BENCH, TARGETS, Running, Target, free_port, spawn, wait_for_greeting
+from targets import BENCH, DEFAULT_TARGETS, TARGETS, Running, Target, free_port, spawn, wait_for_greeting
 
 SENDER = "from@example.com"
 RECIPIENT = "to@example.com"
@@ -380,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
         prog="compare.py",
         description="Measure fastmta and its peers under identical, interleaved loads; print a markdown table.",
     )
-    p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
     p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS), help=f"comma-separated, from {', '.join(SCENARIOS)}")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per run (default 5)")

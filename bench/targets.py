@@ -103,6 +103,7 @@ class FastMTA(Target):
     name = "fastmta"
     durability = "fsync before 250"
     relays = True
+    server_settings: tuple[str, ...] = ()
 
     def executable(self) -> str | None:
         beside_python = Path(sys.executable).parent / "fastmta"
@@ -111,15 +112,16 @@ class FastMTA(Target):
     def missing(self) -> str | None:
         return None if self.executable() else "the fastmta command is not installed (make dev)"
 
-    def config(self, workdir: Path, port: int, relay_port: int | None) -> str:
+    def config(self, workdir: Path, port: int, relay_port: int | None, admin_port: int | None = None) -> str:
         lines = [
             "[server]",
             f'data_dir = "{workdir / "var"}"',
+            *self.server_settings,
             "[smtp]",
             f'listen = ["127.0.0.1:{port}"]',
             'mynetworks = ["127.0.0.0/8"]',
             "[admin]",
-            f'listen = "127.0.0.1:{free_port()}"',
+            f'listen = "127.0.0.1:{admin_port or free_port()}"',
             "[delivery]",
             f"workers = {1 if relay_port else 0}",
         ]
@@ -134,14 +136,22 @@ class FastMTA(Target):
             ]
         return "\n".join(lines) + "\n"
 
-    def start(self, workdir: Path, port: int, relay_port: int | None = None) -> Running:
+    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
         executable = self.executable()
         assert executable is not None
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "fastmta.toml"
-        config.write_text(self.config(workdir, port, relay_port))
+        config.write_text(self.config(workdir, port, relay_port, admin_port))
         process = spawn([executable, "serve", "--config", str(config)], workdir / "fastmta.log")
         return started(self.name, port, process, cleanup=workdir / "var")
+
+
+class FastMTAWithoutMetrics(FastMTA):
+    """fastmta with `[server] metrics = false`: beside `fastmta`, what the instrumentation costs."""
+
+    name = "fastmta-nometrics"
+    durability = "fsync before 250; metrics off"
+    server_settings = ("metrics = false",)
 
 
 class Postfix(Target):
@@ -194,4 +204,8 @@ class SmtpSink(Target):
         return started(self.name, port, spawn(command, workdir / "smtp-sink.log"))
 
 
-TARGETS: dict[str, Target] = {t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink())}
+TARGETS: dict[str, Target] = {
+    t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics())
+}
+# compare.py's default run; the others are asked for by name.
+DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")

@@ -29,6 +29,9 @@ class ServerConfig(_Section):
     shutdown_grace_seconds: float = 30.0
     # LMDB reserves address space, not disk: the store can grow to this many bytes.
     queue_max_bytes: int = 8 << 30
+    # Workers and runners write Prometheus metrics for /metrics and /stats; false stops that
+    # (to measure what it costs, or where nobody reads them).
+    metrics: bool = True
 
 
 class SmtpConfig(_Section):

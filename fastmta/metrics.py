@@ -124,11 +124,23 @@ class Tally:
         self.total = 0.0
 
 
-class SmtpMetrics:
-    """One SMTP worker's counts since the last flush, with its `worker` label."""
+def _move_counts(counts: defaultdict[str, int], family: Any, worker: str) -> None:
+    for label, count in counts.items():
+        if count:
+            family.labels(worker, label).inc(count)
+    counts.clear()
 
-    def __init__(self, worker: str) -> None:
+
+class SmtpMetrics:
+    """One SMTP worker's counts since the last flush, with its `worker` label.
+
+    With `enabled` false ([server] metrics = false) nothing reaches the files: the counting
+    itself is a handful of integer additions per message, the files are what cost.
+    """
+
+    def __init__(self, worker: str, enabled: bool = True) -> None:
         self.worker = worker
+        self.enabled = enabled
         self.connections = 0
         self.rejected: defaultdict[str, int] = defaultdict(int)
         self.received: defaultdict[str, int] = defaultdict(int)
@@ -138,21 +150,34 @@ class SmtpMetrics:
         self.size = Tally(SIZE_BUCKETS)
 
     def flush(self, active_connections: int) -> None:
+        if not self.enabled:
+            return
         found = families()
         worker = self.worker
         found.connections_active.labels(worker).set(active_connections)
         if self.connections:
             found.connections_total.labels(worker).inc(self.connections)
             self.connections = 0
-        for counts, family in (
-            (self.rejected, found.connections_rejected),
-            (self.received, found.messages_received),
-            (self.auth, found.auth_attempts),
-            (self.ratelimit, found.ratelimit_hits),
-        ):
-            for label, count in counts.items():
-                if count:
-                    family.labels(worker, label).inc(count)
-            counts.clear()
+        _move_counts(self.rejected, found.connections_rejected, worker)
+        _move_counts(self.received, found.messages_received, worker)
+        _move_counts(self.auth, found.auth_attempts, worker)
+        _move_counts(self.ratelimit, found.ratelimit_hits, worker)
         self.processing.move_to(found.processing.labels(worker))
         self.size.move_to(found.message_size.labels(worker))
+
+
+class DeliveryMetrics:
+    """One delivery runner's counts since the last flush: recipients settled by outcome, attempt durations."""
+
+    def __init__(self, worker: str, enabled: bool = True) -> None:
+        self.worker = worker
+        self.enabled = enabled
+        self.sent: defaultdict[str, int] = defaultdict(int)
+        self.duration = Tally(DELIVERY_BUCKETS)
+
+    def flush(self) -> None:
+        if not self.enabled:
+            return
+        found = families()
+        _move_counts(self.sent, found.messages_sent, self.worker)
+        self.duration.move_to(found.delivery.labels(self.worker))

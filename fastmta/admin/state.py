@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fastmta.accounts import Accounts
 from fastmta.admin.audit import AuditLog
-from fastmta.admin.control import DeliveryControl
+from fastmta.queue.control import DeliveryControl
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
 from fastmta.config import Config

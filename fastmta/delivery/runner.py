@@ -21,8 +21,10 @@ from fastmta.delivery.mx import DnsFailure, MxResolver
 from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy
 from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
+from fastmta.metrics import DeliveryMetrics
 from fastmta.processes import alive
 from fastmta.queue.commit import GroupCommit
+from fastmta.queue.control import DeliveryControl
 from fastmta.queue.records import DEFERRED, DELIVERED, FAILED, QUEUED, Message, Recipient
 from fastmta.queue.schedule import Scheduler, Settlement
 from fastmta.queue.store import QueueStore
@@ -64,11 +66,13 @@ class Runner:
         self.owner = f"{name}:{os.getpid()}"
         self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
         self.scheduler = Scheduler(self.store)
+        self.control = DeliveryControl(self.store.env)
         self.router = Router(config.routes)
         self.resolver = MxResolver(delivery.dns_servers, parse_duration(delivery.connect_timeout))
         self.pools = Pools(self._open)
         self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
         self.journal = DeliveryLog(config.data_dir / "delivery.log")
+        self.metrics = DeliveryMetrics(name, config.server.metrics)
         self.retry_schedule = [parse_duration(step) for step in delivery.retry_schedule]
         self.max_age = parse_duration(delivery.max_age)
         self.lease_seconds = parse_duration(delivery.lease_time)
@@ -96,10 +100,12 @@ class Runner:
         if reclaimed:
             log.info("%s took over %d messages from runners that died", self.name, reclaimed)
         log.info("%s delivering", self.name)
+        flusher = asyncio.ensure_future(self._flush_metrics())
         last_sweep = time.monotonic()
         while not stop.is_set():
             free = self.config.delivery.concurrency - len(self._in_flight)
-            limit = min(self.config.delivery.batch_size, free)
+            # Suspended: attempts under way finish, no new ones start; activation pokes the runners.
+            limit = 0 if self.control.suspended() else min(self.config.delivery.batch_size, free)
             leased = await asyncio.to_thread(self.scheduler.lease, self.owner, limit, self.lease_seconds) if limit else []
             for message in leased:
                 task = asyncio.ensure_future(self._deliver(message))
@@ -119,6 +125,13 @@ class Runner:
                 pass
             self._wake.clear()
         await self._drain()
+        flusher.cancel()
+        self.metrics.flush()
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.metrics.flush()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -215,7 +228,11 @@ class Runner:
         if error is not None:
             log.error("could not record the outcome for %s: %s; it will be retried", message.id, error)
             return
-        self.delivered += sum(1 for r in message.recipients if r.address in outcomes and r.state == DELIVERED)
+        attempted = [r for r in message.recipients if r.address in outcomes]
+        for recipient in attempted:
+            self.metrics.sent[recipient.state] += 1
+        self.metrics.duration.observe(now - started)
+        self.delivered += sum(1 for r in attempted if r.state == DELIVERED)
         if bounces:
             self._poker.poke()
 

@@ -62,7 +62,7 @@ class Worker:
         self.config = config
         self.name = name
         self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
-        self.metrics = SmtpMetrics(name)
+        self.metrics = SmtpMetrics(name, config.server.metrics)
         self.limiter = MeteredRateLimiter(config.data_dir / "state.lmdb", self.metrics)
         self.limiter.forget_dead_processes()
         self.accounts = Accounts(self.store.env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio.to_thread
 
-from fastmta.admin.control import DeliveryState
+from fastmta.queue.control import DeliveryState
 from fastmta.admin.endpoint import Call, Endpoint, Outcome
 from fastmta.admin.roles import Role
 
@@ -19,6 +19,8 @@ def _switch(suspended: bool):  # type: ignore[no-untyped-def]
         control = call.state.delivery
         before = control.state()
         after = await anyio.to_thread.run_sync(control.set, suspended, call.principal.name)
+        if not suspended:
+            call.state.wake_runners()
         return Outcome(after, "delivery", {"suspended": before.suspended}, {"suspended": after.suspended})
 
     return change

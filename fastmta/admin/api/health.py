@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import Literal
 
 import lmdb
@@ -29,15 +30,22 @@ async def health(call: Call) -> Response:
     # Each check is a syscall or a read transaction: cheap enough to stay on the event loop.
     data_dir = call.state.config.data_dir
     reasons = []
+    store = call.state.store
     try:
-        depth: int | None = call.state.store.count()
-    except lmdb.Error as error:
+        # The map stays readable after its file is gone; the workers' next open or commit would not.
+        os.stat(Path(store.env.path()) / "data.mdb")
+        depth: int | None = store.count()
+    except (OSError, lmdb.Error) as error:
         depth = None
-        reasons.append(f"queue store unreachable: {error}")
-    disk = shutil.disk_usage(data_dir)
-    free = disk.free / disk.total if disk.total else 0.0
-    if free < _MIN_FREE_DISK:
-        reasons.append(f"free disk space is {free:.1%}, below {_MIN_FREE_DISK:.0%}")
+        reasons.append(f"queue store unreachable: {getattr(error, 'strerror', None) or error}")
+    try:
+        disk = shutil.disk_usage(data_dir)
+        free = disk.free / disk.total if disk.total else 0.0
+        if free < _MIN_FREE_DISK:
+            reasons.append(f"free disk space is {free:.1%}, below {_MIN_FREE_DISK:.0%}")
+    except OSError as error:
+        free = 0.0
+        reasons.append(f"free disk space unknown: {error.strerror}")
     alive = _smtp_workers_alive(data_dir / CHILDREN_FILE)
     if not alive:
         reasons.append("no SMTP worker is alive")
