@@ -12,11 +12,10 @@ from fastmta.queue.records import Message, Recipient
 
 @dataclass(frozen=True)
 class Destination:
-    """What a pooled connection is bound to: a route's next hop from one source address."""
+    """What a pool's limits apply to: a route's next host, from one source address."""
 
     route_index: int
-    host: str  # the name: for TLS and the delivery log
-    address: str  # what we connect to
+    host: str  # the name: for TLS, the limits and the delivery log
     port: int
     source_ip: str = ""
 
@@ -58,12 +57,13 @@ _CONNECTION_ERRORS = (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconne
 
 
 class Connection:
-    def __init__(self, destination: Destination, helo: str, connect_timeout: float, command_timeout: float) -> None:
+    def __init__(self, destination: Destination, address: str, helo: str, connect_timeout: float, command_timeout: float) -> None:
         self.destination = destination
+        self.address = address
         self.messages_sent = 0
         self.tls = False
         self._smtp = aiosmtplib.SMTP(
-            hostname=destination.address,
+            hostname=address,
             port=destination.port,
             local_hostname=helo,
             source_address=(destination.source_ip, 0) if destination.source_ip else None,
@@ -98,7 +98,7 @@ class Connection:
             raise ConnectionFailed(f"refused: {exc.code} {exc.message}") from None
         except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
             self.close()
-            raise ConnectionFailed(f"cannot talk to {self.destination.host}[{self.destination.address}]: {exc}") from None
+            raise ConnectionFailed(f"cannot talk to {self.destination.host}[{self.address}]: {exc}") from None
 
     @property
     def usable(self) -> bool:
@@ -154,7 +154,7 @@ class Connection:
             return replies
         except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
             self.close()
-            raise ConnectionFailed(f"lost {self.destination.host}[{self.destination.address}]: {exc}") from None
+            raise ConnectionFailed(f"lost {self.destination.host}[{self.address}]: {exc}") from None
 
     async def _reset(self) -> None:
         try:

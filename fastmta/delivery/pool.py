@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from fastmta.delivery.outbound import Connection, Destination
 
@@ -34,11 +35,16 @@ class TokenBucket:
             await asyncio.sleep((1.0 - self._tokens) / self.rate)
 
 
+Opener = Callable[[Destination, str], Awaitable[Connection]]
+
+
 class DestinationPool:
+    """One next hop (route, host, source address): its connections, whichever of the host's addresses they reach."""
+
     def __init__(
         self,
         destination: Destination,
-        opener: Callable[[Destination], Awaitable[Connection]],
+        opener: Opener,
         max_connections: int,
         max_messages_per_connection: int,
         rate: float,
@@ -52,8 +58,23 @@ class DestinationPool:
         self._waiters: list[asyncio.Future[None]] = []
         self.open_connections = 0
         self.connections_made = 0
+        self._turns = 0  # senders between their first wait for a token and handing the connection back
 
-    async def acquire(self) -> Connection:
+    @asynccontextmanager
+    async def turn(self, address: str) -> AsyncIterator[Connection]:
+        """A token from the bucket, then a pooled connection (a new one to `address` if none is idle), given back after."""
+        self._turns += 1
+        try:
+            await self.bucket.take()
+            connection = await self.acquire(address)
+            try:
+                yield connection
+            finally:
+                await self.release(connection)
+        finally:
+            self._turns -= 1
+
+    async def acquire(self, address: str) -> Connection:
         while True:
             while self._idle:
                 connection, _ = self._idle.pop()
@@ -63,7 +84,7 @@ class DestinationPool:
             if self.open_connections < self._max_connections:
                 self.open_connections += 1
                 try:
-                    connection = await self._opener(self.destination)
+                    connection = await self._opener(self.destination, address)
                 except BaseException:
                     self._forget()
                     raise
@@ -107,13 +128,14 @@ class DestinationPool:
 
     @property
     def idle(self) -> bool:
-        return self.open_connections == 0 and not self._waiters
+        """Nothing open and nobody waiting: dropping the pool forgets no limit that anyone is under."""
+        return self.open_connections == 0 and self._turns == 0
 
 
 class Pools:
     """Every destination's pool in one runner; pools that fall idle are dropped."""
 
-    def __init__(self, opener: Callable[[Destination], Awaitable[Connection]]) -> None:
+    def __init__(self, opener: Opener) -> None:
         self._opener = opener
         self._pools: dict[Destination, DestinationPool] = {}
 

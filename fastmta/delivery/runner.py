@@ -81,7 +81,8 @@ class Runner:
         self._wake = asyncio.Event()
         self._waiter = Waiter(config.data_dir, loop, self._wake)
         self._poker = Poker(config.data_dir)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        # Each attempt under way, by the id of the message it sends.
+        self._in_flight: dict[asyncio.Task[None], str] = {}
         self._source_turn: dict[int, itertools.cycle[str]] = {}
         self.delivered = 0
 
@@ -101,7 +102,7 @@ class Runner:
             log.info("%s took over %d messages from runners that died", self.name, reclaimed)
         log.info("%s delivering", self.name)
         flusher = asyncio.ensure_future(self._flush_metrics())
-        last_sweep = time.monotonic()
+        last_sweep = last_renewal = time.monotonic()
         while not stop.is_set():
             free = self.config.delivery.concurrency - len(self._in_flight)
             # Suspended: attempts under way finish, no new ones start; activation pokes the runners.
@@ -109,10 +110,14 @@ class Runner:
             leased = await asyncio.to_thread(self.scheduler.lease, self.owner, limit, self.lease_seconds) if limit else []
             for message in leased:
                 task = asyncio.ensure_future(self._deliver(message))
-                self._in_flight.add(task)
+                self._in_flight[task] = message.id
                 task.add_done_callback(self._finished)
             if leased and len(leased) == limit:
                 self._poker.poke()  # there may be more: let a sibling runner help
+            if self._in_flight and time.monotonic() - last_renewal > self.lease_seconds / 3:
+                # A slow attempt (a paced or stalled next hop) keeps its messages: nobody else may send them meanwhile.
+                await asyncio.to_thread(self.scheduler.renew, self.owner, list(self._in_flight.values()), self.lease_seconds)
+                last_renewal = time.monotonic()
             if time.monotonic() - last_sweep > _SWEEP_SECONDS:
                 await asyncio.to_thread(self.scheduler.take_etrn_requests)
                 await self.pools.sweep()
@@ -134,7 +139,7 @@ class Runner:
             self.metrics.flush()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery failed unexpectedly", exc_info=task.exception())
         self._wake.set()
@@ -161,6 +166,9 @@ class Runner:
     async def _deliver(self, message: Message) -> None:
         body = self.store.body(message.id)
         if body is None:
+            # A record without its body cannot be sent; held, it waits for an operator instead of circling.
+            log.error("message %s has no body; holding it", message.id)
+            await asyncio.to_thread(self.store.set_held, message.id, True)
             return
         started = time.time()
         due = [r for r in message.recipients if r.state in (QUEUED, DEFERRED) and r.next_attempt <= started + 1.0]
@@ -172,7 +180,9 @@ class Runner:
             if found is None:
                 outcomes[recipient.address] = Outcome(_NO_ROUTE, "none")
             else:
-                groups[(found[0], domain)].append(recipient)
+                # One transaction per next hop: a smarthost takes every domain at once, MX is per domain.
+                index, route = found
+                groups[(index, domain if route.kind == "mx" else "")].append(recipient)
         results = await asyncio.gather(
             *(self._send_group(self.router.routes[index], index, domain, message, group, body) for (index, domain), group in groups.items()),
             return_exceptions=True,
@@ -258,21 +268,14 @@ class Runner:
                 return {r.address: Outcome(Reply(code, f"{failure.status} {failure}"), name) for r in recipients}
         last_error = "no mail exchanger tried"
         for host, address in candidates:
-            destination = Destination(index, host, address, route.port, self._source_ip(index, route))
+            destination = Destination(index, host, route.port, self._source_ip(index, route))
             pool = self.pools.get(destination, route.max_connections, route.max_messages_per_connection, parse_rate(route.rate))
-            await pool.bucket.take()
             try:
-                connection = await pool.acquire()
+                async with pool.turn(address) as connection:
+                    replies = await connection.send(message, recipients, body)
             except ConnectionFailed as exc:
                 last_error = str(exc)
                 continue
-            try:
-                replies = await connection.send(message, recipients, body)
-            except ConnectionFailed as exc:
-                last_error = str(exc)
-                continue
-            finally:
-                await pool.release(connection)
             return {rcpt: Outcome(reply, name, host, destination.source_ip) for rcpt, reply in replies.items()}
         deferral = Reply(451, f"4.4.1 {last_error}")
         return {r.address: Outcome(deferral, name) for r in recipients}
@@ -285,9 +288,9 @@ class Runner:
             turn = self._source_turn[index] = itertools.cycle(route.source_ips)
         return next(turn)
 
-    async def _open(self, destination: Destination) -> Connection:
+    async def _open(self, destination: Destination, address: str) -> Connection:
         route = self.router.routes[destination.route_index]
-        connection = Connection(destination, self.config.server.hostname, self.connect_timeout, self.command_timeout)
+        connection = Connection(destination, address, self.config.server.hostname, self.connect_timeout, self.command_timeout)
         await connection.open(TlsPolicy(route.tls, route.username, route.password))
         return connection
 

@@ -59,6 +59,22 @@ class Scheduler:
                 leased.append(message)
         return leased
 
+    def renew(self, owner: str, message_ids: list[str], lease_seconds: float, now: float | None = None) -> int:
+        """Extends `owner`'s leases on these messages; one it no longer holds is left alone."""
+        now = time.time() if now is None else now
+        store = self.store
+        renewed = 0
+        with store.env.begin(write=True) as txn:
+            for message_id in message_ids:
+                message = store.read(txn, message_id)
+                if message is None or message.lease_owner != owner or message.state != ACTIVE:
+                    continue
+                txn.delete(schedule_key(message.next_attempt, message.id), db=store.schedule)
+                message.lease_until = message.next_attempt = now + lease_seconds
+                self._put(txn, message)
+                renewed += 1
+        return renewed
+
     def settle(self, batch: list[Settlement]) -> None:
         """Applies many attempts' outcomes in one durable transaction."""
         store = self.store
@@ -74,6 +90,13 @@ class Scheduler:
         current = store.read(txn, attempted.id)
         if current is None:
             return  # deleted by an operator while it was being sent
+        if current.lease_owner not in ("", settlement.owner) and current.lease_until > time.time():
+            # This lease ran out and another runner holds the message now: its lease and schedule stay;
+            # of this attempt only what is final carries over, so nobody sends those recipients again.
+            final = {r.address: r for r in attempted.recipients if r.state in SETTLED}
+            current.recipients = [final.get(r.address, r) for r in current.recipients]
+            txn.put(current.id.encode(), MESSAGE_ENCODER.encode(current), db=store.messages)
+            return
         txn.delete(schedule_key(current.next_attempt, current.id), db=store.schedule)
         outcome = {r.address: r for r in attempted.recipients}
         current.recipients = [outcome.get(r.address, r) for r in current.recipients]

@@ -175,7 +175,8 @@ class QueueStore:
                 message.state = HELD
             else:
                 message.state = ACTIVE
-                message.next_attempt = time.time()
+                # Released while a runner still sends it: due when that lease ends, not twice at once.
+                message.next_attempt = max(time.time(), message.lease_until)
                 txn.put(schedule_key(message.next_attempt, message_id), b"", db=self.schedule)
             txn.put(key, MESSAGE_ENCODER.encode(message), db=self.messages)
             return message

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmta.queue.records import DEFERRED, DELIVERED, FAILED, HELD, Message, Recipient, new_message_id
+from fastmta.queue.records import DEFERRED, DELIVERED, FAILED, HELD, QUEUED, Message, Recipient, new_message_id
 from fastmta.queue.schedule import Scheduler, Settlement
 from fastmta.queue.store import EtrnRequest, QueueStore
 
@@ -81,6 +81,38 @@ def test_held_while_leased_stays_held(scheduler: Scheduler) -> None:
     leased.recipients[0].state, leased.recipients[0].next_attempt = DEFERRED, time.time()
     scheduler.settle([Settlement(leased, "r:1")])
     assert scheduler.store.get(message.id).state == HELD and scheduler.store.due(time.time() + 10**6) == []
+
+
+def test_a_renewed_lease_keeps_the_message_from_other_runners(scheduler: Scheduler) -> None:
+    now = time.time()
+    message = queued(scheduler, "b@x.test", at=now - 1)
+    scheduler.lease("r:1", 10, 60, now)
+    assert scheduler.renew("r:1", [message.id], 60, now + 50) == 1
+    assert scheduler.renew("r:2", [message.id], 60, now + 50) == 0  # not its lease
+    assert scheduler.lease("r:2", 10, 60, now + 61) == []
+    assert [m.id for m in scheduler.lease("r:2", 10, 60, now + 111)] == [message.id]
+
+
+def test_a_stale_settle_keeps_the_new_lease_and_only_final_outcomes(scheduler: Scheduler) -> None:
+    now = time.time()
+    message = queued(scheduler, "b@x.test", "c@x.test", at=now - 3)
+    stale = scheduler.lease("r:1", 10, 1, now - 2)[0]  # a lease that has already run out
+    current = scheduler.lease("r:2", 10, 600)[0]
+    stale.recipients[0].state = DELIVERED
+    stale.recipients[1].state, stale.recipients[1].next_attempt = DEFERRED, now + 3600
+    scheduler.settle([Settlement(stale, "r:1")])
+    stored = scheduler.store.get(message.id)
+    assert stored.lease_owner == "r:2" and stored.lease_until == current.lease_until
+    assert [r.state for r in stored.recipients] == [DELIVERED, QUEUED]
+    assert scheduler.store.due(current.lease_until - 1) == []
+
+
+def test_released_while_leased_is_due_when_the_lease_ends(scheduler: Scheduler) -> None:
+    message = queued(scheduler, "b@x.test")
+    leased = scheduler.lease("r:1", 10, 60)[0]
+    scheduler.store.set_held(message.id, True)
+    scheduler.store.set_held(message.id, False)
+    assert scheduler.store.due(leased.lease_until - 1) == [] and scheduler.store.due(leased.lease_until + 1) == [message.id]
 
 
 def test_reclaim_takes_back_only_dead_owners_leases(scheduler: Scheduler) -> None:
