@@ -62,6 +62,7 @@ class Stats:
     errors: Counter[str] = field(default_factory=Counter)
     latencies: array = field(default_factory=lambda: array("q"))
     ids: list[bytes] = field(default_factory=list)
+    acked_at: array = field(default_factory=lambda: array("d"))  # wall clock of each id's 250
     first_start: float = 0.0
     started_at: float = 0.0  # first_start on the wall clock, to line up with other processes' timestamps
     last_done: float = 0.0
@@ -290,6 +291,7 @@ class Session(asyncio.Protocol):
             stats.errors[reply_code(self.first_error)] += 1
         if self.keep_ids:
             stats.ids.append(line.rsplit(b" ", 1)[-1])
+            stats.acked_at.append(stats.started_at + (now - stats.first_start))
         self.finished()
 
     def rejected(self) -> None:

@@ -34,6 +34,7 @@ class Part:
     errors: dict[str, int]
     histogram: bytes
     ids: list[bytes]
+    acked_at: list[float]
     first_start: float
     started_at: float
     last_done: float
@@ -102,6 +103,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=positive(int), default=max(1, (os.cpu_count() or 2) // 2),
                    help="client processes (default: half the CPUs, leaving the rest to the server)")
     p.add_argument("--ids", metavar="FILE", help="write each accepted queue id to FILE, one a line")
+    p.add_argument("--acks", metavar="FILE",
+                   help="write 'ID TIME' for each accepted message to FILE: its queue id and the wall-clock time of its 250")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     p.add_argument("--seed", type=int, default=0, help="seed for the size and domain order")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
@@ -135,7 +138,7 @@ def loads(args: argparse.Namespace) -> list[Load]:
         host=host, port=port, sessions=0, messages=None, duration=args.duration,
         per_connection=args.per_connection, sizes=args.size, domains=args.domains, rcpts=args.rcpts,
         starttls=args.starttls, auth=args.auth, bdat=args.bdat, sender=args.sender, helo=args.helo,
-        timeout=args.timeout, keep_ids=bool(args.ids),
+        timeout=args.timeout, keep_ids=bool(args.ids or args.acks),
     )
     return [
         replace(
@@ -164,7 +167,7 @@ def pack(stats: Stats, fatal: str | None) -> Part:
     return Part(
         accepted=stats.accepted, failed=stats.failed, bytes=stats.bytes, connections=stats.connections,
         errors=dict(stats.errors),
-        histogram=histogram_of(stats.latencies).encode(), ids=stats.ids,
+        histogram=histogram_of(stats.latencies).encode(), ids=stats.ids, acked_at=list(stats.acked_at),
         first_start=stats.first_start, started_at=stats.started_at, last_done=stats.last_done, fatal=fatal,
     )
 
@@ -285,12 +288,12 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.2f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
-def write_ids(path: str, parts: list[Part]) -> int:
+def write_ids(path: str, parts: list[Part], with_times: bool = False) -> int:
     count = 0
     with open(path, "wb") as out:
         for part in parts:
-            for queue_id in part.ids:
-                out.write(queue_id + b"\n")
+            for queue_id, acked_at in zip(part.ids, part.acked_at):
+                out.write(queue_id + (f" {acked_at:.6f}\n".encode() if with_times else b"\n"))
                 count += 1
     return count
 
@@ -303,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ids:
         result["queue_ids"] = write_ids(args.ids, parts)
         result["queue_ids_file"] = args.ids
+    if args.acks:
+        result["queue_ids"] = write_ids(args.acks, parts, with_times=True)
+        result["acks_file"] = args.acks
     print(json.dumps(result, indent=2) if args.json else text_report(args, result))
     if result["fatal"]:
         return 2
