@@ -188,39 +188,57 @@ def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
     return host, number
 
 
-def _env_value(raw: str, current: Any) -> Any:
+# Switches of the build and of the test suite that share the prefix but are not settings.
+_NOT_SETTINGS = {"FASTMTA_NO_EXTENSIONS", "FASTMTA_CYTHON_ANNOTATE"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _env_value(name: str, raw: str, current: Any) -> Any:
     if isinstance(current, list):
         return [item.strip() for item in raw.split(",") if item.strip()]
     if isinstance(current, bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        word = raw.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise ConfigError(f"{name}: not a yes/no value: {raw!r} (use true or false)")
+        return word in _TRUE
     return raw
 
 
 def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     defaults = msgspec.to_builtins(Config())
 
-    def put(section: str, key: str, raw: str) -> None:
+    def put(name: str, section: str, key: str) -> None:
         current = defaults.get(section, {}).get(key) if isinstance(defaults.get(section), dict) else None
-        data.setdefault(section, {})[key] = _env_value(raw, current)
+        data.setdefault(section, {})[key] = _env_value(name, environ[name], current)
 
     for name, (section, key) in _SHORT_ENV.items():
         if name in environ:
-            put(section, key, environ[name])
+            put(name, section, key)
     if "SMTP_HOST" in environ or "SMTP_PORT" in environ:
-        host = environ.get("SMTP_HOST", "127.0.0.1")
-        port = environ.get("SMTP_PORT", "2525")
+        # Either alone changes only its half of the first listener, as configured or by default.
+        listen = data.get("smtp", {}).get("listen") or SmtpConfig().listen
+        try:
+            configured_host, configured_port = parse_hostport(listen[0], 2525)
+        except ValueError as exc:
+            raise ConfigError(f"smtp.listen: {exc}") from None
+        host = environ.get("SMTP_HOST", configured_host)
+        port = environ.get("SMTP_PORT", str(configured_port))
         data.setdefault("smtp", {})["listen"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     if environ.get("SMTP_HEALTH_PORT"):
         admin_host = parse_hostport(data.get("admin", {}).get("listen", AdminConfig().listen))[0]
         data.setdefault("admin", {})["listen"] = f"{admin_host}:{environ['SMTP_HEALTH_PORT']}"
-    if environ.get("SMTP_ENABLE_TLS", "").lower() in ("0", "false", "no", "off"):
-        data.setdefault("smtp", {}).update(tls_cert="", tls_key="")
-    for name, raw in environ.items():
-        if not name.startswith("FASTMTA_") or name == "FASTMTA_NO_EXTENSIONS":
+    if "SMTP_ENABLE_TLS" in environ:
+        if not _env_value("SMTP_ENABLE_TLS", environ["SMTP_ENABLE_TLS"], False):
+            data.setdefault("smtp", {}).update(tls_cert="", tls_key="")
+        elif not data.get("smtp", {}).get("tls_cert"):
+            raise ConfigError("SMTP_ENABLE_TLS: TLS needs a certificate: set SMTP_TLS_CERT and SMTP_TLS_KEY")
+    for name in environ:
+        if not name.startswith("FASTMTA_") or name in _NOT_SETTINGS:
             continue
         section, _, key = name[len("FASTMTA_"):].lower().partition("_")
-        if section in defaults and isinstance(defaults[section], dict) and key in defaults[section]:
-            put(section, key, raw)
+        if not (isinstance(defaults.get(section), dict) and key in defaults[section]):
+            raise ConfigError(f"{name}: no such setting (FASTMTA_<SECTION>_<KEY>, e.g. FASTMTA_SMTP_WORKERS)")
+        put(name, section, key)
 
 
 def _validate(config: Config) -> None:

@@ -253,6 +253,9 @@ class Supervisor:
     def stop(self) -> None:
         self.stopping = True
         notify("STOPPING=1")
+        # Our copies of the sockets would keep them in the kernel's SO_REUSEPORT group while the
+        # workers drain: new clients would be accepted by nobody. Closed, they are refused at once.
+        self.listeners.close()
         pids = set(self.children) | self.retiring
         for pid in pids:
             _kill(pid, signal.SIGTERM)
@@ -267,7 +270,6 @@ class Supervisor:
         else:
             for pid in pids:
                 _kill(pid, signal.SIGKILL)
-        self.listeners.close()
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 
@@ -143,11 +144,7 @@ class Connection:
             if not accepted:
                 await self._reset()
                 return replies
-            try:
-                response = await smtp.data(body)
-                final = Reply(response.code, response.message)
-            except aiosmtplib.SMTPResponseException as exc:
-                final = Reply(exc.code, exc.message)
+            final = await self._transfer(body)
             for recipient in accepted:
                 replies[recipient.address] = final
             self.messages_sent += 1
@@ -155,6 +152,28 @@ class Connection:
         except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
             self.close()
             raise ConnectionFailed(f"lost {self.destination.host}[{self.address}]: {exc}") from None
+
+    async def _transfer(self, body: bytes) -> Reply:
+        """The message itself: one BDAT LAST when the next hop offers CHUNKING, else DATA with dot-stuffing.
+
+        Written here rather than with SMTP.data(), whose per-line regular expressions cost 2.6 ms
+        per 100 KiB message: bytes.count and bytes.replace do the same work in C, in microseconds.
+        The connection is ours alone while it is out of the pool, so nothing else writes between.
+        """
+        smtp = self._smtp
+        protocol = smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        body = crlf_lines(body)
+        if smtp.supports_extension("chunking"):
+            protocol.write(b"BDAT %d LAST\r\n" % len(body) + body)
+        else:
+            start = await smtp.execute_command(b"DATA")
+            if start.code != 354:
+                return Reply(start.code, start.message)
+            protocol.write(dot_stuffed(body))
+        response = await protocol.read_response(timeout=smtp.timeout)
+        return Reply(response.code, response.message)
 
     async def _reset(self) -> None:
         try:
@@ -170,6 +189,25 @@ class Connection:
 
     def close(self) -> None:
         self._smtp.close()
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def crlf_lines(body: bytes) -> bytes:
+    """Every line ended by CRLF, the last one too; a body that already is comes back as it is."""
+    crlf = body.count(b"\r\n")
+    if body.count(b"\r") != crlf or body.count(b"\n") != crlf:  # bare CR or LF, kept by bare_line_endings = "accept"
+        body = _LINE_END.sub(b"\r\n", body)
+    return body if body.endswith(b"\r\n") or not body else body + b"\r\n"
+
+
+def dot_stuffed(body: bytes) -> bytes:
+    """RFC 5321 4.5.2 for a body of CRLF lines: a dot at the start of a line doubled, then the end-of-data line."""
+    stuffed = body.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
 
 
 def _xtext(value: str) -> str:

@@ -106,6 +106,9 @@ class SmtpProtocol(asyncio.Protocol):
             request = EtrnRequest(action.domain, time.time(), self.session.client_ip if self.session else "")
             self._worker.run_blocking(self._worker.store.record_etrn, (request,), self._etrn_recorded)
         elif isinstance(action, StartTls):
+            # Until the handshake, whatever arrives is plaintext the session must never see
+            # (CVE-2011-0411); start_tls resumes reading into the TLS layer.
+            transport.pause_reading()
             asyncio.ensure_future(self._start_tls())
 
     def _committed(self, error: BaseException | None) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 import signal
+import smtplib
+import socket
 import time
+
+import pytest
 
 from fastmta.queue.records import ACTIVE
 from fastmta.queue.store import CorruptRecord, QueueStore, schedule_key
@@ -61,6 +65,30 @@ def test_sigterm_under_load_drains_and_exits_zero(make_server) -> None:
     assert len(load.acked) > 50
     check_store(server, load.acked)
     assert "stopped" in server.log()
+
+
+def test_sigterm_refuses_new_clients_at_once_and_lets_open_transactions_finish(make_server) -> None:
+    server = make_server({"smtp": {"workers": 1}, "server": {"shutdown_grace_seconds": 10}})
+    busy = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+    busy.ehlo("busy.test")
+    busy.mail("alice@example.com")
+    idle = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+    idle.ehlo("idle.test")
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    # Nobody would answer a new client now: it is refused, not left waiting for a greeting.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    assert idle.noop()[0] == 421
+    assert busy.rcpt("bob@example.org")[0] == 250
+    body = b"Subject: finished during the drain\r\n\r\nbody\r\n"
+    code, reply = busy.data(body)
+    assert code == 250, reply
+    code, after = busy.docmd("NOOP")
+    assert (code, after[:5]) == (421, b"4.3.2")
+    assert server.process.wait(30) == 0
+    assert check_store(server, {reply.decode().rsplit(" ", 1)[1]: body}) == 1
 
 
 def test_crashed_worker_is_restarted(make_server) -> None:

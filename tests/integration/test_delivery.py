@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import smtplib
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, free_port, wait_for_greeting
 from tests.integration.nexthop import Dns, NextHop
 from tests.integration.test_ingress import MESSAGE, without_received
 
@@ -62,6 +64,39 @@ def test_relayed_byte_identical_with_our_received_header(make_server, hop: NextH
     wait_until(lambda: queue_empty(server))
     entry = journal(server)[0]
     assert entry["status"] == "delivered" and entry["attempt"] == 1 and entry["reply"].startswith("250")
+    assert server.stop() == 0
+
+
+DOTTED = b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\nmiddle . dot\r\n.\r\nend\r\n"
+
+
+def test_dotted_lines_arrive_intact_over_data(make_server, hop: NextHop) -> None:
+    server = make_server(relay_config(hop.port))
+    send(server, body=DOTTED)
+    assert without_received(hop.recorder.wait_for(1)[0].content) == DOTTED
+    assert server.stop() == 0
+
+
+def test_dotted_lines_arrive_intact_over_bdat(make_server, tmp_path: Path) -> None:
+    """bench/sink.py offers CHUNKING, so the runner sends one BDAT LAST and no dot-stuffing.
+
+    The sink refuses every DATA command for good: only a BDAT transfer can deliver the message.
+    """
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, str(Path(__file__).parents[2] / "bench" / "sink.py"),
+                             f"127.0.0.1:{port}", "--capture", str(tmp_path / "got"), "--fault", "data:554:1"])
+    try:
+        wait_for_greeting(port)
+        server = make_server(relay_config(port))
+        send(server, body=DOTTED)
+        wait_until(lambda: queue_empty(server))
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    assert journal(server)[0]["status"] == "delivered"
+    (captured,) = (tmp_path / "got").iterdir()
+    content = captured.read_bytes().split(b"\r\n", 2)[2]  # after the sink's two envelope lines
+    assert without_received(content) == DOTTED
     assert server.stop() == 0
 
 

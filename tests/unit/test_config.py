@@ -70,6 +70,30 @@ def test_env_type_error_names_the_key() -> None:
         load(environ={"FASTMTA_SMTP_WORKERS": "lots"})
 
 
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"FASTMTA_SMTP_WORKRS": "2"}, "FASTMTA_SMTP_WORKRS: no such setting"),
+        ({"FASTMTA_ROUTES_KIND": "mx"}, "FASTMTA_ROUTES_KIND: no such setting"),
+        ({"SMTP_ENABLE_AUTH": "perhaps"}, "SMTP_ENABLE_AUTH: not a yes/no value"),
+        ({"FASTMTA_SERVER_METRICS": "nein"}, "FASTMTA_SERVER_METRICS: not a yes/no value"),
+        ({"SMTP_ENABLE_TLS": "true"}, "SMTP_ENABLE_TLS: TLS needs a certificate"),
+    ],
+)
+def test_bad_environment_is_an_error_naming_the_variable(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load(environ=environ)
+
+
+def test_smtp_port_alone_keeps_the_configured_host(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[smtp]\nlisten = ["0.0.0.0:25"]\n')
+    assert load(path, environ={"SMTP_PORT": "2600"}).smtp.listen == ["0.0.0.0:2600"]
+    assert load(path, environ={"SMTP_HOST": "127.0.0.2"}).smtp.listen == ["127.0.0.2:25"]
+    assert load(environ={"SMTP_PORT": "2600"}).smtp.listen == ["127.0.0.1:2600"]
+    assert load(environ={"SMTP_ENABLE_TLS": "no", "FASTMTA_SERVER_METRICS": "off"}).server.metrics is False
+
+
 def test_parsers() -> None:
     assert parse_duration("90s") == 90 and parse_duration("5m") == 300 and parse_duration("5d") == 432000
     assert parse_duration("250ms") == 0.25 and parse_duration("12") == 12

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastmta.config import RouteConfig, parse_rate
 from fastmta.delivery import dsn, maildir, retry
-from fastmta.delivery.outbound import _xtext
+from fastmta.delivery.outbound import _xtext, crlf_lines, dot_stuffed
 from fastmta.delivery.pool import TokenBucket
 from fastmta.delivery.routes import Router, matches
 from fastmta.queue.records import FAILED, Message, Recipient
@@ -142,3 +144,18 @@ def test_a_poke_wakes_the_waiter_and_no_waiter_costs_nothing(tmp_path: Path) -> 
             waiter.close()
 
     assert asyncio.run(main())
+
+
+@given(st.binary(max_size=300) | st.lists(st.sampled_from([b".", b"..", b"\r\n", b"\n", b"\r", b"x", b"\r\n."]), max_size=40).map(b"".join))
+def test_wire_form_is_what_the_client_library_would_send(body: bytes) -> None:
+    """aiosmtplib's own DATA preparation (regular expressions, line by line) is the reference."""
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(body)) + b".\r\n" if body else b".\r\n"
+    assert dot_stuffed(crlf_lines(body)) == expected
+
+
+def test_wire_form_known_answers() -> None:
+    assert crlf_lines(b"a\r\nb\r\n") == b"a\r\nb\r\n"
+    assert crlf_lines(b"a\nb\rc") == b"a\r\nb\r\nc\r\n"
+    assert dot_stuffed(b".a\r\n..b\r\nc.\r\n") == b"..a\r\n...b\r\nc.\r\n.\r\n"
