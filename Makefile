@@ -6,7 +6,19 @@ CONFIG ?=
 
 .PHONY: serve test install dev build bench clean
 
+# Debian's python3 comes without venv and without the C headers the extensions build against;
+# as root they are installed (python3-venv, python3-dev), otherwise the message says what to install.
+HAS_VENV_AND_HEADERS := import ensurepip, os, sys, sysconfig; \
+	sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
+
 $(BIN)/python:
+	@$(PYTHON) -c '$(HAS_VENV_AND_HEADERS)' 2>/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing python3-venv and python3-dev"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev >/dev/null; \
+	else \
+		echo "fastmta needs Python's venv module and C headers: apt-get install python3-venv python3-dev" >&2; exit 1; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
