@@ -90,6 +90,10 @@ class Connection:
             elif policy.mode == "required":
                 raise ConnectionFailed(f"{self.destination.host} does not offer STARTTLS, which the route requires")
             if policy.username:
+                if not self.tls and policy.mode != "none":
+                    # As Postfix's smtp_sasl_security_options = noplaintext: only a route that says
+                    # tls = "none" may send its password unencrypted.
+                    raise ConnectionFailed(f"{self.destination.host} offers no STARTTLS; not sending credentials in clear text")
                 await smtp.login(policy.username, policy.password)
         except aiosmtplib.SMTPAuthenticationError as exc:
             self.close()
@@ -108,13 +112,14 @@ class Connection:
     async def send(self, message: Message, recipients: list[Recipient], body: bytes) -> dict[str, Reply]:
         """One transaction for all `recipients`; each gets the reply that decided its fate."""
         smtp = self._smtp
-        if message.smtputf8 and not smtp.supports_extension("smtputf8"):
+        utf8_hop = smtp.supports_extension("smtputf8")
+        if message.smtputf8 and not utf8_hop and _needs_smtputf8(message, recipients, body):
             refusal = Reply(553, "5.6.7 The next hop does not support SMTPUTF8, which this message needs")
             return {r.address: refusal for r in recipients}
         mail_options = [f"SIZE={len(body)}"] if smtp.supports_extension("size") else []
         if message.body_type.upper() == "8BITMIME" and smtp.supports_extension("8bitmime"):
             mail_options.append("BODY=8BITMIME")
-        if message.smtputf8:
+        if message.smtputf8 and utf8_hop:
             mail_options.append("SMTPUTF8")
         dsn = smtp.supports_extension("dsn")
         if dsn and message.ret:
@@ -189,6 +194,13 @@ class Connection:
 
     def close(self) -> None:
         self._smtp.close()
+
+
+def _needs_smtputf8(message: Message, recipients: list[Recipient], body: bytes) -> bool:
+    """As Postfix's autodetection: a client may ask for SMTPUTF8 for mail that is plain ASCII after all."""
+    end = body.find(b"\r\n\r\n")
+    header = body if end < 0 else body[:end]
+    return not (message.sender.isascii() and all(r.address.isascii() for r in recipients) and header.isascii())
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")

@@ -107,7 +107,7 @@ class Runner:
             free = self.config.delivery.concurrency - len(self._in_flight)
             # Suspended: attempts under way finish, no new ones start; activation pokes the runners.
             limit = 0 if self.control.suspended() else min(self.config.delivery.batch_size, free)
-            leased = await asyncio.to_thread(self.scheduler.lease, self.owner, limit, self.lease_seconds) if limit else []
+            leased = await asyncio.to_thread(self._look, limit)
             for message in leased:
                 task = asyncio.ensure_future(self._deliver(message))
                 self._in_flight[task] = message.id
@@ -119,7 +119,6 @@ class Runner:
                 await asyncio.to_thread(self.scheduler.renew, self.owner, list(self._in_flight.values()), self.lease_seconds)
                 last_renewal = time.monotonic()
             if time.monotonic() - last_sweep > _SWEEP_SECONDS:
-                await asyncio.to_thread(self.scheduler.take_etrn_requests)
                 await self.pools.sweep()
                 last_sweep = time.monotonic()
             if leased and free > len(leased):
@@ -137,6 +136,11 @@ class Runner:
         while True:
             await asyncio.sleep(1.0)
             self.metrics.flush()
+
+    def _look(self, limit: int) -> list[Message]:
+        """In a thread: ETRN requests first (a read transaction when there are none; ETRN pokes too), then a lease."""
+        self.scheduler.take_etrn_requests()
+        return self.scheduler.lease(self.owner, limit, self.lease_seconds) if limit else []
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)

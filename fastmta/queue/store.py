@@ -45,7 +45,7 @@ _ETRN_DECODER = msgspec.msgpack.Decoder(EtrnRequest)
 def open_env(path: Path, map_size: int, readonly: bool = False) -> lmdb.Environment:
     """Each process opens its own environment after fork; LMDB forbids sharing one across fork."""
     path.mkdir(parents=True, exist_ok=True)
-    return lmdb.open(
+    env = lmdb.open(
         str(path),
         map_size=map_size,
         max_dbs=16,
@@ -55,6 +55,10 @@ def open_env(path: Path, map_size: int, readonly: bool = False) -> lmdb.Environm
         readahead=False,
         readonly=readonly,
     )
+    # A process killed inside a read transaction leaves its reader slot behind, and a stale slot
+    # pins the pages it could see: freed pages are never reused and the file grows to map-full.
+    env.reader_check()
+    return env
 
 
 def schedule_key(when: float, message_id: str) -> bytes:

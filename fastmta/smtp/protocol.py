@@ -137,6 +137,8 @@ class SmtpProtocol(asyncio.Protocol):
     def _etrn_recorded(self, result: object) -> None:
         if isinstance(result, BaseException):
             log.error("ETRN could not be recorded: %s", result)
+        else:
+            self._worker.wake_runners()
         if self.session is not None and not self.session.closed:
             self._apply(self.session.etrn_recorded())
 

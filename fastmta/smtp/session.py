@@ -351,6 +351,7 @@ class Session:
             if line is None:
                 if self._buf[end - 1 : end] != b"\n":
                     self._mode = _SKIP_LINE
+                self._auth_step = ""  # an over-long answer ends the AUTH exchange too
                 self._refuse(R.LineTooLong())
             elif self._auth_step:
                 self._auth_continue(line)
@@ -426,15 +427,15 @@ class Session:
         verb = verb.upper()
         handler = _HANDLERS.get(verb)
         try:
+            if self._draining and self._sender is None and verb != b"QUIT":
+                self._close_with(R.SHUTTING_DOWN)
+                return
             if b"\0" in line:
                 raise R.BadCharacters()
             if handler is None:
                 if verb in _FORBIDDEN:
                     raise R.ForbiddenCommand()
                 raise R.UnknownCommand()
-            if self._draining and self._sender is None and verb != b"QUIT":
-                self._close_with(R.SHUTTING_DOWN)
-                return
             try:
                 text = argument.decode().strip()
             except UnicodeDecodeError:

@@ -100,6 +100,9 @@ class Worker:
     def _insert(self, batch: list[tuple[Message, bytes]]) -> None:
         """Runs in the commit thread: store the batch, then wake a delivery runner."""
         self.store.insert(batch)
+        self.wake_runners()
+
+    def wake_runners(self) -> None:
         if self._poker is not None:
             self._poker.poke()
 

@@ -82,19 +82,24 @@ class _CountingSMTP(SMTP):
 
 
 class _Controller(Controller):
+    def __init__(self, handler: Recorder, smtputf8: bool, **kwargs: object) -> None:
+        super().__init__(handler, **kwargs)
+        self.smtputf8 = smtputf8
+
     def factory(self) -> SMTP:
-        return _CountingSMTP(self.handler, enable_SMTPUTF8=True)
+        return _CountingSMTP(self.handler, enable_SMTPUTF8=self.smtputf8)
 
 
 class NextHop:
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", smtputf8: bool = True) -> None:
         self.host = host
         self.port = port or free_port()
+        self.smtputf8 = smtputf8
         self.recorder = Recorder()
         self._controller: Controller | None = None
 
     def start(self) -> NextHop:
-        self._controller = _Controller(self.recorder, hostname=self.host, port=self.port)
+        self._controller = _Controller(self.recorder, self.smtputf8, hostname=self.host, port=self.port)
         self._controller.start()
         self.recorder.connections = 0  # start() made one to see the server answer
         return self

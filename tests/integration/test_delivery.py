@@ -252,3 +252,31 @@ def test_smtputf8_needs_a_capable_next_hop(make_server, hop: NextHop) -> None:
         client.send_message(message, from_addr="alice@example.com", to_addrs=["bob@example.org"], mail_options=["SMTPUTF8"])
     hop.recorder.wait_for(1)
     assert server.stop() == 0
+
+
+def test_smtputf8_to_a_next_hop_without_it_only_when_the_message_needs_it(make_server) -> None:
+    hop = NextHop(smtputf8=False).start()
+    try:
+        server = make_server(relay_config(hop.port))
+        with smtplib.SMTP("127.0.0.1", server.port) as client:
+            # Asked for, but plain ASCII after all: delivered without SMTPUTF8.
+            client.sendmail("alice@example.com", ["bob@example.org"], MESSAGE, mail_options=["SMTPUTF8"])
+            client.sendmail("alice@example.com", ["bob@example.org"], "Subject: héllo\r\n\r\nça\r\n".encode(),
+                            mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+        hop.recorder.wait_for(1)
+        wait_until(lambda: len(journal(server)) >= 2)
+        outcomes = sorted((e["status"], e["reply"][:9]) for e in journal(server) if e["sender"] == "alice@example.com")
+        assert outcomes == [("delivered", "250 2.0.0"), ("failed", "553 5.6.7")]
+        assert server.stop() == 0
+    finally:
+        hop.stop()
+
+
+def test_credentials_never_go_out_unencrypted_unless_the_route_says_so(make_server, hop: NextHop) -> None:
+    server = make_server(relay_config(hop.port, tls="opportunistic", username="relay", password="secret"))
+    send(server)
+    wait_until(lambda: journal(server))
+    entry = journal(server)[0]
+    assert entry["status"] == "deferred" and "not sending credentials in clear text" in entry["reply"]
+    assert hop.recorder.arrivals == []
+    assert server.stop() == 0

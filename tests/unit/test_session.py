@@ -166,6 +166,16 @@ def test_auth_flows(limiter: RateLimiter) -> None:
     assert driver.feed(b"AUTH CRAM-MD5\r\n").startswith(b"504 5.5.4")
 
 
+def test_an_over_long_auth_answer_ends_the_exchange(limiter: RateLimiter) -> None:
+    session = new_session(limiter)
+    session.tls = "TLSv1.3 test"
+    driver = Driver(session)
+    driver.feed(b"EHLO x\r\n")
+    assert driver.feed(b"AUTH LOGIN\r\n") == b"334 VXNlcm5hbWU6\r\n"
+    assert driver.feed(b"A" * 600 + b"\r\n").startswith(b"500 5.5.2")
+    assert driver.feed(b"NOOP\r\n").startswith(b"250")  # a command again, not the next AUTH answer
+
+
 def test_auth_needs_tls_and_failures_are_limited(limiter: RateLimiter) -> None:
     driver = Driver(new_session(limiter))
     assert b"AUTH" not in driver.feed(b"EHLO x\r\n")
@@ -207,6 +217,15 @@ def test_shutdown_lets_open_transaction_finish(limiter: RateLimiter) -> None:
     out = driver.feed(b"RCPT TO:<d@example.org>\r\nDATA\r\nhi\r\n.\r\n")
     assert b"queued as" in out and out.endswith(b"421 4.3.2 Service shutting down, closing connection\r\n")
     assert driver.closed and len(driver.commits) == 1
+
+
+def test_shutdown_answers_421_even_to_unknown_commands(limiter: RateLimiter) -> None:
+    driver = Driver(new_session(limiter))
+    driver.feed(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\n")
+    driver.session.shutdown()
+    out = driver.feed(b"RSET\r\nBOGUS\r\n")
+    assert out.startswith(b"250") and out.endswith(b"421 4.3.2 Service shutting down, closing connection\r\n")
+    assert driver.closed
 
 
 def test_shutdown_closes_idle_session(limiter: RateLimiter) -> None:
