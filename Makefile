@@ -42,8 +42,15 @@ test: dev
 	$(BIN)/python -m pytest -q
 	FASTMTA_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q tests/ext tests/unit
 
+# Postfix is a peer, and its smtp-source and smtp-sink come with it: as root it is installed
+# unconfigured, so no system-wide mail service starts; bench/postfix.py runs a private instance.
 bench: dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@command -v postfix >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		echo "installing postfix (unconfigured) for its peers" && \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null; } || \
+		echo "postfix is not installed: its targets will be skipped (apt-get install postfix)"
 	$(BIN)/python bench/compare.py
 
 clean:

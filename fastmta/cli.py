@@ -132,15 +132,24 @@ def cmd_queue_flush(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
+    from fastmta.queue.records import HELD
     from fastmta.queue.schedule import Scheduler
 
     store = _store(args)
-    if store.get(args.id) is None:
+    message = store.get(args.id)
+    if message is None:
         print(f"no message {args.id}", file=sys.stderr)
         return 1
-    Scheduler(store).make_due([args.id])
-    _wake_runners(args)
-    print(f"{args.id}: due now")
+    if Scheduler(store).make_due([args.id]):
+        _wake_runners(args)
+        print(f"{args.id}: due now")
+    elif message.state == HELD:
+        print(f"{args.id}: held; release it to have it sent (fastmta queue release {args.id})", file=sys.stderr)
+        return 1
+    elif message.lease_until > time.time():
+        print(f"{args.id}: being delivered right now")
+    else:
+        print(f"{args.id}: already due")
     return 0
 
 

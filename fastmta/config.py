@@ -73,6 +73,9 @@ class DeliveryConfig(_Section):
     workers: int = 1
     retry_schedule: list[str] = msgspec.field(default_factory=lambda: ["1m", "5m", "15m", "1h", "4h"])
     max_age: str = "5d"
+    # As Postfix's delay_warning_time: a sender who asked for NOTIFY=DELAY hears of mail still
+    # deferred this long after it arrived ("0s": never).
+    delay_warning: str = "4h"
     bounce_from: str = ""
     # How many messages a runner claims at once, and for how long before another runner may retry them.
     batch_size: int = 100
@@ -274,7 +277,7 @@ def _validate(config: Config) -> None:
     for key in ("batch_size", "concurrency"):
         if getattr(config.delivery, key) <= 0:
             raise ConfigError(f"delivery.{key}: must be a positive number")
-    for key in ("retry_schedule", "max_age", "lease_time", "connect_timeout", "command_timeout"):
+    for key in ("retry_schedule", "max_age", "delay_warning", "lease_time", "connect_timeout", "command_timeout"):
         values = getattr(config.delivery, key)
         for value in values if isinstance(values, list) else [values]:
             try:

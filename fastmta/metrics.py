@@ -149,6 +149,9 @@ class SmtpMetrics:
         self.processing = Tally(PROCESSING_BUCKETS)
         self.size = Tally(SIZE_BUCKETS)
 
+    def limit_hit(self, limit: str) -> None:
+        self.ratelimit[limit] += 1
+
     def flush(self, active_connections: int) -> None:
         if not self.enabled:
             return

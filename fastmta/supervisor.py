@@ -203,6 +203,7 @@ class Supervisor:
             log.warning("%s (pid %d) exited with %s; restarting in %.1fs", spec.name, pid, code, delay)
             if delay >= _RESTART_DELAY_MAX:
                 log.error("%s keeps failing; throttled to one restart per %.0fs", spec.name, delay)
+            notify(f"STATUS={spec.name} exited with {code}, restarting in {delay:.1f}s")
             self.waiting.append(spec)
 
     def restart_due(self) -> None:
@@ -212,11 +213,17 @@ class Supervisor:
         for spec in due:
             self.spawn(spec)
 
+    def status(self) -> str:
+        return f"STATUS=serving with {len(self.children)} children"
+
     def reload(self) -> None:
+        # RELOADING=1 then READY=1, as systemd expects of a service that reloads on SIGHUP.
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             config = config_module.load(self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
+            notify(f"READY=1\nSTATUS=reload refused, running the old config: {exc}")
             return
         old_pids = [pid for pid, spec in self.children.items() if spec.name != ADMIN]
         admin_changed = (config.admin, config.server) != (self.config.admin, self.config.server)
@@ -235,6 +242,7 @@ class Supervisor:
         if admin_changed:
             self.replace_admin()
         log.info("configuration reloaded; %d workers replaced", len(old_pids))
+        notify(f"READY=1\n{self.status()}")
 
     def replace_admin(self) -> None:
         """The admin keeps running across reloads unless its own settings changed.
@@ -276,7 +284,7 @@ class Supervisor:
         for spec in self.specs() + self.admin_specs():
             self.spawn(spec)
         log.info("fastmta started: %d smtp workers on %s", len(self.listeners.per_slot), _plan_text(self.listeners))
-        notify(f"READY=1\nSTATUS=serving with {len(self.children)} children\nMAINPID={os.getpid()}")
+        notify(f"READY=1\n{self.status()}\nMAINPID={os.getpid()}")
         while True:
             received = signal.sigtimedwait(_SIGNALS, 0.5 if self.waiting else 5.0)
             signum = received.si_signo if received else None

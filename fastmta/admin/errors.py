@@ -58,8 +58,10 @@ def validation_failed(error: msgspec.ValidationError | msgspec.DecodeError, wher
     """msgspec says '... - at `$.limit`'; the field named there is the one the client must fix."""
     text = str(error)
     problem, _, path = text.partition(" - at `$")
-    field = path.rstrip("`").lstrip(".") or None
-    if "Object missing required field" in problem:
-        field = problem.rpartition("`")[0].rpartition("`")[2] or field
+    field = path.rstrip("`").lstrip(".")
+    if "missing required field" in problem or "contains unknown field" in problem:
+        # The object is at `path`; the field it lacks or should not have is in the problem.
+        inner = problem.rpartition("`")[0].rpartition("`")[2]
+        field = f"{field}.{inner}" if field and inner else inner or field
     named = field or where
     return ValidationFailed(f"{named}: {problem}", named)

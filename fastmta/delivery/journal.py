@@ -24,13 +24,15 @@ class Entry(msgspec.Struct):
     source_ip: str
     seconds: float
     queued_seconds: float
+    runner: str = ""
 
 
 _encoder = msgspec.json.Encoder()
 
 
 class DeliveryLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, runner: str = "") -> None:
+        self._runner = runner
         # O_APPEND: lines from several runners interleave whole, never mixed within a line.
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
@@ -49,6 +51,7 @@ class DeliveryLog:
             source_ip=source_ip,
             seconds=round(seconds, 6),
             queued_seconds=round(now - message.received_at, 6),
+            runner=self._runner,
         )
         os.write(self._fd, _encoder.encode(entry) + b"\n")
 

@@ -27,12 +27,30 @@ def mailbox_name(address: str) -> str:
     return name
 
 
+def _host_part() -> str:
+    """The host in unique names, with "/" and ":" escaped as the maildir specification asks."""
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def deliver(root: Path, address: str, body: bytes) -> Path:
     mailbox = root / mailbox_name(address)
+    created = not (mailbox / "new").is_dir()
     for sub in ("tmp", "new", "cur"):
         (mailbox / sub).mkdir(parents=True, exist_ok=True)
+    if created:
+        # A new mailbox's directories must survive a power loss as much as the message in them.
+        _fsync_directory(mailbox)
+        _fsync_directory(root)
     now = time.time()
-    unique = f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_counter)}.{socket.gethostname()}"
+    unique = f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_counter)}.{_host_part()}"
     temporary = mailbox / "tmp" / unique
     final = mailbox / "new" / unique
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -44,9 +62,5 @@ def deliver(root: Path, address: str, body: bytes) -> Path:
     finally:
         os.close(fd)
     os.rename(temporary, final)
-    directory = os.open(mailbox / "new", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    _fsync_directory(mailbox / "new")
     return final

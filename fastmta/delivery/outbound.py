@@ -57,53 +57,81 @@ _OPPORTUNISTIC.verify_mode = ssl.CERT_NONE
 _CONNECTION_ERRORS = (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError)
 
 
+class _HandshakeFailed(Exception):
+    """STARTTLS was offered but could not be completed."""
+
+
 class Connection:
     def __init__(self, destination: Destination, address: str, helo: str, connect_timeout: float, command_timeout: float) -> None:
         self.destination = destination
         self.address = address
         self.messages_sent = 0
         self.tls = False
-        self._smtp = aiosmtplib.SMTP(
-            hostname=address,
+        self._helo = helo
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._smtp = self._client()
+
+    def _client(self) -> aiosmtplib.SMTP:
+        destination = self.destination
+        return aiosmtplib.SMTP(
+            hostname=self.address,
             port=destination.port,
-            local_hostname=helo,
+            local_hostname=self._helo,
             source_address=(destination.source_ip, 0) if destination.source_ip else None,
-            timeout=command_timeout,
+            timeout=self._command_timeout,
             start_tls=False,
         )
-        self._connect_timeout = connect_timeout
 
     async def open(self, policy: TlsPolicy) -> None:
-        smtp = self._smtp
         try:
-            await smtp.connect(timeout=self._connect_timeout)
-            await smtp.ehlo()
-            if policy.mode != "none" and smtp.supports_extension("starttls"):
-                verify = policy.mode == "required"
-                await smtp.starttls(
-                    server_hostname=self.destination.host,
-                    validate_certs=verify,
-                    tls_context=None if verify else _OPPORTUNISTIC,
-                )
-                self.tls = True
-                await smtp.ehlo()
-            elif policy.mode == "required":
-                raise ConnectionFailed(f"{self.destination.host} does not offer STARTTLS, which the route requires")
-            if policy.username:
-                if not self.tls and policy.mode != "none":
-                    # As Postfix's smtp_sasl_security_options = noplaintext: only a route that says
-                    # tls = "none" may send its password unencrypted.
-                    raise ConnectionFailed(f"{self.destination.host} offers no STARTTLS; not sending credentials in clear text")
-                await smtp.login(policy.username, policy.password)
+            try:
+                await self._greet(policy, starttls=policy.mode != "none")
+            except _HandshakeFailed:
+                if policy.mode != "opportunistic":
+                    raise
+                # As Postfix's "may": a handshake that fails is retried once in plain text.
+                self.close()
+                self._smtp = self._client()
+                await self._greet(policy, starttls=False)
+        except ConnectionFailed:
+            self.close()
+            raise
         except aiosmtplib.SMTPAuthenticationError as exc:
             self.close()
             raise ConnectionFailed(f"authentication failed: {exc.code} {exc.message}") from None
         except aiosmtplib.SMTPResponseException as exc:
             self.close()
             raise ConnectionFailed(f"refused: {exc.code} {exc.message}") from None
-        except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
+        except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException, _HandshakeFailed) as exc:
             self.close()
             raise ConnectionFailed(f"cannot talk to {self.destination.host}[{self.address}]: {exc}") from None
+
+    async def _greet(self, policy: TlsPolicy, starttls: bool) -> None:
+        """Connect, EHLO, STARTTLS when asked and offered (and EHLO again), AUTH if the route has credentials."""
+        smtp = self._smtp
+        await smtp.connect(timeout=self._connect_timeout)
+        await smtp.ehlo()
+        if starttls and smtp.supports_extension("starttls"):
+            verify = policy.mode == "required"
+            try:
+                await smtp.starttls(
+                    server_hostname=self.destination.host,
+                    validate_certs=verify,
+                    tls_context=None if verify else _OPPORTUNISTIC,
+                )
+            except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
+                raise _HandshakeFailed(f"STARTTLS failed: {exc}") from None
+            self.tls = True
+            await smtp.ehlo()
+        elif policy.mode == "required":
+            raise ConnectionFailed(f"{self.destination.host} does not offer STARTTLS, which the route requires")
+        if policy.username:
+            if not self.tls and policy.mode != "none":
+                # As Postfix's smtp_sasl_security_options = noplaintext: only a route that says
+                # tls = "none" may send its password unencrypted.
+                raise ConnectionFailed(f"{self.destination.host} offers no working STARTTLS; not sending credentials in clear text")
+            await smtp.login(policy.username, policy.password)
 
     @property
     def usable(self) -> bool:

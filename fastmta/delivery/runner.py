@@ -71,10 +71,11 @@ class Runner:
         self.resolver = MxResolver(delivery.dns_servers, parse_duration(delivery.connect_timeout))
         self.pools = Pools(self._open)
         self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
-        self.journal = DeliveryLog(config.data_dir / "delivery.log")
+        self.journal = DeliveryLog(config.data_dir / "delivery.log", name)
         self.metrics = DeliveryMetrics(name, config.server.metrics)
         self.retry_schedule = [parse_duration(step) for step in delivery.retry_schedule]
         self.max_age = parse_duration(delivery.max_age)
+        self.delay_warning = parse_duration(delivery.delay_warning)
         self.lease_seconds = parse_duration(delivery.lease_time)
         self.connect_timeout = parse_duration(delivery.connect_timeout)
         self.command_timeout = parse_duration(delivery.command_timeout)
@@ -225,7 +226,8 @@ class Runner:
             else:
                 recipient.state = DEFERRED
                 recipient.next_attempt = retry.next_attempt(recipient.attempts, self.retry_schedule, now)
-                if not recipient.delay_notified and dsn.wants_notice(recipient, "delayed"):
+                old_enough = 0 < self.delay_warning <= now - message.received_at
+                if old_enough and not recipient.delay_notified and dsn.wants_notice(recipient, "delayed"):
                     recipient.delay_notified = True
                     delayed_now.append(recipient)
             self.journal.write(message, recipient, outcome.host, now - started, outcome.route, outcome.source_ip)
@@ -270,9 +272,9 @@ class Runner:
                 if failure.status == "5.1.10":
                     code = 556
                 return {r.address: Outcome(Reply(code, f"{failure.status} {failure}"), name) for r in recipients}
-        last_error = "no mail exchanger tried"
+        last_error, last_destination = "no mail exchanger tried", None
         for host, address in candidates:
-            destination = Destination(index, host, route.port, self._source_ip(index, route))
+            destination = last_destination = Destination(index, host, route.port, self._source_ip(index, route))
             pool = self.pools.get(destination, route.max_connections, route.max_messages_per_connection, parse_rate(route.rate))
             try:
                 async with pool.turn(address) as connection:
@@ -282,7 +284,9 @@ class Runner:
                 continue
             return {rcpt: Outcome(reply, name, host, destination.source_ip) for rcpt, reply in replies.items()}
         deferral = Reply(451, f"4.4.1 {last_error}")
-        return {r.address: Outcome(deferral, name) for r in recipients}
+        # The log and a later bounce name the last host tried, as Postfix's "delivery temporarily suspended" does.
+        host, source_ip = (last_destination.host, last_destination.source_ip) if last_destination else ("", "")
+        return {r.address: Outcome(deferral, name, host, source_ip) for r in recipients}
 
     def _source_ip(self, index: int, route: RouteConfig) -> str:
         if not route.source_ips:

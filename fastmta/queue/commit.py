@@ -52,17 +52,33 @@ class GroupCommit(Generic[Item]):
     def _write_batches(self) -> None:
         """The commit thread."""
         while (batch := self._batches.get()) is not None:
-            error: BaseException | None = None
-            try:
-                self._write([item for item, _ in batch])
-            except BaseException as exc:  # handed to every waiting client, never lost in this thread
-                error = exc
-            self._loop.call_soon_threadsafe(self._settle, batch, error)
+            self._loop.call_soon_threadsafe(self._settle, batch, self._write_all([item for item, _ in batch]))
 
-    def _settle(self, batch: list[tuple[Item, Settled]], error: BaseException | None) -> None:
+    def _write_all(self, items: list[Item]) -> list[BaseException | None]:
+        """Each item's outcome: the batch in one write, or, if that fails, each item in a write of its own.
+
+        One message the store cannot take (too big for what is left) must not cost the others their
+        place; a fault that is not theirs (a failing disk) fails each of them on its own too.
+        """
+        try:
+            self._write(items)
+            return [None] * len(items)
+        except BaseException as exc:  # handed to the waiting clients, never lost in this thread
+            if len(items) == 1:
+                return [exc]
+        outcomes: list[BaseException | None] = []
+        for item in items:
+            try:
+                self._write([item])
+                outcomes.append(None)
+            except BaseException as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _settle(self, batch: list[tuple[Item, Settled]], errors: list[BaseException | None]) -> None:
         self.batches += 1
         self.items += len(batch)
-        for _, settled in batch:
+        for (_, settled), error in zip(batch, errors):
             settled(error)
         if self._pending:
             self._write_next()

@@ -87,7 +87,9 @@ class QueueStore:
                 for message, body in batch:
                     self.put_new(txn, message, body)
         except lmdb.MapFullError:
-            raise StoreFullError("queue store is full") from None
+            raise StoreFullError("queue store is full (queue_max_bytes)") from None
+        except lmdb.DiskError:  # ENOSPC: the disk is full before the map is
+            raise StoreFullError("no space left on the queue's disk") from None
 
     # The building blocks of write transactions, for this class and the scheduler.
 

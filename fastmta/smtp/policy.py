@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from functools import lru_cache
 
 from fastmta.config import LimitsConfig
 from fastmta.ratelimit import RateLimiter
-from fastmta.smtp.replies import QuotaExceeded, RateLimited, TooManyConnections
+from fastmta.smtp.replies import QuotaExceeded, RateLimited, SmtpReplyError, TooManyConnections, TooManyFromAddress
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -46,7 +47,8 @@ def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6
 class ClientLimits:
     """Per-IP limits shared by every worker through state.lmdb; a limit of 0 costs nothing.
 
-    `exempt` clients skip the per-IP limits but still count towards max_connections.
+    `exempt` clients skip the per-IP limits but still count towards max_connections. Every
+    refusal is reported to `refused` by the name of the setting that refused, for the metrics.
     """
 
     def __init__(
@@ -56,7 +58,9 @@ class ClientLimits:
         max_connections: int,
         max_connections_per_ip: int,
         exempt: RelayPolicy | None = None,
+        refused: Callable[[str], None] = lambda limit: None,
     ) -> None:
+        self._refused = refused
         self._limiter = limiter
         self._limits = limits
         self._max_connections = max_connections
@@ -66,31 +70,39 @@ class ClientLimits:
     def _limited(self, ip: str) -> bool:
         return self._exempt is None or not self._exempt.trusted(ip)
 
+    def _refusal(self, limit: str, refusal: SmtpReplyError) -> SmtpReplyError:
+        self._refused(limit)
+        refusal.limit = limit
+        return refusal
+
     def admit(self, ip: str) -> None:
         """Counts a new connection, or raises the refusal the client should hear."""
         limited = self._limited(ip)
         if limited and not self._limiter.hit("connections", ip, self._limits.connections_per_minute, MINUTE):
-            raise RateLimited("Too many connections from your address, try again later")
+            raise self._refusal("connections_per_minute", RateLimited("Too many connections from your address, try again later"))
         from_ip, total = self._limiter.connection_opened(ip)
-        if total > self._max_connections or (limited and from_ip > self._max_per_ip):
+        if total > self._max_connections:
             self._limiter.connection_closed(ip)
-            raise TooManyConnections()
+            raise self._refusal("max_connections", TooManyConnections())
+        if limited and from_ip > self._max_per_ip:
+            self._limiter.connection_closed(ip)
+            raise self._refusal("max_connections_per_ip", TooManyFromAddress())
 
     def release(self, ip: str) -> None:
         self._limiter.connection_closed(ip)
 
     def check_message(self, ip: str) -> None:
         if self._limited(ip) and not self._limiter.hit("messages", ip, self._limits.messages_per_hour, HOUR):
-            raise RateLimited("Too much mail from your address, try again later")
+            raise self._refusal("messages_per_hour", RateLimited("Too much mail from your address, try again later"))
 
     def check_recipient(self, ip: str) -> None:
         if self._limited(ip) and not self._limiter.hit("recipients", ip, self._limits.recipients_per_hour, HOUR):
-            raise RateLimited("Too many recipients from your address, try again later")
+            raise self._refusal("recipients_per_hour", RateLimited("Too many recipients from your address, try again later"))
 
     def check_auth_allowed(self, ip: str) -> None:
         limit = self._limits.auth_failures_per_hour
         if limit > 0 and self._limited(ip) and self._limiter.count("auth_failures", ip, HOUR) >= limit:
-            raise RateLimited("Too many authentication failures, try again later")
+            raise self._refusal("auth_failures_per_hour", RateLimited("Too many authentication failures, try again later"))
 
     def record_auth_failure(self, ip: str) -> None:
         if self._limited(ip):
@@ -99,4 +111,4 @@ class ClientLimits:
     def check_daily_quota(self, username: str, quota: int) -> None:
         """Per account, not per IP, so no network is exempt from it."""
         if not self._limiter.hit("quota", username, quota, DAY):
-            raise QuotaExceeded(f"Daily sending quota of {quota} messages reached, try again later")
+            raise self._refusal("daily_quota", QuotaExceeded(f"Daily sending quota of {quota} messages reached, try again later"))

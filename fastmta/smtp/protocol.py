@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, cast
 from fastmta.accounts import User
 from fastmta.queue.records import Message
 from fastmta.queue.store import EtrnRequest, StoreFullError
-from fastmta.smtp import replies as R
 from fastmta.smtp.session import Close, Commit, RecordEtrn, Session, StartTls, Step, VerifyAuth
 from fastmta.smtp.tls import describe
 
@@ -21,9 +20,6 @@ log = logging.getLogger("fastmta.smtp")
 
 # A client may pipeline ahead while we wait for a commit, but not without bound.
 _MAX_BUFFERED = 1 << 20
-
-# A connection refused at greeting, by the reply it heard; any other refusal there is a per-IP rate limit.
-_REJECTION_REASONS = {R.TooManyConnections().reply: "max_connections"}
 
 
 class SmtpProtocol(asyncio.Protocol):
@@ -55,7 +51,7 @@ class SmtpProtocol(asyncio.Protocol):
         self._worker.metrics.connections += 1
         greeting = self.session.start()
         if isinstance(greeting[1], Close):
-            self._worker.metrics.rejected[_REJECTION_REASONS.get(greeting[0], "rate_limit")] += 1
+            self._worker.metrics.rejected[self.session.rejected_by] += 1
         self._apply(greeting)
 
     def data_received(self, data: bytes) -> None:

@@ -56,6 +56,7 @@ class SmtpReplyError(Exception):
     status = "4.3.0"
     text = "Local error in processing"
     closes = False
+    limit = ""  # for a refusal by a configured limit: that setting's name, as the metrics label it
 
     def __init__(self, text: str | None = None) -> None:
         super().__init__(text or self.text)
@@ -157,6 +158,11 @@ class QuotaExceeded(SmtpReplyError):
 
 class TooManyConnections(SmtpReplyError):
     code, status, text = 421, "4.7.0", "Too many connections, try again later"
+    closes = True
+
+
+class TooManyFromAddress(SmtpReplyError):
+    code, status, text = 421, "4.7.0", "Too many simultaneous connections from your address, try again later"
     closes = True
 
 

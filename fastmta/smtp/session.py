@@ -196,6 +196,7 @@ class Session:
         self._trusted = False
         self._draining = False
         self._errors = 0
+        self.rejected_by = ""  # the limit that refused the connection at greeting
         self.helo = ""
         self._esmtp = False
         self.auth_user = ""
@@ -388,6 +389,7 @@ class Session:
         try:
             self._limits.admit(self.client_ip)
         except SmtpReplyError as refusal:
+            self.rejected_by = refusal.limit
             self._close_with(refusal.reply)
             return
         self._admitted = True

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -40,20 +39,6 @@ class ListenerSocket:
     proxy_protocol: bool
 
 
-class MeteredRateLimiter(RateLimiter):
-    """Counts every refusal by the limit that refused (the `kind` of the counter that was full)."""
-
-    def __init__(self, path: Path, metrics: SmtpMetrics) -> None:
-        super().__init__(path)
-        self._refused = metrics.ratelimit
-
-    def hit(self, kind: str, key: str, limit: int, window: float, now: float | None = None, amount: int = 1) -> bool:
-        allowed = super().hit(kind, key, limit, window, now, amount)
-        if not allowed:
-            self._refused[kind] += 1
-        return allowed
-
-
 class Worker:
     """Everything the connections of one worker share: stores, limits, settings, the group commit."""
 
@@ -63,7 +48,7 @@ class Worker:
         self.name = name
         self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
         self.metrics = SmtpMetrics(name, config.server.metrics)
-        self.limiter = MeteredRateLimiter(config.data_dir / "state.lmdb", self.metrics)
+        self.limiter = RateLimiter(config.data_dir / "state.lmdb")
         self.limiter.forget_dead_processes()
         self.accounts = Accounts(self.store.env)
         policy = RelayPolicy(smtp.mynetworks, smtp.relay_domains)
@@ -73,6 +58,7 @@ class Worker:
             smtp.max_connections,
             smtp.max_connections_per_ip,
             exempt=policy if config.limits.exempt_mynetworks else None,
+            refused=self.metrics.limit_hit,
         )
         self.tls_context: ssl.SSLContext | None = (
             server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None

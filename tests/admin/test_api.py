@@ -60,6 +60,7 @@ INVALID = [
     ("POST", "/api/v1/users", {"json": {"username": "dora", "password": "pw", "quota": -1}}, "quota"),
     ("POST", "/api/v1/users", {"content": b"{not json"}, "body"),
     ("PUT", "/api/v1/users/{username}", {"json": {"enabled": "yes"}}, "enabled"),
+    ("PUT", "/api/v1/users/{username}", {"json": {"enabeld": True}}, "enabeld"),
     ("POST", "/api/v1/tokens", {"json": {"name": "x", "role": "root"}}, "role"),
     ("POST", "/api/v1/tokens", {"json": {"name": "has space", "role": "viewer"}}, "name"),
 ]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import smtplib
+
+import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -57,3 +60,40 @@ def test_per_worker_series_sum_to_what_was_sent_and_survive_a_kill(admin: Admin)
 
     admin.send(10)
     assert wait_until(lambda: sum(accepted(admin).values()) == before + 30), accepted(admin)
+
+
+def test_refusals_and_auth_attempts_are_counted_by_reason(make_server) -> None:
+    server = make_server({
+        "admin": {"enabled": True},
+        "smtp": {"workers": 1, "require_tls_for_auth": False},
+        "limits": {"connections_per_minute": 3, "exempt_mynetworks": False},
+    })
+    admin = Admin(server)
+    assert server.cli("user", "add", "dora", "--password-stdin", input=b"right\n").returncode == 0
+    # The start-up probe was the first connection of this minute; two more are allowed.
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+        client.ehlo("a.test")
+        client.login("dora", "right")
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+        client.ehlo("b.test")
+        client.user, client.password = "dora", "wrong"
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.auth("PLAIN", client.auth_plain)  # one attempt: login() would go on to LOGIN
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+    assert refused.value.smtp_code == 421
+
+    def counted() -> tuple[dict[str, float], ...]:
+        return (
+            samples(admin, "smtp_connections_rejected_total", reason="connections_per_minute"),
+            samples(admin, "smtp_ratelimit_hits_total", limit="connections_per_minute"),
+            samples(admin, "smtp_auth_attempts_total", result="success"),
+            samples(admin, "smtp_auth_attempts_total", result="failure"),
+        )
+
+    expected = ({"smtp-0": 1.0},) * 4
+    assert wait_until(lambda: counted() == expected), counted()
+    with admin.client("viewer") as client:
+        auth = client.get("/stats").json()["data"]["auth"]
+    assert (auth["success"], auth["failure"]) == (1, 1)
+    assert server.stop() == 0

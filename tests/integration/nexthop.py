@@ -7,9 +7,10 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult
 from dnslib import MX, QTYPE, RR, A, DNSLabel
 from dnslib.server import BaseResolver, DNSServer
 
@@ -23,6 +24,8 @@ class Arrival:
     content: bytes
     peer: tuple[str, int]
     at: float
+    tls: bool = False
+    login: bytes | None = None  # the AUTH user the client logged in as
 
 
 @dataclass
@@ -53,7 +56,10 @@ class Recorder:
             if not reply.startswith("250"):
                 return reply
         self.arrivals.append(
-            Arrival(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer, time.time())
+            Arrival(
+                envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer, time.time(),
+                tls=session.ssl is not None, login=session.auth_data,
+            )
         )
         return "250 2.0.0 OK"
 
@@ -82,24 +88,34 @@ class _CountingSMTP(SMTP):
 
 
 class _Controller(Controller):
-    def __init__(self, handler: Recorder, smtputf8: bool, **kwargs: object) -> None:
+    def __init__(self, handler: Recorder, smtp_options: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self.smtputf8 = smtputf8
+        self.smtp_options = smtp_options
 
     def factory(self) -> SMTP:
-        return _CountingSMTP(self.handler, enable_SMTPUTF8=self.smtputf8)
+        return _CountingSMTP(self.handler, **self.smtp_options)
+
+
+def accept_password(password: bytes) -> Any:
+    """An aiosmtpd authenticator that takes any user with this password."""
+
+    def authenticate(server, session, envelope, mechanism, auth_data):  # noqa: ANN001
+        return AuthResult(success=auth_data.password == password, auth_data=auth_data.login)
+
+    return authenticate
 
 
 class NextHop:
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", smtputf8: bool = True) -> None:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", smtputf8: bool = True, **smtp_options: Any) -> None:
+        """`smtp_options` go to aiosmtpd's SMTP: tls_context, authenticator, auth_require_tls..."""
         self.host = host
         self.port = port or free_port()
-        self.smtputf8 = smtputf8
+        self.smtp_options = {"enable_SMTPUTF8": smtputf8, **smtp_options}
         self.recorder = Recorder()
         self._controller: Controller | None = None
 
     def start(self) -> NextHop:
-        self._controller = _Controller(self.recorder, self.smtputf8, hostname=self.host, port=self.port)
+        self._controller = _Controller(self.recorder, self.smtp_options, hostname=self.host, port=self.port)
         self._controller.start()
         self.recorder.connections = 0  # start() made one to see the server answer
         return self

@@ -143,6 +143,7 @@ def test_next_hop_down_then_back(make_server) -> None:
     send(server)
     wait_until(lambda: len(journal(server)) == 1)
     assert journal(server)[0]["status"] == "deferred" and journal(server)[0]["reply"].startswith("451 4.4.1")
+    assert journal(server)[0]["host"] == "127.0.0.1"  # the host that was tried, though it never answered
     hop.start()
     try:
         assert server.cli("queue", "flush").returncode == 0
@@ -279,4 +280,52 @@ def test_credentials_never_go_out_unencrypted_unless_the_route_says_so(make_serv
     entry = journal(server)[0]
     assert entry["status"] == "deferred" and "not sending credentials in clear text" in entry["reply"]
     assert hop.recorder.arrivals == []
+    assert server.stop() == 0
+
+
+def test_delay_notice_once_then_failure_past_max_age(make_server, hop: NextHop) -> None:
+    hop.recorder.rcpt_replies["slow@example.org"] = "451 4.3.0 try later"
+    config = relay_config(hop.port)
+    config["delivery"] |= {"delay_warning": "1s", "max_age": "4s"}
+    server = make_server(config)
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.sendmail("alice@example.com", ["slow@example.org"], MESSAGE, rcpt_options=["NOTIFY=DELAY,FAILURE"])
+    delayed, failed = hop.recorder.wait_for(2, timeout=20)
+    assert delayed.recipients == failed.recipients == ["alice@example.com"]
+    assert b"Action: delayed" in delayed.content and b"Action: failed" in failed.content
+    assert b"Status: 4.4.7" in failed.content
+    attempts = [e for e in journal(server) if e["recipient"] == "slow@example.org"]
+    assert [e["status"] for e in attempts][-1] == "failed" and len(attempts) >= 4
+    wait_until(lambda: queue_empty(server))
+    assert len(hop.recorder.arrivals) == 2  # one delay notice, however many deferrals
+    assert server.stop() == 0
+
+
+def test_source_ips_take_turns(make_server, hop: NextHop) -> None:
+    server = make_server(relay_config(hop.port, source_ips=["127.0.0.2", "127.0.0.3"], max_messages_per_connection=1))
+    for n in range(4):
+        send(server, body=MESSAGE + f"number {n}\r\n".encode())
+    arrivals = hop.recorder.wait_for(4)
+    assert sorted(a.peer[0] for a in arrivals) == ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]
+    wait_until(lambda: len(journal(server)) == 4)
+    assert {e["source_ip"] for e in journal(server)} == {"127.0.0.2", "127.0.0.3"}
+    assert server.stop() == 0
+
+
+def test_two_runners_send_each_message_once(make_server, hop: NextHop) -> None:
+    hop.recorder.data_delay = 0.02
+    config = relay_config(hop.port, max_connections=4)
+    config["delivery"] |= {"workers": 2, "batch_size": 5}
+    server = make_server(config)
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        for n in range(40):
+            client.sendmail("alice@example.com", ["bob@example.org"], MESSAGE + f"number {n}\r\n".encode())
+    arrivals = hop.recorder.wait_for(40)
+    wait_until(lambda: queue_empty(server))
+    time.sleep(0.3)
+    bodies = [without_received(a.content) for a in hop.recorder.arrivals]
+    assert len(bodies) == len(set(bodies)) == 40
+    entries = journal(server)
+    assert len(entries) == len({e["message_id"] for e in entries}) == 40
+    assert {e["runner"] for e in entries} <= {"delivery-0", "delivery-1"}
     assert server.stop() == 0

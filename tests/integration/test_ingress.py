@@ -83,10 +83,12 @@ def without_received(body: bytes) -> bytes:
     return body[end + 2 :]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+@pytest.fixture(scope="module", params=["compiled", "twins"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """Every test of this module against the compiled hot path, then against its pure-Python twins."""
     directory = tmp_path_factory.mktemp("ingress")
-    running = Server(directory, {"smtp": {"max_message_size": 100_000, "max_recipients": 3}}).start()
+    env = {"FASTMTA_NO_EXTENSIONS": "1"} if request.param == "twins" else None
+    running = Server(directory, {"smtp": {"max_message_size": 100_000, "max_recipients": 3}}, env).start()
     yield running
     assert running.stop() == 0
 
@@ -328,6 +330,32 @@ def test_message_rate_limit(make_server) -> None:
     assert server.stop() == 0
 
 
+def test_message_rate_limit_holds_across_workers(make_server) -> None:
+    server = make_server({"smtp": {"workers": 2}, "limits": {"messages_per_hour": 20, "exempt_mynetworks": False}})
+    replies = []
+    for n in range(25):
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+            try:
+                replies.append(client.sendmail("a@example.com", ["b@example.org"], f"Subject: {n}\r\n\r\nx\r\n"))
+            except smtplib.SMTPSenderRefused as refused:
+                replies.append(refused.smtp_code)
+    assert replies[:20] == [{}] * 20 and replies[20:] == [421] * 5
+    workers = {entry["worker"] for entry in json.loads(server.cli("queue", "list", "--json").stdout)}
+    # Twenty connections, each to either worker: the limit held across both (all on one: 2 in a million).
+    assert workers == {"smtp-0", "smtp-1"}
+    assert server.stop() == 0
+
+
+def test_global_connection_limit(make_server) -> None:
+    server = make_server({"smtp": {"workers": 1, "max_connections": 2}})
+    clients = [Raw(server.port) for _ in range(3)]
+    assert [c.greeting[:3] for c in clients] == [b"220", b"220", b"421"]
+    assert clients[2].greeting == b"421 4.7.0 Too many connections, try again later"
+    for client in clients:
+        client.close()
+    assert server.stop() == 0
+
+
 def _add_user(server: Server, name: str, password: str) -> None:
     result = server.cli("user", "add", name, "--password-stdin", input=password.encode() + b"\n")
     assert result.returncode == 0, result.stderr
@@ -363,9 +391,32 @@ def test_starttls_and_auth(make_server, tls_files) -> None:
         await client.quit()
 
     asyncio.run(send_with_aiosmtplib())
+    expected = 2
+    swaks = shutil.which("swaks")
+    if swaks is not None:  # AUTH LOGIN, which both Python libraries pass over for PLAIN
+        result = subprocess.run(
+            [swaks, "--server", f"127.0.0.1:{server.port}", "--tls", "--auth", "LOGIN", "--auth-user", "alice",
+             "--auth-password", "s3cret pass", "--from", "alice@example.com", "--to", "far@elsewhere.com"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode == 0 and "235 2.7.0" in result.stdout, result.stdout + result.stderr
+        expected += 1
     listed = json.loads(server.cli("queue", "list", "--json").stdout)
-    assert [entry["auth_user"] for entry in listed] == ["alice", "alice"]
+    assert [entry["auth_user"] for entry in listed] == ["alice"] * expected
     assert all(entry["protocol"] == "ESMTPSA" and entry["tls"].startswith("TLSv1.") for entry in listed)
+    assert server.stop() == 0
+
+
+def test_auth_without_tls_where_the_operator_allows_it(make_server) -> None:
+    server = make_server({"smtp": {"require_tls_for_auth": False, "mynetworks": ["192.0.2.0/24"]}})
+    _add_user(server, "bert", "pw")
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo("plain.test")
+        assert "LOGIN" in client.esmtp_features["auth"]
+        client.login("bert", "pw")
+        assert client.sendmail("bert@example.com", ["far@elsewhere.com"], b"Subject: s\r\n\r\nb\r\n") == {}
+    (entry,) = json.loads(server.cli("queue", "list", "--json").stdout)
+    assert entry["auth_user"] == "bert" and entry["protocol"] == "ESMTPA"
     assert server.stop() == 0
 
 

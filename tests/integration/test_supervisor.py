@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,6 +49,29 @@ def test_sighup_reloads_without_refusing_connections(make_server) -> None:
     assert server.stop() == 0
 
 
+def test_restarts_back_off_when_a_worker_keeps_dying(make_server) -> None:
+    """As Postfix's master: each quick death doubles the wait before the next start."""
+    server = make_server({"smtp": {"workers": 1}})
+    for _ in range(4):
+        (worker,) = wait_for_children(server, 1)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while worker in server.child_pids() or not server.child_pids():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
+    delays = re.findall(r"smtp-0 \(pid \d+\) exited with -9; restarting in ([\d.]+)s", server.log())
+    assert delays == ["0.1", "0.2", "0.4", "0.8"]
+    assert server.stop() == 0
+
+
+def wait_for_children(server, count: int) -> list[int]:  # noqa: ANN001
+    deadline = time.monotonic() + 10
+    while len(pids := server.child_pids()) != count:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.02)
+    return pids
+
+
 def test_bad_reload_keeps_running(make_server) -> None:
     server = make_server()
     assert server.process is not None
@@ -66,6 +91,10 @@ def test_sd_notify_ready_and_stopping(make_server, tmp_path) -> None:
     server = make_server(env={"NOTIFY_SOCKET": str(path)})
     ready = listener.recv(4096).decode()
     assert "READY=1" in ready and "STATUS=" in ready
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+    assert "RELOADING=1" in listener.recv(4096).decode()
+    assert "READY=1" in listener.recv(4096).decode()
     assert server.stop() == 0
     assert "STOPPING=1" in listener.recv(4096).decode()
     listener.close()
@@ -110,7 +139,10 @@ def test_queue_commands_with_server_stopped(make_server) -> None:
     assert "<b@example.org>  queued" in server.cli("queue", "list").stdout.decode()
     assert server.cli("queue", "hold", message_id).stdout.decode().strip() == f"{message_id}: held"
     assert json.loads(server.cli("queue", "list", "--json").stdout)[0]["state"] == "held"
+    retried = server.cli("queue", "retry", message_id)
+    assert retried.returncode == 1 and b"held; release it" in retried.stderr
     assert server.cli("queue", "release", message_id).returncode == 0
+    assert server.cli("queue", "retry", message_id).stdout.decode().strip() == f"{message_id}: already due"
     assert json.loads(server.cli("queue", "show", message_id).stdout)["state"] == "active"
     assert server.cli("queue", "delete", message_id).returncode == 0
     assert server.cli("queue", "show", message_id).returncode == 1

@@ -106,3 +106,24 @@ def test_group_commit_reports_store_full(tmp_path: Path) -> None:
     assert any(isinstance(error, StoreFullError) for error in asyncio.run(main()))
     with store.env.begin() as txn:
         assert txn.stat(store.bodies)["entries"] == txn.stat(store.messages)["entries"]
+
+
+def test_one_message_too_big_for_the_store_costs_only_its_own_place(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 20)
+    small = [message() for _ in range(3)]
+
+    async def main() -> list[BaseException | None]:
+        committer = GroupCommit(store.insert, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        items = [(small[0], b"a"), (message(), b"z" * 2_000_000), (small[1], b"b"), (small[2], b"c")]
+        results = [loop.create_future() for _ in items]
+        # Submitted in one loop turn, so they go to the store as one batch.
+        for item, result in zip(items, results):
+            committer.submit(item, lambda error, r=result: r.set_result(error))
+        out = [await r for r in results]
+        committer.close()
+        return out
+
+    first, too_big, second, third = asyncio.run(main())
+    assert first is second is third is None and isinstance(too_big, StoreFullError)
+    assert store.count() == 3 and {store.body(m.id) for m in small} == {b"a", b"b", b"c"}
