@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from compare import SCENARIOS, SENDER, SourceClient, Sink
+from percentiles import summary
 from targets import BENCH, FastMTA, free_port
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def maximum_rate(port: int, sink: Sink, sessions: int, duration: float, size: int) -> float:
@@ -44,6 +39,19 @@ def delivered_at(delivery_log: Path) -> dict[str, float]:
         if entry["status"] == "delivered":
             found[entry["message_id"]] = entry["time"]
     return found
+
+
+def ack_to_delivery(acks: str, delivered: dict[str, float]) -> tuple[list[float], int]:
+    """Milliseconds from each message's 250 (source.py --acks lines) to its delivery, and how many were never delivered."""
+    waits = []
+    missing = 0
+    for line in acks.splitlines():
+        queue_id, acked = line.split()
+        if queue_id in delivered:
+            waits.append((delivered[queue_id] - float(acked)) * 1000)
+        else:
+            missing += 1
+    return waits, missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,14 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             running.stop()
             sink.stop()
-        waits = []
-        missing = 0
-        for line in acks.read_text().splitlines():
-            queue_id, acked = line.split()
-            if queue_id in delivered:
-                waits.append((delivered[queue_id] - float(acked)) * 1000)
-            else:
-                missing += 1
+        waits, missing = ack_to_delivery(acks.read_text(), delivered)
 
     result = {
         "size": args.size,
@@ -94,12 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "accepted": source["messages_accepted"],
         "reached_sink": report["messages"] - already,
         "not_delivered": missing,
-        "ack_to_delivery_ms": {
-            "p50": round(statistics.median(waits), 2),
-            "p90": round(percentile(waits, 0.90), 2),
-            "p99": round(percentile(waits, 0.99), 2),
-            "max": round(max(waits), 2),
-        } if waits else None,
+        "ack_to_delivery_ms": summary(waits) if waits else None,
     }
     if args.json:
         print(json.dumps(result, indent=2))

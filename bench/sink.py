@@ -278,8 +278,8 @@ class SinkSession(asyncio.Protocol):
             asyncio.get_running_loop().call_later(delay, self.resume, reply)
         else:
             self.say(reply)
-        if reply.startswith(b"421"):
-            self.close()
+            if reply.startswith(b"421"):
+                self.close()
         return fault is None
 
     def say(self, reply: bytes) -> None:
@@ -287,10 +287,14 @@ class SinkSession(asyncio.Protocol):
         self.out.append(reply)
 
     def resume(self, reply: bytes) -> None:
+        """A delayed reply goes out; a delayed 421 closes the connection only then."""
         if self.closed or self.transport.is_closing():
             return
         self.paused = False
         self.say(reply)
+        if reply.startswith(b"421"):
+            self.close()
+            return
         self.process()
 
     # reading modes: each consumes from self.buf and returns whether it made progress

@@ -1,6 +1,12 @@
-"""Fault and delay options of bench/sink.py, and how often faults fire."""
+"""Fault and delay options of bench/sink.py, how often faults fire, and what a client sees of them."""
+
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
+from tests.bench.conftest import BENCH
 from sink import DISCONNECT, Delay, Fault, FaultPlan, fault_reply, parse_address, parse_delay, parse_fault, unstuff
 
 
@@ -68,3 +74,55 @@ def test_fault_reply_carries_an_enhanced_status() -> None:
 
 def test_unstuff_removes_only_leading_dots() -> None:
     assert unstuff(b"..a\r\nb.c\r\n..\r\n") == b".a\r\nb.c\r\n.\r\n"
+
+
+def _sink(*options: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """sink.py in a subprocess on a free port, and a client connection to it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, str(BENCH / "sink.py"), f"127.0.0.1:{port}", *options])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return process, socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.05)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_a_delayed_421_arrives_late_and_then_closes() -> None:
+    process, sock = _sink("--fault", "mail:421:1", "--delay", "mail:0.3")
+    try:
+        assert sock.recv(512).startswith(b"220")
+        started = time.monotonic()
+        sock.sendall(b"EHLO t\r\nMAIL FROM:<a@b.c>\r\n")
+        rest = _read_all(sock)  # ends when the sink closes the connection
+        assert rest.endswith(b"\r\n421 4.3.0 sink: injected fault\r\n"), rest
+        assert time.monotonic() - started >= 0.3
+    finally:
+        sock.close()
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_disconnect_fault_drops_the_connection() -> None:
+    process, sock = _sink("--fault", "rcpt:disconnect:1")
+    try:
+        assert sock.recv(512).startswith(b"220")
+        sock.sendall(b"HELO t\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n")
+        rest = _read_all(sock)
+        assert rest.count(b"250") == 2 and b"RCPT" not in rest
+    finally:
+        sock.close()
+        process.terminate()
+        process.wait(10)
