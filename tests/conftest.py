@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 import tomli_w
+
+from fastmta import metrics
 
 
 def free_port() -> int:
@@ -139,6 +142,8 @@ class Server:
             pass
         self.process.wait(10)
         self._log.close()
+        # A killed supervisor cannot remove its metrics files from tmpfs; the test does.
+        shutil.rmtree(metrics.directory_for(self.data_dir), ignore_errors=True)
 
     def child_pids(self) -> list[int]:
         assert self.process is not None
