@@ -102,3 +102,12 @@ def test_parsers() -> None:
     assert parse_hostport("[::1]:25") == ("::1", 25)
     assert parse_hostport("mx.example.com") == ("mx.example.com", 25)
     assert parse_hostport("127.0.0.1:2525") == ("127.0.0.1", 2525)
+
+
+def test_the_example_config_is_valid(tls_files: tuple[Path, Path]) -> None:
+    """deploy/fastmta.toml as shipped; only its certificate paths point at the test certificate."""
+    example = Path(__file__).parents[2] / "deploy" / "fastmta.toml"
+    cert, key = tls_files
+    config = load(example, environ={"SMTP_TLS_CERT": str(cert), "SMTP_TLS_KEY": str(key)})
+    assert config.smtp.listen == ["0.0.0.0:25"] and [r.kind for r in config.routes] == ["smarthost", "mx"]
+    assert config.delivery.delay_warning == "4h" and config.server.metrics is True
