@@ -6,7 +6,7 @@ import email.utils
 import re
 import time
 
-from fastmta.queue.records import FAILED, Message, Recipient, new_message_id
+from fastmta.queue.records import Message, Recipient, new_message_id
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -17,17 +17,46 @@ def status_of(reply: str) -> str:
     found = _ENHANCED.match(text.strip())
     if found:
         return found.group(0)
-    return "5.0.0" if code.startswith("5") else "4.0.0"
+    return f"{code[:1]}.0.0" if code[:1] in ("2", "4") else "5.0.0"
+
+
+# Per action: the subject, what the human-readable part says, the status when the reply gave none.
+_WORDING = {
+    "failed": (
+        "Undelivered Mail Returned to Sender",
+        "Your message could not be delivered to one or more recipients.\r\nThe mail system gave up on:",
+        "5.4.7",
+    ),
+    "delayed": (
+        "Delayed Mail (still being retried)",
+        "Your message has not been delivered yet to the recipients below.\r\n"
+        "The mail system will keep trying; you do not need to send it again.",
+        "4.4.7",
+    ),
+    "delivered": (
+        "Successful Mail Delivery Report",
+        "Your message was delivered to the recipients below.",
+        "2.0.0",
+    ),
+    "relayed": (
+        "Successful Mail Delivery Report",
+        "Your message was passed on to a mail system that sends no delivery reports,\r\n"
+        "so this is the last report you will get for the recipients below.",
+        "2.0.0",
+    ),
+}
 
 
 def wants_notice(recipient: Recipient, action: str) -> bool:
-    """RFC 3461 NOTIFY: failures are reported unless the sender said otherwise; delays only on request."""
+    """RFC 3461 NOTIFY: failures are reported unless the sender said otherwise; delays and successes only on request."""
     notify = {n.upper() for n in recipient.notify}
     if "NEVER" in notify:
         return False
     if action == "failed":
         return not notify or "FAILURE" in notify
-    return "DELAY" in notify
+    if action == "delayed":
+        return "DELAY" in notify
+    return "SUCCESS" in notify
 
 
 def build(
@@ -39,7 +68,7 @@ def build(
     bounce_from: str,
     now: float | None = None,
 ) -> tuple[Message, bytes] | None:
-    """The bounce for `recipients` of `original` (action 'failed' or 'delayed'), or None when none is due.
+    """The notice for `recipients` of `original` (action 'failed', 'delayed', 'delivered' or 'relayed'), or None when none is due.
 
     Never to the null sender: a bounce of a bounce is how mail loops start.
     """
@@ -53,14 +82,7 @@ def build(
     boundary = f"{bounce_id}/{reporting_mta}"
     date = email.utils.formatdate(now)
     headers, _, _ = original_body.partition(b"\r\n\r\n")
-    failed = action == "failed"
-    subject = "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still being retried)"
-    explanation = (
-        "Your message could not be delivered to one or more recipients.\r\nThe mail system gave up on:"
-        if failed
-        else "Your message has not been delivered yet to the recipients below.\r\n"
-        "The mail system will keep trying; you do not need to send it again."
-    )
+    subject, explanation, default_status = _WORDING[action]
     human = "".join(f"\r\n<{r.address}>: {r.last_reply or 'no reply'}\r\n" for r in reported)
     per_message = [f"Reporting-MTA: dns; {reporting_mta}"]
     if original.envid:
@@ -75,7 +97,7 @@ def build(
         fields += [
             f"Final-Recipient: rfc822; {recipient.address}",
             f"Action: {action}",
-            f"Status: {status_of(recipient.last_reply) if recipient.last_reply else ('5.4.7' if failed else '4.4.7')}",
+            f"Status: {status_of(recipient.last_reply) if recipient.last_reply else default_status}",
         ]
         if recipient.remote_host:
             fields.append(f"Remote-MTA: dns; {recipient.remote_host}")
@@ -129,7 +151,3 @@ def build(
         headers_size=text.find(b"\r\n\r\n") + 4,
     )
     return bounce, body
-
-
-def failed_recipients(message: Message) -> list[Recipient]:
-    return [r for r in message.recipients if r.state == FAILED]

@@ -137,6 +137,11 @@ class Connection:
     def usable(self) -> bool:
         return self._smtp.is_connected
 
+    @property
+    def offers_dsn(self) -> bool:
+        """A next hop with DSN takes over the sender's NOTIFY requests (RFC 3461 6.2.1)."""
+        return self._smtp.supports_extension("dsn")
+
     async def send(self, message: Message, recipients: list[Recipient], body: bytes) -> dict[str, Reply]:
         """One transaction for all `recipients`; each gets the reply that decided its fate."""
         smtp = self._smtp

@@ -50,6 +50,9 @@ class Outcome:
     route: str
     host: str = ""
     source_ip: str = ""
+    # The report a NOTIFY=SUCCESS sender gets when this delivery succeeds: "delivered" where the
+    # mail ends here, "relayed" to a next hop without DSN, none where the next hop reports itself.
+    success_notice: str = ""
 
 
 def owner_alive(owner: str) -> bool:
@@ -204,6 +207,7 @@ class Runner:
         now = time.time()
         failed_now: list[Recipient] = []
         delayed_now: list[Recipient] = []
+        succeeded_now: dict[str, list[Recipient]] = defaultdict(list)
         message.attempts += 1
         for recipient in message.recipients:
             if recipient.address not in outcomes:
@@ -216,6 +220,8 @@ class Runner:
             recipient.updated_at = now
             if reply.accepted:
                 recipient.state = DELIVERED
+                if outcome.success_notice and dsn.wants_notice(recipient, outcome.success_notice):
+                    succeeded_now[outcome.success_notice].append(recipient)
             elif reply.permanent:
                 recipient.state = FAILED
                 failed_now.append(recipient)
@@ -234,7 +240,7 @@ class Runner:
         bounces = []
         hostname = self.config.server.hostname
         bounce_from = self.config.delivery.bounce_from
-        for recipients, action in ((failed_now, "failed"), (delayed_now, "delayed")):
+        for action, recipients in (("failed", failed_now), ("delayed", delayed_now), *succeeded_now.items()):
             notice = dsn.build(message, body, recipients, action, hostname, bounce_from, now) if recipients else None
             if notice is not None:
                 bounces.append(notice)
@@ -261,7 +267,7 @@ class Runner:
         if route.kind == "discard":
             return {r.address: Outcome(_DISCARDED, name) for r in recipients}
         if route.kind == "maildir":
-            return {r.address: Outcome(await self._store_locally(route, r, body), name) for r in recipients}
+            return {r.address: Outcome(await self._store_locally(route, r, body), name, success_notice="delivered") for r in recipients}
         if route.kind == "smarthost":
             candidates = [(route.host, route.host)]
         else:
@@ -279,10 +285,11 @@ class Runner:
             try:
                 async with pool.turn(address) as connection:
                     replies = await connection.send(message, recipients, body)
+                    notice = "" if connection.offers_dsn else "relayed"
             except ConnectionFailed as exc:
                 last_error = str(exc)
                 continue
-            return {rcpt: Outcome(reply, name, host, destination.source_ip) for rcpt, reply in replies.items()}
+            return {rcpt: Outcome(reply, name, host, destination.source_ip, notice) for rcpt, reply in replies.items()}
         deferral = Reply(451, f"4.4.1 {last_error}")
         # The log and a later bounce name the last host tried, as Postfix's "delivery temporarily suspended" does.
         host, source_ip = (last_destination.host, last_destination.source_ip) if last_destination else ("", "")

@@ -329,3 +329,29 @@ def test_two_runners_send_each_message_once(make_server, hop: NextHop) -> None:
     assert len(entries) == len({e["message_id"] for e in entries}) == 40
     assert {e["runner"] for e in entries} <= {"delivery-0", "delivery-1"}
     assert server.stop() == 0
+
+
+def test_success_reports_where_the_mail_ends_or_leaves_dsn_behind(make_server, hop: NextHop, tmp_path: Path) -> None:
+    mailboxes = tmp_path / "maildir"
+    server = make_server({
+        "delivery": {"workers": 1},
+        "routes": [
+            {"match": ["example.org"], "kind": "maildir", "path": str(mailboxes)},
+            {"match": ["*"], "kind": "smarthost", "host": "127.0.0.1", "port": hop.port, "tls": "none"},
+        ],
+    })
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.sendmail("alice@example.com", ["bob@example.org"], MESSAGE, rcpt_options=["NOTIFY=SUCCESS"])
+        # aiosmtpd offers no DSN, so fastmta is the last to report on carol.
+        client.sendmail("alice@example.com", ["carol@example.net"], MESSAGE, rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+        client.sendmail("alice@example.com", ["dave@example.net"], MESSAGE)  # no NOTIFY: no report of success
+    hop.recorder.wait_for(4)
+    wait_until(lambda: queue_empty(server))
+    time.sleep(0.3)
+    reports = sorted(a.content for a in hop.recorder.arrivals if a.sender == "<>")
+    assert len(reports) == 2 and len(hop.recorder.arrivals) == 4
+    assert all(b"Successful Mail Delivery Report" in r for r in reports)
+    assert [b"Action: delivered" in r for r in reports].count(True) == 1
+    assert [b"Action: relayed" in r for r in reports].count(True) == 1
+    assert len(list((mailboxes / "bob@example.org" / "new").iterdir())) == 1
+    assert server.stop() == 0

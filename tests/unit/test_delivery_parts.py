@@ -109,7 +109,19 @@ def test_no_bounce_to_the_null_sender_or_against_notify() -> None:
     assert not dsn.wants_notice(Recipient("x@y"), "delayed") and dsn.wants_notice(Recipient("x@y", notify=["DELAY"]), "delayed")
 
 
-@pytest.mark.parametrize(("reply", "status"), [("550 5.1.1 gone", "5.1.1"), ("451 try later", "4.0.0"), ("554 no", "5.0.0")])
+@pytest.mark.parametrize("action", ["delivered", "relayed"])
+def test_success_reports_only_on_request(action: str) -> None:
+    message = original()
+    message.recipients[0].last_reply = "250 2.0.0 Ok: queued as X1"
+    assert dsn.build(message, BODY, message.recipients, action, "mx.test", "m@mx.test") is None
+    message.recipients[0].notify = ["SUCCESS", "FAILURE"]
+    report, body = dsn.build(message, BODY, message.recipients, action, "mx.test", "m@mx.test")
+    assert report.subject == "Successful Mail Delivery Report" and report.sender == ""
+    assert f"Action: {action}".encode() in body and b"Status: 2.0.0" in body
+
+
+@pytest.mark.parametrize(("reply", "status"), [("550 5.1.1 gone", "5.1.1"), ("451 try later", "4.0.0"), ("554 no", "5.0.0"),
+                                               ("250 ok", "2.0.0")])
 def test_status_of_a_reply(reply: str, status: str) -> None:
     assert dsn.status_of(reply) == status
 
