@@ -33,6 +33,10 @@ _RESTART_DELAY_FIRST = 0.1
 _RESTART_DELAY_MAX = 30.0
 # A child that lived this long before dying is treated as a fresh failure, not a crash loop.
 _HEALTHY_AFTER = 30.0
+# A dead worker's sockets keep their share of new connections waiting for its successor; when that
+# successor is throttled to start later than this, the sockets are closed instead (the others take
+# every new connection meanwhile) and bound afresh for it.
+_KEEP_SOCKETS_FOR = 1.0
 # Where the admin process learns which children are alive: children share nothing but data_dir.
 CHILDREN_FILE = "children.json"
 ADMIN = "admin"
@@ -86,7 +90,8 @@ def _bind(address: str) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # One socket per worker on the same port: the kernel spreads connections across workers
-    # without a thundering herd, and a dead worker's queue waits in its own socket until its successor.
+    # without a thundering herd, and a dead worker's queue waits in its own socket until its successor
+    # (unless that successor is throttled: see _KEEP_SOCKETS_FOR).
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(sockaddr)
     sock.listen(1024)
@@ -121,6 +126,13 @@ class Listeners:
     def close(self) -> None:
         self.close_except([])
 
+    def rebind(self, slot: int) -> list[ListenerSocket]:
+        """New sockets for one worker slot, in place of ones closed while its worker was down."""
+        self.per_slot[slot] = [
+            ListenerSocket(kind, address, _bind(address), self.proxy_protocol) for kind, address in self.plan
+        ]
+        return self.per_slot[slot]
+
     def close_except(self, keep: list[ListenerSocket]) -> None:
         """A worker keeps only its own sockets, so closing a listener elsewhere really closes it."""
         for slot in self.per_slot:
@@ -135,6 +147,7 @@ class ChildSpec:
     role: Callable[..., int]
     args: tuple[object, ...] = ()
     sockets: list[ListenerSocket] = field(default_factory=list)
+    slot: int | None = None  # an SMTP worker's place in Listeners.per_slot
     failures: int = 0
     started_at: float = 0.0
     restart_at: float = 0.0
@@ -154,7 +167,7 @@ class Supervisor:
     def specs(self) -> list[ChildSpec]:
         specs = []
         for slot, sockets in enumerate(self.listeners.per_slot):
-            specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, (sockets,), sockets))
+            specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, (sockets,), sockets, slot))
         specs += [ChildSpec(f"delivery-{n}", _delivery_role) for n in range(self.config.delivery.workers)]
         return specs
 
@@ -170,6 +183,9 @@ class Supervisor:
 
     def spawn(self, spec: ChildSpec) -> None:
         config = self.config
+        if spec.slot is not None and spec.sockets and spec.sockets[0].sock.fileno() < 0:
+            spec.sockets = self.listeners.rebind(spec.slot)
+            spec.args = (spec.sockets,)
         pid = os.fork()
         if pid == 0:
             self.listeners.close_except(spec.sockets)
@@ -200,6 +216,9 @@ class Supervisor:
             spec.failures += 1
             delay = min(_RESTART_DELAY_FIRST * 2 ** (spec.failures - 1), _RESTART_DELAY_MAX)
             spec.restart_at = time.monotonic() + delay
+            if spec.slot is not None and delay > _KEEP_SOCKETS_FOR and self.listeners.per_slot[spec.slot] is spec.sockets:
+                for listener in spec.sockets:
+                    listener.sock.close()
             log.warning("%s (pid %d) exited with %s; restarting in %.1fs", spec.name, pid, code, delay)
             if delay >= _RESTART_DELAY_MAX:
                 log.error("%s keeps failing; throttled to one restart per %.0fs", spec.name, delay)

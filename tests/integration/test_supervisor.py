@@ -64,6 +64,34 @@ def test_restarts_back_off_when_a_worker_keeps_dying(make_server) -> None:
     assert server.stop() == 0
 
 
+def test_a_throttled_worker_leaves_its_connections_to_the_others(make_server) -> None:
+    server = make_server({"smtp": {"workers": 2}})
+    delay = 0.1
+    while delay <= 1.0:  # until the next restart of smtp-0 waits longer than it keeps its sockets
+        victim = json_children(server)["smtp-0"]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while json_children(server).get("smtp-0", victim) == victim:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
+        delay *= 2
+    os.kill(json_children(server)["smtp-0"], signal.SIGKILL)  # smtp-0 now waits 1.6 s to come back
+    time.sleep(0.2)
+    started = time.monotonic()
+    greetings = [Raw(server.port).greeting[:3] for _ in range(20)]
+    assert greetings == [b"220"] * 20 and time.monotonic() - started < 1.5
+    deadline = time.monotonic() + 10
+    while "smtp-0" not in json_children(server):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    assert [Raw(server.port).greeting[:3] for _ in range(20)] == [b"220"] * 20
+    assert server.stop() == 0
+
+
+def json_children(server) -> dict[str, int]:  # noqa: ANN001
+    return {child["name"]: child["pid"] for child in json.loads((server.data_dir / "children.json").read_text())}
+
+
 def wait_for_children(server, count: int) -> list[int]:  # noqa: ANN001
     deadline = time.monotonic() + 10
     while len(pids := server.child_pids()) != count:
