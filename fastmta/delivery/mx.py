@@ -13,6 +13,12 @@ import dns.resolver
 
 from fastmta.config import parse_hostport
 
+# When a zone gives no SOA to say how long "no such record" holds (RFC 2308), and the most any answer is kept.
+_NEGATIVE_TTL = 300.0
+_MAX_TTL = 86400.0
+# Entries kept at most; past that, the expired ones go, then, if need be, all.
+_CACHE_ENTRIES = 10_000
+
 
 class DnsFailure(Exception):
     """permanent: the domain cannot receive mail (NXDOMAIN, null MX); otherwise try again later."""
@@ -43,26 +49,38 @@ class MxResolver:
             answer = await self._resolver.resolve(name, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
             raise DnsFailure(f"{name}: no such domain", True, "5.1.2") from None
-        except dns.resolver.NoAnswer:
+        except dns.resolver.NoAnswer as empty:
             records: list[object] = []
-            ttl = 300.0
+            ttl = _negative_ttl(empty)
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             raise DnsFailure(f"{name}: DNS lookup failed: {exc}", False, "4.4.3") from None
         else:
             records = list(answer)
-            ttl = float(answer.rrset.ttl if answer.rrset is not None else 300)
-        self._cache[key] = (time.monotonic() + ttl, records)
+            ttl = float(answer.rrset.ttl if answer.rrset is not None else _NEGATIVE_TTL)
+        self._remember(key, min(ttl, _MAX_TTL), records)
         return records
 
+    def _remember(self, key: tuple[str, int], ttl: float, records: list[object]) -> None:
+        now = time.monotonic()
+        if len(self._cache) >= _CACHE_ENTRIES:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= _CACHE_ENTRIES:
+                self._cache.clear()
+        self._cache[key] = (now + ttl, records)
+
     async def addresses(self, host: str) -> list[str]:
+        """IPv4 then IPv6 addresses; one family failing for now is no reason to give up the other."""
         found: list[str] = []
+        trouble: DnsFailure | None = None
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             try:
                 found += [record.address for record in await self._query(host, rdtype)]  # type: ignore[attr-defined]
             except DnsFailure as failure:
                 if failure.permanent:
                     return found
-                raise
+                trouble = failure
+        if trouble is not None and not found:
+            raise trouble
         return found
 
     async def destinations(self, domain: str) -> list[tuple[str, str]]:
@@ -84,3 +102,15 @@ class MxResolver:
         if not pairs:
             raise DnsFailure(f"{domain}: no address for any mail exchanger", False, "4.4.4")
         return pairs
+
+
+def _negative_ttl(empty: dns.resolver.NoAnswer) -> float:
+    """How long "no such record" may be cached: the SOA's minimum, capped by the SOA's own TTL (RFC 2308 §5)."""
+    try:
+        response = empty.response()
+    except (KeyError, AttributeError, TypeError):
+        return _NEGATIVE_TTL
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return float(min(rrset.ttl, rrset[0].minimum))
+    return _NEGATIVE_TTL

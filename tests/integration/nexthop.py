@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
-from dnslib import MX, QTYPE, RR, A, DNSLabel
+from dnslib import AAAA, MX, QTYPE, RR, SOA, A, DNSLabel
 from dnslib.server import BaseResolver, DNSServer
 
 from tests.conftest import free_port
@@ -127,31 +128,51 @@ class NextHop:
 
 
 class _ZoneResolver(BaseResolver):
-    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, str]) -> None:
-        self.mx = mx
-        self.a = a
+    def __init__(self, zone: Dns) -> None:
+        self.zone = zone
 
     def resolve(self, request, handler):  # noqa: ANN001
+        zone = self.zone
         reply = request.reply()
         name = str(request.q.qname).rstrip(".").lower()
         qtype = QTYPE[request.q.qtype]
-        known = name in self.mx or name in self.a
-        if qtype == "MX":
-            for preference, exchange in self.mx.get(name, []):
-                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(DNSLabel(exchange), preference), ttl=60))
-        elif qtype == "A" and name in self.a:
-            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(self.a[name]), ttl=60))
-        if not known:
+        zone.queries[(name, qtype)] += 1
+        if (name, qtype) in zone.servfail:
+            reply.header.rcode = 2  # SERVFAIL
+            return reply
+        if name not in zone.mx and name not in zone.a and name not in zone.aaaa:
             reply.header.rcode = 3  # NXDOMAIN
+            return reply
+        if qtype == "MX":
+            for preference, exchange in zone.mx.get(name, []):
+                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(DNSLabel(exchange), preference), ttl=zone.ttl))
+        elif qtype == "A" and name in zone.a:
+            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(zone.a[name]), ttl=zone.ttl))
+        elif qtype == "AAAA" and name in zone.aaaa:
+            reply.add_answer(RR(request.q.qname, QTYPE.AAAA, rdata=AAAA(zone.aaaa[name]), ttl=zone.ttl))
+        if not reply.rr:
+            # No such record: the zone's SOA says how long that answer may be cached (RFC 2308).
+            soa = SOA(DNSLabel("ns.test"), DNSLabel("hostmaster.test"), (1, 60, 60, 600, zone.negative_ttl))
+            reply.add_auth(RR(DNSLabel(name), QTYPE.SOA, rdata=soa, ttl=zone.negative_ttl))
         return reply
 
 
 class Dns:
-    """UDP and TCP on one loopback port; names in `mx` and `a` exist, all others are NXDOMAIN."""
+    """UDP and TCP on one loopback port; names in `mx`, `a` and `aaaa` exist, all others are NXDOMAIN.
 
-    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, str]) -> None:
+    `servfail` holds (name, type) pairs that fail; `queries` counts what was asked, for cache tests.
+    """
+
+    def __init__(
+        self, mx: dict[str, list[tuple[int, str]]], a: dict[str, str], aaaa: dict[str, str] | None = None,
+        ttl: int = 60, negative_ttl: int = 60, servfail: set[tuple[str, str]] | None = None,
+    ) -> None:
         self.port = free_port()
-        resolver = _ZoneResolver(mx, a)
+        self.mx, self.a, self.aaaa = mx, a, aaaa or {}
+        self.ttl, self.negative_ttl = ttl, negative_ttl
+        self.servfail = servfail or set()
+        self.queries: Counter[tuple[str, str]] = Counter()
+        resolver = _ZoneResolver(self)
         self._servers = [
             DNSServer(resolver, address="127.0.0.1", port=self.port, tcp=tcp, logger=_Quiet()) for tcp in (False, True)
         ]
