@@ -97,7 +97,9 @@ def route(endpoint: Endpoint, state: AdminState) -> Callable[[Request], Awaitabl
 async def _run(endpoint: Endpoint, state: AdminState, request: Request) -> Response:
     principal = None
     if endpoint.role is not None:
-        principal = await authenticate(request, state.tokens, state.accounts, state.config.admin.basic_auth)
+        principal = await authenticate(
+            request, state.tokens, state.accounts, state.config.admin.basic_auth, state.failed_logins
+        )
         require(principal, endpoint.role)
     call = Call(request, state, principal, _query(endpoint, request), await _body(endpoint, request))
     result = await endpoint.handler(call)

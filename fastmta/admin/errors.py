@@ -54,6 +54,10 @@ class ValidationFailed(ApiError):
     status, code = 422, "VALIDATION_ERROR"
 
 
+class TooManyRequests(ApiError):
+    status, code = 429, "RATE_LIMITED"
+
+
 def validation_failed(error: msgspec.ValidationError | msgspec.DecodeError, where: str) -> ValidationFailed:
     """msgspec says '... - at `$.limit`'; the field named there is the one the client must fix."""
     text = str(error)

@@ -17,6 +17,7 @@ _ERROR_TEXT = {
     404: "No such resource (RESOURCE_NOT_FOUND)",
     409: "The resource is not in a state that allows this (RESOURCE_CONFLICT)",
     422: "Invalid input; error.field names it (VALIDATION_ERROR)",
+    429: "Too many failed HTTP Basic logins from this address (RATE_LIMITED)",
     503: "Unhealthy; data.reasons says why",
 }
 
@@ -78,7 +79,7 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any], components: dict[s
         }
     errors = list(endpoint.errors)
     if endpoint.role is not None:
-        errors += [401, 403]
+        errors += [401, 403, 429]
     if endpoint.query is not None or endpoint.body is not None:
         errors.append(422)
     for status in sorted(set(errors)):

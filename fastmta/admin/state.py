@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastmta.accounts import Accounts
 from fastmta.admin.audit import AuditLog
+from fastmta.admin.auth import FailedLogins
 from fastmta.queue.control import DeliveryControl
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
@@ -13,6 +14,7 @@ from fastmta.config import Config
 from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker
+from fastmta.ratelimit import RateLimiter
 
 
 @dataclass
@@ -25,10 +27,13 @@ class AdminState:
     delivery: DeliveryControl
     readings: Readings
     poker: Poker
+    limiter: RateLimiter
+    failed_logins: FailedLogins
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
         store = QueueStore(config.data_dir, config.server.queue_max_bytes)
+        limiter = RateLimiter(config.data_dir / "state.lmdb")
         return cls(
             config,
             store,
@@ -38,6 +43,8 @@ class AdminState:
             DeliveryControl(store.env),
             Readings(config.data_dir, store),
             Poker(config.data_dir),
+            limiter,
+            FailedLogins(limiter, config.limits.auth_failures_per_hour),
         )
 
     def make_due(self, message_ids: list[str] | None) -> int:
@@ -51,4 +58,5 @@ class AdminState:
 
     def close(self) -> None:
         self.poker.close()
+        self.limiter.close()
         self.store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import time
 from collections.abc import Iterator
@@ -51,6 +52,11 @@ def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
         yield Admin(server)
     finally:
         server.stop()
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    """An HTTP Basic Authorization header."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
 
 
 def wait_until(check, timeout: float = 10.0, interval: float = 0.1):  # type: ignore[no-untyped-def]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 
 import httpx
 import pytest
 
 from fastmta.admin.app import endpoints
-from tests.admin.conftest import Admin, wait_until
+from tests.admin.conftest import Admin, basic, wait_until
 
 PLACEHOLDERS = {"{id}": "00000000000000XX", "{username}": "nobody"}
 ROLES = ["viewer", "operator", "admin"]
@@ -153,10 +152,6 @@ def test_delivery_suspend_and_activate(admin: Admin) -> None:
         assert client.get("/api/v1/delivery").json()["data"]["suspended"] is False
 
 
-def _basic(username: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
-
-
 def test_users_crud_and_basic_auth_for_admin_accounts(admin: Admin) -> None:
     with admin.client("admin") as client:
         created = client.post("/api/v1/users", json={"username": "Erin", "password": "s3cret", "admin": True})
@@ -173,9 +168,9 @@ def test_users_crud_and_basic_auth_for_admin_accounts(admin: Admin) -> None:
     # The CLI sees what the API wrote: one store.
     assert b"erin" in admin.server.cli("user", "list").stdout
     with httpx.Client(base_url=admin.url, timeout=10) as anonymous:
-        assert anonymous.get("/api/v1/users", headers=_basic("erin", "n3w")).status_code == 200
-        error(anonymous.get("/api/v1/users", headers=_basic("erin", "s3cret")), 401, "AUTH_REQUIRED")
-        error(anonymous.get("/stats", headers=_basic("frank", "pw")), 403, "INSUFFICIENT_PERMISSIONS")
+        assert anonymous.get("/api/v1/users", headers=basic("erin", "n3w")).status_code == 200
+        error(anonymous.get("/api/v1/users", headers=basic("erin", "s3cret")), 401, "AUTH_REQUIRED")
+        error(anonymous.get("/stats", headers=basic("frank", "pw")), 403, "INSUFFICIENT_PERMISSIONS")
     with admin.client("admin") as client:
         assert client.delete("/api/v1/users/frank").json()["data"]["username"] == "frank"
         error(client.delete("/api/v1/users/frank"), 404, "RESOURCE_NOT_FOUND")
