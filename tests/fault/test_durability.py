@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fastmta.queue.records import ACTIVE
-from fastmta.queue.store import CorruptRecord, QueueStore, schedule_key
+from fastmta.queue.store import CorruptRecord, QueueStore, schedule_key, scheduled_id
 from tests.conftest import Server
 from tests.fault.load import Load
 from tests.integration.test_ingress import without_received
@@ -29,6 +29,11 @@ def check_store(server: Server, acked: dict[str, bytes]) -> int:
                 assert txn.get(record.id.encode(), db=store.bodies) is not None, record.id
                 if record.state == ACTIVE:
                     assert txn.get(schedule_key(record.next_attempt, record.id), db=store.schedule) is not None
+            # And the other way round: no schedule entry without its record, or beside a second one.
+            by_id = {record.id: record for record in records}
+            for key in txn.cursor(db=store.schedule).iternext(values=False):
+                record = by_id.get(scheduled_id(key))
+                assert record is not None and key == schedule_key(record.next_attempt, record.id), key
         for message_id, body in acked.items():
             stored = store.body(message_id)
             assert stored is not None, f"{message_id} got 250 but is not in the queue"

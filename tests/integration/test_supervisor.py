@@ -187,6 +187,10 @@ def test_user_commands(tmp_path) -> None:
     assert server.cli("user", "verify", "carol", "--password-stdin", input=b"pw2\n").returncode == 0
     assert "disabled" in server.cli("user", "disable", "carol").stdout.decode()
     assert server.cli("user", "verify", "carol", "--password-stdin", input=b"pw2\n").returncode != 0
+    assert "disabled" not in server.cli("user", "enable", "carol").stdout.decode()
+    assert server.cli("user", "verify", "carol", "--password-stdin", input=b"pw2\n").returncode == 0
+    info = server.cli("user", "info", "carol")
+    assert info.returncode == 0 and info.stdout.decode().startswith("carol")
     assert server.cli("user", "quota", "carol", "500").returncode == 0
     listed = json.loads(server.cli("user", "list", "--json").stdout)
     assert listed[0]["username"] == "carol" and listed[0]["quota"] == 500 and listed[0]["admin"] is True
