@@ -41,6 +41,14 @@ def delivered_at(delivery_log: Path) -> dict[str, float]:
     return found
 
 
+def wait_for_log(delivery_log: Path, expected: int, seconds: float = 10.0) -> dict[str, float]:
+    """The runner writes its line just after the sink's 250: wait (a while at most) until every delivery is in."""
+    deadline = time.monotonic() + seconds
+    while len(found := delivered_at(delivery_log)) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def ack_to_delivery(acks: str, delivered: dict[str, float]) -> tuple[list[float], int]:
     """Milliseconds from each message's 250 (source.py --acks lines) to its delivery, and how many were never delivered."""
     waits = []
@@ -81,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             source = json.loads(done.stdout)
             report = sink.drain(already + source["messages_accepted"])
-            time.sleep(0.5)  # the runner writes its log line just after the sink's 250
-            delivered = delivered_at(workdir / "fastmta" / "var" / "delivery.log")
+            delivered = wait_for_log(workdir / "fastmta" / "var" / "delivery.log", report["messages"])
         finally:
             running.stop()
             sink.stop()

@@ -230,11 +230,6 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     if environ.get("SMTP_HEALTH_PORT"):
         admin_host = parse_hostport(data.get("admin", {}).get("listen", AdminConfig().listen))[0]
         data.setdefault("admin", {})["listen"] = f"{admin_host}:{environ['SMTP_HEALTH_PORT']}"
-    if "SMTP_ENABLE_TLS" in environ:
-        if not _env_value("SMTP_ENABLE_TLS", environ["SMTP_ENABLE_TLS"], False):
-            data.setdefault("smtp", {}).update(tls_cert="", tls_key="")
-        elif not data.get("smtp", {}).get("tls_cert"):
-            raise ConfigError("SMTP_ENABLE_TLS: TLS needs a certificate: set SMTP_TLS_CERT and SMTP_TLS_KEY")
     for name in environ:
         if not name.startswith("FASTMTA_") or name in _NOT_SETTINGS:
             continue
@@ -242,6 +237,12 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
         if not (isinstance(defaults.get(section), dict) and key in defaults[section]):
             raise ConfigError(f"{name}: no such setting (FASTMTA_<SECTION>_<KEY>, e.g. FASTMTA_SMTP_WORKERS)")
         put(name, section, key)
+    # Last, so that a certificate given by any variable counts.
+    if "SMTP_ENABLE_TLS" in environ:
+        if not _env_value("SMTP_ENABLE_TLS", environ["SMTP_ENABLE_TLS"], False):
+            data.setdefault("smtp", {}).update(tls_cert="", tls_key="")
+        elif not data.get("smtp", {}).get("tls_cert"):
+            raise ConfigError("SMTP_ENABLE_TLS: TLS needs a certificate: set SMTP_TLS_CERT and SMTP_TLS_KEY")
 
 
 def _validate(config: Config) -> None:

@@ -34,8 +34,8 @@ _RESTART_DELAY_MAX = 30.0
 # A child that lived this long before dying is treated as a fresh failure, not a crash loop.
 _HEALTHY_AFTER = 30.0
 # A dead worker's sockets keep their share of new connections waiting for its successor; when that
-# successor is throttled to start later than this, the sockets are closed instead (the others take
-# every new connection meanwhile) and bound afresh for it.
+# successor is throttled to start later than this and other workers are serving, the sockets are
+# closed instead (the others take every new connection meanwhile) and bound afresh for it.
 _KEEP_SOCKETS_FOR = 1.0
 # Where the admin process learns which children are alive: children share nothing but data_dir.
 CHILDREN_FILE = "children.json"
@@ -110,11 +110,20 @@ class Listeners:
     @classmethod
     def open(cls, config: Config) -> Listeners:
         listeners = cls(_listener_plan(config), config.smtp.proxy_protocol)
-        listeners.per_slot = [
-            [ListenerSocket(kind, address, _bind(address), config.smtp.proxy_protocol) for kind, address in listeners.plan]
-            for _ in range(config.smtp_workers)
-        ]
+        listeners.per_slot = [listeners._bind_slot() for _ in range(config.smtp_workers)]
         return listeners
+
+    def _bind_slot(self) -> list[ListenerSocket]:
+        """One worker's socket of every listener; all or none (a failure closes what it opened)."""
+        bound: list[ListenerSocket] = []
+        try:
+            for kind, address in self.plan:
+                bound.append(ListenerSocket(kind, address, _bind(address), self.proxy_protocol))
+        except BaseException:
+            for listener in bound:
+                listener.sock.close()
+            raise
+        return bound
 
     def fits(self, config: Config) -> bool:
         return (
@@ -128,9 +137,7 @@ class Listeners:
 
     def rebind(self, slot: int) -> list[ListenerSocket]:
         """New sockets for one worker slot, in place of ones closed while its worker was down."""
-        self.per_slot[slot] = [
-            ListenerSocket(kind, address, _bind(address), self.proxy_protocol) for kind, address in self.plan
-        ]
+        self.per_slot[slot] = self._bind_slot()
         return self.per_slot[slot]
 
     def close_except(self, keep: list[ListenerSocket]) -> None:
@@ -145,9 +152,8 @@ class Listeners:
 class ChildSpec:
     name: str
     role: Callable[..., int]
-    args: tuple[object, ...] = ()
+    slot: int | None = None  # an SMTP worker's place in Listeners.per_slot; its role gets the sockets
     sockets: list[ListenerSocket] = field(default_factory=list)
-    slot: int | None = None  # an SMTP worker's place in Listeners.per_slot
     failures: int = 0
     started_at: float = 0.0
     restart_at: float = 0.0
@@ -167,7 +173,7 @@ class Supervisor:
     def specs(self) -> list[ChildSpec]:
         specs = []
         for slot, sockets in enumerate(self.listeners.per_slot):
-            specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, (sockets,), sockets, slot))
+            specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, slot, sockets))
         specs += [ChildSpec(f"delivery-{n}", _delivery_role) for n in range(self.config.delivery.workers)]
         return specs
 
@@ -184,12 +190,15 @@ class Supervisor:
     def spawn(self, spec: ChildSpec) -> None:
         config = self.config
         if spec.slot is not None and spec.sockets and spec.sockets[0].sock.fileno() < 0:
-            spec.sockets = self.listeners.rebind(spec.slot)
-            spec.args = (spec.sockets,)
+            try:
+                spec.sockets = self.listeners.rebind(spec.slot)
+            except OSError as exc:
+                self.retry_later(spec, f"cannot listen again ({exc})")
+                return
         pid = os.fork()
         if pid == 0:
             self.listeners.close_except(spec.sockets)
-            child.run(spec.name, config, spec.role, *spec.args)
+            child.run(spec.name, config, spec.role, *([spec.sockets] if spec.slot is not None else []))
         spec.started_at = time.monotonic()
         spec.since = time.time()
         self.children[pid] = spec
@@ -210,20 +219,29 @@ class Supervisor:
             self.publish()
             if spec is None or self.stopping:
                 continue
-            code = os.waitstatus_to_exitcode(status)
-            if time.monotonic() - spec.started_at > _HEALTHY_AFTER:
-                spec.failures = 0
-            spec.failures += 1
-            delay = min(_RESTART_DELAY_FIRST * 2 ** (spec.failures - 1), _RESTART_DELAY_MAX)
-            spec.restart_at = time.monotonic() + delay
-            if spec.slot is not None and delay > _KEEP_SOCKETS_FOR and self.listeners.per_slot[spec.slot] is spec.sockets:
-                for listener in spec.sockets:
-                    listener.sock.close()
-            log.warning("%s (pid %d) exited with %s; restarting in %.1fs", spec.name, pid, code, delay)
-            if delay >= _RESTART_DELAY_MAX:
-                log.error("%s keeps failing; throttled to one restart per %.0fs", spec.name, delay)
-            notify(f"STATUS={spec.name} exited with {code}, restarting in {delay:.1f}s")
-            self.waiting.append(spec)
+            self.retry_later(spec, f"(pid {pid}) exited with {os.waitstatus_to_exitcode(status)}")
+
+    def retry_later(self, spec: ChildSpec, why: str) -> None:
+        """Another start after a delay that doubles with each quick failure, as Postfix's master throttles."""
+        if time.monotonic() - spec.started_at > _HEALTHY_AFTER:
+            spec.failures = 0
+        spec.failures += 1
+        delay = min(_RESTART_DELAY_FIRST * 2 ** (spec.failures - 1), _RESTART_DELAY_MAX)
+        spec.restart_at = time.monotonic() + delay
+        others_serve = any(other.slot is not None and other is not spec for other in self.children.values())
+        if (
+            spec.slot is not None
+            and delay > _KEEP_SOCKETS_FOR
+            and others_serve
+            and self.listeners.per_slot[spec.slot] is spec.sockets
+        ):
+            for listener in spec.sockets:
+                listener.sock.close()
+        log.warning("%s %s; restarting in %.1fs", spec.name, why, delay)
+        if delay >= _RESTART_DELAY_MAX:
+            log.error("%s keeps failing; throttled to one restart per %.0fs", spec.name, delay)
+        notify(f"STATUS={spec.name} {why}, restarting in {delay:.1f}s")
+        self.waiting.append(spec)
 
     def restart_due(self) -> None:
         now = time.monotonic()

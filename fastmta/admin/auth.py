@@ -13,9 +13,8 @@ from fastmta.accounts import Accounts
 from fastmta.admin.errors import AuthRequired, InsufficientPermissions, TooManyRequests
 from fastmta.admin.roles import Role
 from fastmta.admin.tokens import Tokens
-from fastmta.ratelimit import RateLimiter
-
-_HOUR = 3600.0
+from fastmta.smtp.policy import ClientLimits
+from fastmta.smtp.replies import SmtpReplyError
 
 
 @dataclass(frozen=True)
@@ -24,25 +23,11 @@ class Principal:
     role: Role
 
 
-class FailedLogins:
-    """Wrong HTTP Basic passwords per client address, counted in state.lmdb: [limits] auth_failures_per_hour
-    holds here as it does for SMTP AUTH, so the API is no faster a way to guess an admin's password."""
-
-    def __init__(self, limiter: RateLimiter, per_hour: int) -> None:
-        self._limiter = limiter
-        self._per_hour = per_hour
-
-    def check(self, ip: str) -> None:
-        if self._per_hour and self._limiter.count("admin_auth_failures", ip, _HOUR) >= self._per_hour:
-            raise TooManyRequests("too many failed logins from your address; try again later")
-
-    def record(self, ip: str) -> None:
-        self._limiter.hit("admin_auth_failures", ip, self._per_hour, _HOUR)
-
-
 async def authenticate(
-    request: Request, tokens: Tokens, accounts: Accounts, basic_auth: bool, failed_logins: FailedLogins
+    request: Request, tokens: Tokens, accounts: Accounts, basic_auth: bool, limits: ClientLimits
 ) -> Principal:
+    """`limits` are SMTP AUTH's: a wrong Basic password counts as a failed AUTH from that address,
+    so the API is no second way to guess, and the same addresses are exempt."""
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     scheme = scheme.lower()
     if scheme == "bearer":
@@ -53,11 +38,14 @@ async def authenticate(
     if scheme == "basic" and basic_auth:
         username, password = _basic_credentials(credentials)
         ip = request.client.host if request.client else ""
-        failed_logins.check(ip)
+        try:
+            limits.check_auth_allowed(ip)
+        except SmtpReplyError:
+            raise TooManyRequests("too many failed logins from your address; try again later") from None
         # argon2 takes tens of milliseconds: never on the event loop.
         user = await anyio.to_thread.run_sync(accounts.authenticate, username, password)
         if user is None:
-            await anyio.to_thread.run_sync(failed_logins.record, ip)
+            await anyio.to_thread.run_sync(limits.record_auth_failure, ip)
             raise AuthRequired("wrong username or password")
         if not user.admin:
             raise InsufficientPermissions(f"{user.username} is not an admin account")

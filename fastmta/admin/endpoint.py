@@ -98,7 +98,7 @@ async def _run(endpoint: Endpoint, state: AdminState, request: Request) -> Respo
     principal = None
     if endpoint.role is not None:
         principal = await authenticate(
-            request, state.tokens, state.accounts, state.config.admin.basic_auth, state.failed_logins
+            request, state.tokens, state.accounts, state.config.admin.basic_auth, state.limits
         )
         require(principal, endpoint.role)
     call = Call(request, state, principal, _query(endpoint, request), await _body(endpoint, request))

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from fastmta.accounts import Accounts
 from fastmta.admin.audit import AuditLog
-from fastmta.admin.auth import FailedLogins
 from fastmta.queue.control import DeliveryControl
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
@@ -15,6 +14,7 @@ from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker
 from fastmta.ratelimit import RateLimiter
+from fastmta.smtp.policy import ClientLimits, RelayPolicy
 
 
 @dataclass
@@ -28,7 +28,7 @@ class AdminState:
     readings: Readings
     poker: Poker
     limiter: RateLimiter
-    failed_logins: FailedLogins
+    limits: ClientLimits  # SMTP's per-address limits, for HTTP Basic logins
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
@@ -44,7 +44,13 @@ class AdminState:
             Readings(config.data_dir, store),
             Poker(config.data_dir),
             limiter,
-            FailedLogins(limiter, config.limits.auth_failures_per_hour),
+            ClientLimits(
+                limiter,
+                config.limits,
+                config.smtp.max_connections,
+                config.smtp.max_connections_per_ip,
+                exempt=RelayPolicy(config.smtp.mynetworks, config.smtp.relay_domains) if config.limits.exempt_mynetworks else None,
+            ),
         )
 
     def make_due(self, message_ids: list[str] | None) -> int:

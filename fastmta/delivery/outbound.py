@@ -88,8 +88,8 @@ class Connection:
             try:
                 await self._greet(policy, starttls=policy.mode != "none")
             except _HandshakeFailed:
-                if policy.mode != "opportunistic":
-                    raise
+                if policy.mode != "opportunistic" or policy.username:
+                    raise  # plain text would not do: the route wants TLS, or has credentials to protect
                 # As Postfix's "may": a handshake that fails is retried once in plain text.
                 self.close()
                 self._smtp = self._client()
@@ -204,12 +204,14 @@ class Connection:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
         body = crlf_lines(body)
         if smtp.supports_extension("chunking"):
-            protocol.write(b"BDAT %d LAST\r\n" % len(body) + body)
+            protocol.write(b"BDAT %d LAST\r\n" % len(body))
+            protocol.write(body)
         else:
             start = await smtp.execute_command(b"DATA")
             if start.code != 354:
                 return Reply(start.code, start.message)
             protocol.write(dot_stuffed(body))
+            protocol.write(b".\r\n")
         response = await protocol.read_response(timeout=smtp.timeout)
         return Reply(response.code, response.message)
 
@@ -248,11 +250,9 @@ def crlf_lines(body: bytes) -> bytes:
 
 
 def dot_stuffed(body: bytes) -> bytes:
-    """RFC 5321 4.5.2 for a body of CRLF lines: a dot at the start of a line doubled, then the end-of-data line."""
+    """RFC 5321 4.5.2 for a body of CRLF lines: a dot at the start of a line doubled (the end-of-data line is not added)."""
     stuffed = body.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    return stuffed + b".\r\n"
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
 def _xtext(value: str) -> str:

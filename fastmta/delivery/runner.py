@@ -109,8 +109,7 @@ class Runner:
         last_sweep = last_renewal = time.monotonic()
         while not stop.is_set():
             free = self.config.delivery.concurrency - len(self._in_flight)
-            # Suspended: attempts under way finish, no new ones start; activation pokes the runners.
-            limit = 0 if self.control.suspended() else min(self.config.delivery.batch_size, free)
+            limit = min(self.config.delivery.batch_size, free)
             leased = await asyncio.to_thread(self._look, limit)
             for message in leased:
                 task = asyncio.ensure_future(self._deliver(message))
@@ -142,9 +141,14 @@ class Runner:
             self.metrics.flush()
 
     def _look(self, limit: int) -> list[Message]:
-        """In a thread: ETRN requests first (a read transaction when there are none; ETRN pokes too), then a lease."""
+        """In a thread: ETRN requests first (a read transaction when there are none; ETRN pokes too), then a lease.
+
+        While delivery is suspended attempts under way finish and no new ones start; activation pokes the runners.
+        """
         self.scheduler.take_etrn_requests()
-        return self.scheduler.lease(self.owner, limit, self.lease_seconds) if limit else []
+        if not limit or self.control.suspended():
+            return []
+        return self.scheduler.lease(self.owner, limit, self.lease_seconds)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
@@ -177,6 +181,7 @@ class Runner:
             # A record without its body cannot be sent; held, it waits for an operator instead of circling.
             log.error("message %s has no body; holding it", message.id)
             await asyncio.to_thread(self.store.set_held, message.id, True)
+            await self._record(Settlement(message, self.owner))  # gives up the lease, changes nothing else
             return
         started = time.time()
         due = [r for r in message.recipients if r.state in (QUEUED, DEFERRED) and r.next_attempt <= started + 1.0]
@@ -244,9 +249,7 @@ class Runner:
             notice = dsn.build(message, body, recipients, action, hostname, bounce_from, now) if recipients else None
             if notice is not None:
                 bounces.append(notice)
-        done = asyncio.get_running_loop().create_future()
-        self.settler.submit(Settlement(message, self.owner, bounces), lambda error: done.set_result(error))
-        error = await done
+        error = await self._record(Settlement(message, self.owner, bounces))
         if error is not None:
             log.error("could not record the outcome for %s: %s; it will be retried", message.id, error)
             return
@@ -257,6 +260,12 @@ class Runner:
         self.delivered += sum(1 for r in attempted if r.state == DELIVERED)
         if bounces:
             self._poker.poke()
+
+    async def _record(self, settlement: Settlement) -> BaseException | None:
+        """The settlement, through the group commit; the error if it could not be stored."""
+        done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.settler.submit(settlement, done.set_result)
+        return await done
 
     # ----- one route --------------------------------------------------------------------------
 

@@ -16,11 +16,13 @@ from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Settled = Callable[[BaseException | None], None]
+# Stores a batch in one durable transaction. It may return an outcome per item (None: stored),
+# for items it could not take while storing the others; if it raises, none of the batch is stored.
+Write = Callable[[list[Item]], list[BaseException | None] | None]
 
 
 class GroupCommit(Generic[Item]):
-    def __init__(self, write: Callable[[list[Item]], None], loop: asyncio.AbstractEventLoop) -> None:
-        """`write` stores a whole batch in one durable transaction, or raises and stores none of it."""
+    def __init__(self, write: Write[Item], loop: asyncio.AbstractEventLoop) -> None:
         self._write = write
         self._loop = loop
         # One thread: LMDB allows a single writer per environment anyway, and the event loop
@@ -52,28 +54,12 @@ class GroupCommit(Generic[Item]):
     def _write_batches(self) -> None:
         """The commit thread."""
         while (batch := self._batches.get()) is not None:
-            self._loop.call_soon_threadsafe(self._settle, batch, self._write_all([item for item, _ in batch]))
-
-    def _write_all(self, items: list[Item]) -> list[BaseException | None]:
-        """Each item's outcome: the batch in one write, or, if that fails, each item in a write of its own.
-
-        One message the store cannot take (too big for what is left) must not cost the others their
-        place; a fault that is not theirs (a failing disk) fails each of them on its own too.
-        """
-        try:
-            self._write(items)
-            return [None] * len(items)
-        except BaseException as exc:  # handed to the waiting clients, never lost in this thread
-            if len(items) == 1:
-                return [exc]
-        outcomes: list[BaseException | None] = []
-        for item in items:
+            items = [item for item, _ in batch]
             try:
-                self._write([item])
-                outcomes.append(None)
-            except BaseException as exc:
-                outcomes.append(exc)
-        return outcomes
+                outcomes = self._write(items) or [None] * len(items)
+            except BaseException as exc:  # handed to every waiting client, never lost in this thread
+                outcomes = [exc] * len(items)
+            self._loop.call_soon_threadsafe(self._settle, batch, outcomes)
 
     def _settle(self, batch: list[tuple[Item, Settled]], errors: list[BaseException | None]) -> None:
         self.batches += 1

@@ -91,11 +91,15 @@ class Scheduler:
         if current is None:
             return  # deleted by an operator while it was being sent
         if current.lease_owner not in ("", settlement.owner) and current.lease_until > time.time():
-            # This lease ran out and another runner holds the message now: its lease and schedule stay;
-            # of this attempt only what is final carries over, so nobody sends those recipients again.
+            # This lease ran out and another runner holds the message now: its lease and schedule stay.
+            # Of this attempt what is final carries over, so nobody sends those recipients again, and
+            # so does a delay notice it queued, so nobody sends a second one.
             final = {r.address: r for r in attempted.recipients if r.state in SETTLED}
+            noticed = {r.address for r in attempted.recipients if r.delay_notified}
             current.recipients = [final.get(r.address, r) for r in current.recipients]
-            txn.put(current.id.encode(), MESSAGE_ENCODER.encode(current), db=store.messages)
+            for recipient in current.recipients:
+                recipient.delay_notified = recipient.delay_notified or recipient.address in noticed
+            self._put(txn, current)
             return
         txn.delete(schedule_key(current.next_attempt, current.id), db=store.schedule)
         outcome = {r.address: r for r in attempted.recipients}

@@ -42,6 +42,10 @@ _ETRN_ENCODER = msgspec.msgpack.Encoder()
 _ETRN_DECODER = msgspec.msgpack.Decoder(EtrnRequest)
 
 
+_MAP_FULL = "queue store is full (queue_max_bytes)"
+_DISK_FULL = "no space left on the queue's disk"
+
+
 def open_env(path: Path, map_size: int, readonly: bool = False) -> lmdb.Environment:
     """Each process opens its own environment after fork; LMDB forbids sharing one across fork."""
     path.mkdir(parents=True, exist_ok=True)
@@ -80,16 +84,38 @@ class QueueStore:
     def close(self) -> None:
         self.env.close()
 
-    def insert(self, batch: list[tuple[Message, bytes]]) -> None:
-        """Stores messages with their bodies and schedule entries in one transaction: all or none."""
+    def insert(self, batch: list[tuple[Message, bytes]]) -> list[StoreFullError | None]:
+        """Stores messages with their bodies and schedule entries in one durable transaction.
+
+        Each message's outcome: None when stored, StoreFullError when it did not fit (and nothing
+        of it was written). When the whole batch does not fit, each message goes into a nested
+        transaction of one outer one, so those that fit still share a single fsync.
+        """
         try:
             with self.env.begin(write=True) as txn:
                 for message, body in batch:
                     self.put_new(txn, message, body)
+            return [None] * len(batch)
         except lmdb.MapFullError:
-            raise StoreFullError("queue store is full (queue_max_bytes)") from None
+            if len(batch) == 1:
+                raise StoreFullError(_MAP_FULL) from None
         except lmdb.DiskError:  # ENOSPC: the disk is full before the map is
-            raise StoreFullError("no space left on the queue's disk") from None
+            raise StoreFullError(_DISK_FULL) from None
+        outcomes: list[StoreFullError | None] = []
+        try:
+            with self.env.begin(write=True) as txn:
+                for message, body in batch:
+                    try:
+                        with self.env.begin(write=True, parent=txn) as child:
+                            self.put_new(child, message, body)
+                        outcomes.append(None)
+                    except lmdb.MapFullError:
+                        outcomes.append(StoreFullError(_MAP_FULL))
+        except lmdb.MapFullError:  # the commit itself needed pages there were none of: nothing was stored
+            raise StoreFullError(_MAP_FULL) from None
+        except lmdb.DiskError:
+            raise StoreFullError(_DISK_FULL) from None
+        return outcomes
 
     # The building blocks of write transactions, for this class and the scheduler.
 

@@ -70,8 +70,9 @@ class ClientLimits:
     def _limited(self, ip: str) -> bool:
         return self._exempt is None or not self._exempt.trusted(ip)
 
-    def _refusal(self, limit: str, refusal: SmtpReplyError) -> SmtpReplyError:
-        self._refused(limit)
+    def _refusal(self, limit: str, refusal: SmtpReplyError, per_client: bool = True) -> SmtpReplyError:
+        if per_client:  # max_connections is the server's, not a client's: no smtp_ratelimit_hits_total
+            self._refused(limit)
         refusal.limit = limit
         return refusal
 
@@ -83,7 +84,7 @@ class ClientLimits:
         from_ip, total = self._limiter.connection_opened(ip)
         if total > self._max_connections:
             self._limiter.connection_closed(ip)
-            raise self._refusal("max_connections", TooManyConnections())
+            raise self._refusal("max_connections", TooManyConnections(), per_client=False)
         if limited and from_ip > self._max_per_ip:
             self._limiter.connection_closed(ip)
             raise self._refusal("max_connections_per_ip", TooManyFromAddress())

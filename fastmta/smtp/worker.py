@@ -21,7 +21,7 @@ from fastmta.metrics import SmtpMetrics
 from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import Message
 from fastmta.queue.wakeup import Poker
-from fastmta.queue.store import QueueStore
+from fastmta.queue.store import QueueStore, StoreFullError
 from fastmta.ratelimit import RateLimiter
 from fastmta.smtp.policy import ClientLimits, RelayPolicy
 from fastmta.smtp.protocol import SmtpProtocol
@@ -83,10 +83,11 @@ class Worker:
         # Password hashing takes tens of milliseconds; it must not stall other clients.
         self._blocking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blocking")
 
-    def _insert(self, batch: list[tuple[Message, bytes]]) -> None:
+    def _insert(self, batch: list[tuple[Message, bytes]]) -> list[StoreFullError | None]:
         """Runs in the commit thread: store the batch, then wake a delivery runner."""
-        self.store.insert(batch)
+        outcomes = self.store.insert(batch)
         self.wake_runners()
+        return outcomes
 
     def wake_runners(self) -> None:
         if self._poker is not None:

@@ -27,8 +27,9 @@ def test_missing_queue_store_is_unhealthy(admin: Admin) -> None:
         status, why = reasons(admin.server)
     finally:
         os.rename(aside, data)
-    assert status == 503 and why == ["queue store unreachable: No such file or directory"]
-    assert reasons(admin.server) == (200, [])
+    # Only this reason is ours to cause; a nearly full disk on the test machine would add its own.
+    assert status == 503 and "queue store unreachable: No such file or directory" in why
+    assert "queue store unreachable: No such file or directory" not in reasons(admin.server)[1]
 
 
 @pytest.fixture

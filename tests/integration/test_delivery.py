@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from fastmta.queue.records import Message, Recipient, new_message_id
+from fastmta.queue.store import QueueStore
 from tests.conftest import Server, free_port, wait_for_greeting
 from tests.integration.nexthop import Dns, NextHop
 from tests.integration.test_ingress import MESSAGE, without_received
@@ -170,7 +172,7 @@ def test_one_transaction_per_message_to_a_smarthost(make_server, hop: NextHop) -
     server = make_server(relay_config(hop.port))
     send(server, to=("bob@example.org", "carol@example.net", "dave@example.org"))
     arrivals = hop.recorder.wait_for(1)
-    time.sleep(0.3)
+    wait_until(lambda: len(journal(server)) == 3)  # every recipient settled: nothing more will be sent
     assert len(arrivals) == 1 and arrivals[0].recipients == ["bob@example.org", "carol@example.net", "dave@example.org"]
     assert server.stop() == 0
 
@@ -354,4 +356,21 @@ def test_success_reports_where_the_mail_ends_or_leaves_dsn_behind(make_server, h
     assert [b"Action: delivered" in r for r in reports].count(True) == 1
     assert [b"Action: relayed" in r for r in reports].count(True) == 1
     assert len(list((mailboxes / "bob@example.org" / "new").iterdir())) == 1
+    assert server.stop() == 0
+
+
+def test_a_record_without_its_body_is_held_not_retried_forever(make_server) -> None:
+    server = make_server({"delivery": {"workers": 1}, "routes": [{"match": ["*"], "kind": "discard"}]}, start=False)
+    store = QueueStore(server.data_dir, 1 << 26)
+    now = time.time()
+    orphan = Message(id=new_message_id(now), sender="a@example.com", recipients=[Recipient("b@example.org")],
+                     received_at=now, size=3, next_attempt=now)
+    store.insert([(orphan, b"hi\r\n")])
+    with store.env.begin(write=True) as txn:
+        txn.delete(orphan.id.encode(), db=store.bodies)
+    store.close()
+    server.start()
+    wait_until(lambda: json.loads(server.cli("queue", "show", orphan.id).stdout)["state"] == "held")
+    record = json.loads(server.cli("queue", "show", orphan.id).stdout)
+    assert record["lease_owner"] == "" and "has no body; holding it" in server.log()
     assert server.stop() == 0

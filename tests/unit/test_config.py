@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,12 @@ def test_smtp_port_alone_keeps_the_configured_host(tmp_path: Path) -> None:
     assert load(environ={"SMTP_ENABLE_TLS": "no", "FASTMTA_SERVER_METRICS": "off"}).server.metrics is False
 
 
+def test_tls_enabled_with_the_certificate_from_any_variable(tls_files: tuple[Path, Path]) -> None:
+    cert, key = (str(path) for path in tls_files)
+    config = load(environ={"SMTP_ENABLE_TLS": "true", "FASTMTA_SMTP_TLS_CERT": cert, "FASTMTA_SMTP_TLS_KEY": key})
+    assert config.smtp.tls_cert == cert
+
+
 def test_parsers() -> None:
     assert parse_duration("90s") == 90 and parse_duration("5m") == 300 and parse_duration("5d") == 432000
     assert parse_duration("250ms") == 0.25 and parse_duration("12") == 12
@@ -104,10 +111,15 @@ def test_parsers() -> None:
     assert parse_hostport("127.0.0.1:2525") == ("127.0.0.1", 2525)
 
 
-def test_the_example_config_is_valid(tls_files: tuple[Path, Path]) -> None:
-    """deploy/fastmta.toml as shipped; only its certificate paths point at the test certificate."""
+def test_the_example_config_is_valid(tls_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """deploy/fastmta.toml as shipped, and with its commented-out settings switched on; only its
+    certificate paths point at the test certificate."""
     example = Path(__file__).parents[2] / "deploy" / "fastmta.toml"
     cert, key = tls_files
-    config = load(example, environ={"SMTP_TLS_CERT": str(cert), "SMTP_TLS_KEY": str(key)})
-    assert config.smtp.listen == ["0.0.0.0:25"] and [r.kind for r in config.routes] == ["smarthost", "mx"]
+    environ = {"SMTP_TLS_CERT": str(cert), "SMTP_TLS_KEY": str(key)}
+    config = load(example, environ=environ)
+    assert config.smtp.listen == ["0.0.0.0:25"] and [r.kind for r in config.routes] == ["mx"]
     assert config.delivery.delay_warning == "4h" and config.server.metrics is True
+    everything = tmp_path / "everything.toml"
+    everything.write_text(re.sub(r"(?m)^# (?=\[\[|[a-z_]+ = )", "", example.read_text()))
+    assert [r.kind for r in load(everything, environ=environ).routes] == ["smarthost", "mx"]

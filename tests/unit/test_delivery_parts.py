@@ -163,11 +163,11 @@ def test_wire_form_is_what_the_client_library_would_send(body: bytes) -> None:
     """aiosmtplib's own DATA preparation (regular expressions, line by line) is the reference."""
     from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
-    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(body)) + b".\r\n" if body else b".\r\n"
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(body)) if body else b""
     assert dot_stuffed(crlf_lines(body)) == expected
 
 
 def test_wire_form_known_answers() -> None:
     assert crlf_lines(b"a\r\nb\r\n") == b"a\r\nb\r\n"
     assert crlf_lines(b"a\nb\rc") == b"a\r\nb\r\nc\r\n"
-    assert dot_stuffed(b".a\r\n..b\r\nc.\r\n") == b"..a\r\n...b\r\nc.\r\n.\r\n"
+    assert dot_stuffed(b".a\r\n..b\r\nc.\r\n") == b"..a\r\n...b\r\nc.\r\n"

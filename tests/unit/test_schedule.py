@@ -100,10 +100,12 @@ def test_a_stale_settle_keeps_the_new_lease_and_only_final_outcomes(scheduler: S
     current = scheduler.lease("r:2", 10, 600)[0]
     stale.recipients[0].state = DELIVERED
     stale.recipients[1].state, stale.recipients[1].next_attempt = DEFERRED, now + 3600
+    stale.recipients[1].delay_notified = True
     scheduler.settle([Settlement(stale, "r:1")])
     stored = scheduler.store.get(message.id)
     assert stored.lease_owner == "r:2" and stored.lease_until == current.lease_until
     assert [r.state for r in stored.recipients] == [DELIVERED, QUEUED]
+    assert stored.recipients[1].delay_notified
     assert scheduler.store.due(current.lease_until - 1) == []
 
 

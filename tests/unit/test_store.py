@@ -45,11 +45,18 @@ def test_insert_get_scan_due_hold_release_delete(tmp_path: Path) -> None:
     assert store.get(first.id) is None and store.body(first.id) is None and store.count() == 1
 
 
-def test_store_full_writes_nothing(tmp_path: Path) -> None:
-    store = QueueStore(tmp_path, 1 << 20)
+def test_a_full_store_takes_what_fits_and_nothing_half(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 4 << 20)
+    small = [message() for _ in range(3)]
+    batch = [(small[0], b"a"), (message(), b"z" * (8 << 20)), (small[1], b"b"), (small[2], b"c")]
+    first, too_big, second, third = store.insert(batch)
+    assert first is second is third is None and isinstance(too_big, StoreFullError)
+    assert store.count() == 3 and sorted(store.due()) == sorted(m.id for m in small)
+    with store.env.begin() as txn:
+        assert txn.stat(store.bodies)["entries"] == 3
     with pytest.raises(StoreFullError):
-        store.insert([(message(), b"x" * 200_000) for _ in range(10)])
-    assert store.count() == 0 and store.due() == []
+        store.insert([(message(), b"y" * (8 << 20))])
+    assert store.count() == 3
 
 
 def test_corrupt_record_is_reported(tmp_path: Path) -> None:
