@@ -45,8 +45,12 @@ class Load:
                 if not (await reader.readline()).startswith(b"220"):
                     raise ConnectionError
                 writer.write(b"EHLO load.test\r\n")
-                while not (await reader.readline()).startswith(b"250 "):
-                    pass
+                while True:
+                    line = await reader.readline()
+                    if line.startswith(b"250 "):
+                        break
+                    if not line.startswith(b"250-"):  # a refusal, or the end of the connection
+                        raise ConnectionError
                 for _ in range(rng.randint(1, 20)):
                     if self._stop.is_set():
                         break
