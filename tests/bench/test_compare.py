@@ -1,12 +1,15 @@
 """compare.py's arithmetic and labels, the configs it gives fastmta, and the latency scripts' joins."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from compare import SCENARIOS, Run, durability, markdown, summarize
 from percentiles import percentile, summary
 from relay_latency import ack_to_delivery
-from targets import TARGETS
+from targets import BENCH, TARGETS
 
 from fastmta.config import load
 
@@ -71,3 +74,13 @@ def test_percentiles() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 0.99) == 100.0 and percentile(values, 0.5) == 51.0
     assert summary(values) == {"p50": 50.5, "p90": 91.0, "p99": 100.0, "max": 100.0}
+
+
+def test_metrics_cost_reports_both_figures() -> None:
+    """In a process of its own: prometheus_client must not be imported before the multiprocess directory is set."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "metrics_cost.py"), "--messages", "1000", "--flushes", "2", "--per-second", "100", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["counting_us_per_message"] > 0 and result["flush_ms_max"] >= result["flush_ms_median"] > 0
