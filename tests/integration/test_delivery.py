@@ -297,7 +297,10 @@ def test_delay_notice_once_then_failure_past_max_age(make_server, hop: NextHop) 
     assert b"Action: delayed" in delayed.content and b"Action: failed" in failed.content
     assert b"Status: 4.4.7" in failed.content
     attempts = [e for e in journal(server) if e["recipient"] == "slow@example.org"]
-    assert [e["status"] for e in attempts][-1] == "failed" and len(attempts) >= 4
+    # At least: a deferral too young for a notice, one old enough for it, the failure. How many more
+    # fit in max_age depends on the retry jitter and on when the runner looks at the schedule.
+    statuses = [e["status"] for e in attempts]
+    assert statuses[-1] == "failed" and statuses[:-1] == ["deferred"] * (len(statuses) - 1) and len(statuses) >= 3
     wait_until(lambda: queue_empty(server))
     assert len(hop.recorder.arrivals) == 2  # one delay notice, however many deferrals
     assert server.stop() == 0
