@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -144,6 +145,11 @@ class Server:
         self._log.close()
         # A killed supervisor cannot remove its metrics files from tmpfs; the test does.
         shutil.rmtree(metrics.directory_for(self.data_dir), ignore_errors=True)
+
+    def children(self) -> dict[str, int]:
+        """The supervisor's children by name, as it publishes them in data_dir/children.json."""
+        records = json.loads((self.data_dir / "children.json").read_text())
+        return {child["name"]: child["pid"] for child in records}
 
     def child_pids(self) -> list[int]:
         assert self.process is not None

@@ -44,13 +44,7 @@ class AdminState:
             Readings(config.data_dir, store),
             Poker(config.data_dir),
             limiter,
-            ClientLimits(
-                limiter,
-                config.limits,
-                config.smtp.max_connections,
-                config.smtp.max_connections_per_ip,
-                exempt=RelayPolicy(config.smtp.mynetworks, config.smtp.relay_domains) if config.limits.exempt_mynetworks else None,
-            ),
+            ClientLimits.configured(limiter, config, RelayPolicy(config.smtp.mynetworks, config.smtp.relay_domains)),
         )
 
     def make_due(self, message_ids: list[str] | None) -> int:

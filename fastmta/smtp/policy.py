@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Callable
 from functools import lru_cache
 
-from fastmta.config import LimitsConfig
+from fastmta.config import Config, LimitsConfig
 from fastmta.ratelimit import RateLimiter
 from fastmta.smtp.replies import QuotaExceeded, RateLimited, SmtpReplyError, TooManyConnections, TooManyFromAddress
 
@@ -66,6 +66,20 @@ class ClientLimits:
         self._max_connections = max_connections
         self._max_per_ip = max_connections_per_ip
         self._exempt = exempt
+
+    @classmethod
+    def configured(
+        cls, limiter: RateLimiter, config: Config, policy: RelayPolicy, refused: Callable[[str], None] = lambda limit: None
+    ) -> ClientLimits:
+        """The limits of [limits] and [smtp]; `policy`'s mynetworks are exempt unless limits.exempt_mynetworks is false."""
+        return cls(
+            limiter,
+            config.limits,
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_ip,
+            exempt=policy if config.limits.exempt_mynetworks else None,
+            refused=refused,
+        )
 
     def _limited(self, ip: str) -> bool:
         return self._exempt is None or not self._exempt.trusted(ip)

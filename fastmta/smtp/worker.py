@@ -52,14 +52,7 @@ class Worker:
         self.limiter.forget_dead_processes()
         self.accounts = Accounts(self.store.env)
         policy = RelayPolicy(smtp.mynetworks, smtp.relay_domains)
-        self.limits = ClientLimits(
-            self.limiter,
-            config.limits,
-            smtp.max_connections,
-            smtp.max_connections_per_ip,
-            exempt=policy if config.limits.exempt_mynetworks else None,
-            refused=self.metrics.limit_hit,
-        )
+        self.limits = ClientLimits.configured(self.limiter, config, policy, refused=self.metrics.limit_hit)
         self.tls_context: ssl.SSLContext | None = (
             server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import smtplib
@@ -32,8 +31,7 @@ def accepted(admin: Admin) -> dict[str, float]:
 
 
 def smtp_pids(admin: Admin) -> dict[str, int]:
-    children = json.loads((admin.server.data_dir / "children.json").read_text())
-    return {child["name"]: child["pid"] for child in children if child["name"].startswith("smtp-")}
+    return {name: pid for name, pid in admin.server.children().items() if name.startswith("smtp-")}
 
 
 def test_per_worker_series_sum_to_what_was_sent_and_survive_a_kill(admin: Admin) -> None:

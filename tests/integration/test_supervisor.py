@@ -68,21 +68,21 @@ def test_a_throttled_worker_leaves_its_connections_to_the_others(make_server) ->
     server = make_server({"smtp": {"workers": 2}})
     delay = 0.1
     while delay <= 1.0:  # until the next restart of smtp-0 waits longer than it keeps its sockets
-        victim = json_children(server)["smtp-0"]
+        victim = server.children()["smtp-0"]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while json_children(server).get("smtp-0", victim) == victim:
+        while server.children().get("smtp-0", victim) == victim:
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.02)
         delay *= 2
-    os.kill(json_children(server)["smtp-0"], signal.SIGKILL)  # smtp-0 now waits 1.6 s to come back
+    os.kill(server.children()["smtp-0"], signal.SIGKILL)  # smtp-0 now waits 1.6 s to come back
     time.sleep(0.2)
     for _ in range(20):
         # A connection handed to smtp-0's old socket would wait well over a second for its greeting.
         with socket.create_connection(("127.0.0.1", server.port), timeout=1.0) as probe:
             assert probe.recv(512).startswith(b"220")
     deadline = time.monotonic() + 10
-    while "smtp-0" not in json_children(server):
+    while "smtp-0" not in server.children():
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.05)
     # Its successor serves on the new sockets: some of these messages are its.
@@ -107,20 +107,16 @@ def test_a_lone_worker_keeps_its_sockets_while_throttled(make_server) -> None:
     """With nobody else to serve, a new client waits for the successor rather than being refused."""
     server = make_server({"smtp": {"workers": 1}})
     for _ in range(5):  # the fifth restart waits 1.6 s
-        victim = json_children(server)["smtp-0"]
+        victim = server.children()["smtp-0"]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while json_children(server).get("smtp-0", victim) == victim and "restarting in 1.6s" not in server.log():
+        while server.children().get("smtp-0", victim) == victim and "restarting in 1.6s" not in server.log():
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.02)
     assert "smtp-0 (pid" in server.log() and "restarting in 1.6s" in server.log()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as waiting:
         assert waiting.recv(512).startswith(b"220")
     assert server.stop() == 0
-
-
-def json_children(server) -> dict[str, int]:  # noqa: ANN001
-    return {child["name"]: child["pid"] for child in json.loads((server.data_dir / "children.json").read_text())}
 
 
 def wait_for_children(server, count: int) -> list[int]:  # noqa: ANN001
