@@ -8,7 +8,7 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -53,7 +53,16 @@ class SmtpConfig(_Section):
     tls_cert: str = ""
     tls_key: str = ""
     proxy_protocol: bool = False
+    # Peers allowed to send a PROXY header on a proxy_protocol listener; any other peer is refused.
+    proxy_trusted: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     bare_line_endings: Literal["reject", "accept"] = "reject"
+    # As Postfix's header_size_limit; one header line may hold at most 998 octets (RFC 5322).
+    max_header_size: Annotated[int, msgspec.Meta(ge=1024)] = 102400
+    # timeout_seconds bounds each command line however slowly it trickles in; DATA also gets one
+    # second per min_data_rate bytes (as Postfix's smtpd_min_data_rate); a session ends after
+    # max_session_seconds whatever it does.
+    min_data_rate: Annotated[int, msgspec.Meta(ge=0)] = 500
+    max_session_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
 
 
 class LimitsConfig(_Section):
@@ -255,11 +264,12 @@ def _validate(config: Config) -> None:
                 raise ConfigError(f"{section}.{key}: {exc}") from None
     if not (smtp.listen or smtp.submission_listen or smtp.smtps_listen):
         raise ConfigError("smtp.listen: at least one listener is needed")
-    for cidr in smtp.mynetworks:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise ConfigError(f"smtp.mynetworks: not a network: {cidr!r}") from None
+    for key in ("mynetworks", "proxy_trusted"):
+        for cidr in getattr(smtp, key):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"smtp.{key}: not a network: {cidr!r}") from None
     if bool(smtp.tls_cert) != bool(smtp.tls_key):
         raise ConfigError("smtp.tls_cert and smtp.tls_key go together")
     if smtp.smtps_listen and not smtp.tls_cert:

@@ -15,7 +15,9 @@ import math
 import os
 import struct
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import lmdb
 
@@ -26,6 +28,15 @@ _COUNT = struct.Struct(">q")
 _WINDOW_INDEX = struct.Struct(">Q")
 _TOTAL = b"\0total"
 MAP_SIZE = 256 * 1024 * 1024
+
+
+class Unused(NamedTuple):
+    """Events reserved with take() and not used: given back when the connection closes."""
+
+    kind: str
+    key: str
+    window: float
+    amount: int
 
 
 class RateLimiter:
@@ -41,15 +52,25 @@ class RateLimiter:
         """Counts `amount` events unless that would exceed `limit` per `window`; False means refused."""
         if limit <= 0:
             return True
+        with self._env.begin(write=True, db=self._rates) as txn:
+            return self._take(txn, kind, key, limit, window, now, amount, partial=False) == amount
+
+    def take(self, kind: str, key: str, limit: int, window: float, want: int, now: float | None = None) -> int:
+        """Counts as many of `want` events as fit under `limit` per `window`, and returns how many: a reservation."""
+        with self._env.begin(write=True, db=self._rates) as txn:
+            return self._take(txn, kind, key, limit, window, now, want, partial=True)
+
+    def _take(
+        self, txn: lmdb.Transaction, kind: str, key: str, limit: int, window: float, now: float | None, want: int, partial: bool
+    ) -> int:
         now = time.time() if now is None else now
         index = math.floor(now / window)
-        current_key = _rate_key(kind, key, index)
-        with self._env.begin(write=True, db=self._rates) as txn:
-            current, estimate = self._estimate(txn, kind, key, index, now, window)
-            if estimate + amount > limit:
-                return False
-            txn.put(current_key, _RATE.pack(current + amount, (index + 2) * window))
-        return True
+        current, estimate = self._estimate(txn, kind, key, index, now, window)
+        room = max(0, math.floor(limit - estimate))
+        granted = min(want, room) if partial else (want if want <= room else 0)
+        if granted:
+            txn.put(_rate_key(kind, key, index), _RATE.pack(current + granted, (index + 2) * window), db=self._rates)
+        return granted
 
     def count(self, kind: str, key: str, window: float, now: float | None = None) -> float:
         now = time.time() if now is None else now
@@ -59,8 +80,8 @@ class RateLimiter:
     def _estimate(
         self, txn: lmdb.Transaction, kind: str, key: str, index: int, now: float, window: float
     ) -> tuple[int, float]:
-        current = _rate_count(txn.get(_rate_key(kind, key, index)))
-        previous = _rate_count(txn.get(_rate_key(kind, key, index - 1)))
+        current = _rate_count(txn.get(_rate_key(kind, key, index), db=self._rates))
+        previous = _rate_count(txn.get(_rate_key(kind, key, index - 1), db=self._rates))
         overlap = 1.0 - (now / window - index)
         return current, current + previous * overlap
 
@@ -74,24 +95,43 @@ class RateLimiter:
                 txn.delete(key)
         return len(expired)
 
-    def connection_opened(self, ip: str) -> tuple[int, int]:
-        """Counts an open connection; returns the open connections from `ip` and in total, this one included."""
-        return self._add_connection(ip, 1)
+    def connection_opened(self, ip: str, per_minute: int = 0, now: float | None = None) -> tuple[int, int] | None:
+        """Counts an open connection; returns the open connections from `ip` and in total, this one included.
 
-    def connection_closed(self, ip: str) -> None:
-        self._add_connection(ip, -1)
+        With `per_minute`, the connection is also a "connections" event for `ip`, in the same
+        transaction; None means that rate was reached and nothing was counted.
+        """
+        owner = _owner_key(self._pid, ip)
+        with self._env.begin(write=True) as txn:
+            if per_minute > 0 and not self._take(txn, "connections", ip, per_minute, 60.0, now, 1, partial=False):
+                return None
+            _add(txn, self._owners, owner, 1)
+            from_ip = _add(txn, self._open, ip.encode(), 1)
+            total = _add(txn, self._open, _TOTAL, 1)
+        return from_ip, total
+
+    def connection_closed(self, ip: str, give_back: Iterable[Unused] = (), now: float | None = None) -> None:
+        """Counts a connection closed, and returns what it reserved and did not use, in one transaction.
+
+        Unused events go back to the current window: a reservation made in the previous one is
+        returned there at its full weight, at most the reserved amount more lenient for a moment.
+        """
+        owner = _owner_key(self._pid, ip)
+        with self._env.begin(write=True) as txn:
+            _add(txn, self._owners, owner, -1)
+            _add(txn, self._open, ip.encode(), -1)
+            _add(txn, self._open, _TOTAL, -1)
+            for kind, key, window, amount in give_back:
+                index = math.floor((time.time() if now is None else now) / window)
+                rate_key = _rate_key(kind, key, index)
+                raw = txn.get(rate_key, db=self._rates)
+                if raw is not None:
+                    count, expires = _RATE.unpack(raw)
+                    txn.put(rate_key, _RATE.pack(max(0, count - amount), expires), db=self._rates)
 
     def open_connections(self, ip: str | None = None) -> int:
         with self._env.begin(db=self._open) as txn:
             return _count(txn.get(_TOTAL if ip is None else ip.encode()))
-
-    def _add_connection(self, ip: str, delta: int) -> tuple[int, int]:
-        owner = _owner_key(self._pid, ip)
-        with self._env.begin(write=True) as txn:
-            _add(txn, self._owners, owner, delta)
-            from_ip = _add(txn, self._open, ip.encode(), delta)
-            total = _add(txn, self._open, _TOTAL, delta)
-        return from_ip, total
 
     def forget_dead_processes(self) -> int:
         """Gives back the connections counted by processes that no longer exist; returns how many."""

@@ -13,8 +13,7 @@ from fastmta.accounts import Accounts
 from fastmta.admin.errors import AuthRequired, InsufficientPermissions, TooManyRequests
 from fastmta.admin.roles import Role
 from fastmta.admin.tokens import Tokens
-from fastmta.smtp.policy import ClientLimits
-from fastmta.smtp.replies import SmtpReplyError
+from fastmta.limits import ClientLimits, LimitExceeded
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ async def authenticate(
         ip = request.client.host if request.client else ""
         try:
             limits.check_auth_allowed(ip)
-        except SmtpReplyError:
+        except LimitExceeded:
             raise TooManyRequests("too many failed logins from your address; try again later") from None
         # argon2 takes tens of milliseconds: never on the event loop.
         user = await anyio.to_thread.run_sync(accounts.authenticate, username, password)

@@ -13,8 +13,8 @@ from fastmta.config import Config
 from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker
+from fastmta.limits import ClientLimits
 from fastmta.ratelimit import RateLimiter
-from fastmta.smtp.policy import ClientLimits, RelayPolicy
 
 
 @dataclass
@@ -44,7 +44,7 @@ class AdminState:
             Readings(config.data_dir, store),
             Poker(config.data_dir),
             limiter,
-            ClientLimits.configured(limiter, config, RelayPolicy(config.smtp.mynetworks, config.smtp.relay_domains)),
+            ClientLimits.configured(limiter, config),
         )
 
     def make_due(self, message_ids: list[str] | None) -> int:

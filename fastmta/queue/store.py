@@ -6,6 +6,7 @@ Guarantee: a write method returns only after its transaction is committed and fs
 
 from __future__ import annotations
 
+import shutil
 import struct
 import time
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ _ETRN_DECODER = msgspec.msgpack.Decoder(EtrnRequest)
 
 _MAP_FULL = "queue store is full (queue_max_bytes)"
 _DISK_FULL = "no space left on the queue's disk"
+# A commit writes more than the bodies (records, index pages, meta): this much free space is "not full".
+_COMMIT_HEADROOM = 1 << 20
 
 
 def open_env(path: Path, map_size: int, readonly: bool = False) -> lmdb.Environment:
@@ -99,8 +102,8 @@ class QueueStore:
         except lmdb.MapFullError:
             if len(batch) == 1:
                 raise StoreFullError(_MAP_FULL) from None
-        except lmdb.DiskError:  # ENOSPC: the disk is full before the map is
-            raise StoreFullError(_DISK_FULL) from None
+        except lmdb.Error as exc:
+            raise self._disk_full(exc, batch) from None
         outcomes: list[StoreFullError | None] = []
         try:
             with self.env.begin(write=True) as txn:
@@ -113,9 +116,21 @@ class QueueStore:
                         outcomes.append(StoreFullError(_MAP_FULL))
         except lmdb.MapFullError:  # the commit itself needed pages there were none of: nothing was stored
             raise StoreFullError(_MAP_FULL) from None
-        except lmdb.DiskError:
-            raise StoreFullError(_DISK_FULL) from None
+        except lmdb.Error as exc:
+            raise self._disk_full(exc, batch) from None
         return outcomes
+
+    def _disk_full(self, error: lmdb.Error, batch: list[tuple[Message, bytes]]) -> Exception:
+        """A failed commit is "store full" when the disk is: LMDB reports ENOSPC as DiskError, or as EIO
+        from a short write at commit, so the free space decides what the client hears."""
+        if isinstance(error, lmdb.DiskError):
+            return StoreFullError(_DISK_FULL)
+        try:
+            free = shutil.disk_usage(self.env.path()).free
+        except OSError:
+            return error
+        needed = sum(len(body) for _, body in batch) + _COMMIT_HEADROOM
+        return StoreFullError(_DISK_FULL) if free < needed else error
 
     # The building blocks of write transactions, for this class and the scheduler.
 

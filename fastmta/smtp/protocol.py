@@ -8,9 +8,11 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from fastmta.accounts import User
-from fastmta.queue.records import Message
+from fastmta.limits import LimitExceeded
+from fastmta.queue.records import Message, new_message_id
 from fastmta.queue.store import EtrnRequest, StoreFullError
-from fastmta.smtp.session import Close, Commit, RecordEtrn, Session, StartTls, Step, VerifyAuth
+from fastmta.smtp.envelope import queue_record
+from fastmta.smtp.session import Admit, Close, Commit, RecordEtrn, Reserve, Session, StartTls, Step, VerifyAuth
 from fastmta.smtp.tls import describe
 
 if TYPE_CHECKING:
@@ -30,7 +32,6 @@ class SmtpProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._paused = False
         self.session: Session | None = None
-        self.last_activity = time.monotonic()
         self._committing: Message | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -38,27 +39,18 @@ class SmtpProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         tls = describe(transport.get_extra_info("ssl_object"))
-        self.session = Session(
-            self._worker.settings,
-            self._worker.limits,
-            peer[0],
-            peer[1],
-            self._listener,
-            tls,
-            self._proxy_protocol,
-        )
+        self.session = Session(self._worker.settings, peer[0], peer[1], self._listener, tls, self._proxy_protocol)
         self._worker.connections.add(self)
         self._worker.metrics.connections += 1
-        greeting = self.session.start()
-        if isinstance(greeting[1], Close):
-            self._worker.metrics.rejected[self.session.rejected_by] += 1
-        self._apply(greeting)
+        step = self.session.start(time.monotonic())
+        if isinstance(step[1], Close):  # a PROXY listener refuses peers outside proxy_trusted at once
+            self._worker.metrics.rejected["proxy_trusted"] += 1
+        self._apply(step)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
         session = self.session
         assert session is not None
-        self._apply(session.feed(data))
+        self._apply(session.feed(data, time.monotonic()))
         if session.blocked and session.buffered > _MAX_BUFFERED and self._transport is not None:
             self._transport.pause_reading()
             self._paused = True
@@ -66,32 +58,49 @@ class SmtpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._worker.connections.discard(self)
         if self.session is not None:
-            self.session.connection_lost()
+            unused = self.session.connection_lost()
+            if unused is not None:
+                self._worker.limits.release(self.session.client_ip, unused)
         self._transport = None
 
-    def timed_out(self) -> None:
+    def expire(self, now: float) -> None:
+        """Called when the session's deadline has passed."""
         if self.session is not None:
-            self._apply(self.session.timed_out())
+            self._apply(self.session.expire(now))
 
     def shutdown(self, now: bool = False) -> None:
         if self.session is not None:
             self._apply(self.session.shutdown(now))
 
     def _apply(self, step: Step) -> None:
-        out, action = step
-        transport = self._transport
-        if transport is None:
-            return
-        if out:
-            transport.write(out)
+        # Admission and reservations are answered at once, so they loop here rather than recurse.
+        while True:
+            out, action = step
+            transport = self._transport
+            if transport is None:
+                return
+            if out:
+                transport.write(out)
+            session = self.session
+            assert session is not None
+            if isinstance(action, Admit):
+                step = self._admit(session, action)
+            elif isinstance(action, Reserve):
+                step = session.reserved(self._worker.limits.reserve(action.kind, action.key, action.limit))
+            else:
+                break
         if action is None:
             if self._paused:
                 self._paused = False
                 transport.resume_reading()
             return
         if isinstance(action, Commit):
-            self._committing = action.message
-            self._worker.committer.submit((action.message, action.body), self._committed)
+            now = time.time()
+            message_id = new_message_id(now)
+            settings = self._worker.settings
+            message, body = queue_record(action.envelope, action.body, message_id, now, settings.hostname, settings.worker)
+            self._committing = message
+            self._worker.committer.submit((message, body), self._committed)
         elif isinstance(action, Close):
             transport.close()
         elif isinstance(action, VerifyAuth):
@@ -107,12 +116,23 @@ class SmtpProtocol(asyncio.Protocol):
             transport.pause_reading()
             asyncio.ensure_future(self._start_tls())
 
+    def _admit(self, session: Session, request: Admit) -> Step:
+        limits = self._worker.limits
+        exempt = request.known and limits.exempt(request.ip)
+        try:
+            limits.admit(request.ip, exempt)
+        except LimitExceeded as refusal:
+            self._worker.metrics.rejected[refusal.limit] += 1
+            return session.admitted(refusal.limit, exempt)
+        return session.admitted("", exempt)
+
     def _committed(self, error: BaseException | None) -> None:
         self._count_commit(error)
         if error is not None:
             log.error("commit failed: %s", error)
-        if self.session is not None and not self.session.closed:
-            self._apply(self.session.committed(error))
+        message = self._committing
+        if self.session is not None and not self.session.closed and message is not None:
+            self._apply(self.session.committed(message.id, error))
 
     def _count_commit(self, error: BaseException | None) -> None:
         metrics = self._worker.metrics

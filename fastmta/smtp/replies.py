@@ -32,6 +32,9 @@ HELP = multiline(
 )
 SHUTTING_DOWN = reply(421, "4.3.2", "Service shutting down, closing connection")
 TIMEOUT = reply(421, "4.4.2", "Timeout exceeded, closing connection")
+DATA_TOO_SLOW = reply(421, "4.4.2", "Data arriving too slowly, closing connection")
+SESSION_TOO_LONG = reply(421, "4.4.2", "Session time limit exceeded, closing connection")
+UNTRUSTED_PROXY = reply(421, "4.7.0", "PROXY header not accepted from this address")
 TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing")
 STORE_FULL = reply(452, "4.3.1", "Insufficient system storage")
@@ -72,7 +75,7 @@ class LineTooLong(SmtpReplyError):
 
 
 class BadCharacters(SmtpReplyError):
-    code, status, text = 500, "5.5.2", "Error: NUL or other control character in command"
+    code, status, text = 501, "5.5.4", "Syntax: control character in command"
 
 
 class BadSyntax(SmtpReplyError):
@@ -91,8 +94,16 @@ class UnknownParameter(SmtpReplyError):
     code, status, text = 555, "5.5.4", "Unsupported option"
 
 
-class BadAddress(SmtpReplyError):
-    code, status, text = 553, "5.1.3", "Error: bad address syntax"
+class BadSender(SmtpReplyError):
+    code, status, text = 501, "5.1.7", "Bad sender address syntax"
+
+
+class BadRecipient(SmtpReplyError):
+    code, status, text = 501, "5.1.3", "Bad recipient address syntax"
+
+
+class RoutingDenied(SmtpReplyError):
+    code, status, text = 550, "5.7.1", "Sender-specified routing is not allowed"
 
 
 class NonAsciiAddress(SmtpReplyError):
@@ -133,6 +144,14 @@ class MessageTooBig(SmtpReplyError):
 
 class TooManyRecipients(SmtpReplyError):
     code, status, text = 452, "4.5.3", "Error: too many recipients"
+
+
+class HeaderLineTooLong(SmtpReplyError):
+    code, status, text = 552, "5.3.4", "Message header line exceeds 998 octets"
+
+
+class HeaderTooBig(SmtpReplyError):
+    code, status, text = 552, "5.3.4", "Message header size exceeds limit"
 
 
 class BareLineEnding(SmtpReplyError):

@@ -1,31 +1,42 @@
-"""The ESMTP state machine, sans I/O: fed received bytes, it returns reply bytes and at most one action.
+"""The ESMTP state machine, sans I/O: bytes and facts in, replies and effects out.
 
-The asyncio shell (protocol.py) owns the socket. A session never blocks: whatever needs a wait
-(the durable commit, a password check, the TLS handshake, an ETRN record) is handed out as an
-action, and the session stops consuming input until the shell reports the action's outcome.
-Input stays buffered meanwhile, so pipelined commands are answered in order.
+The asyncio shell (protocol.py) owns the socket, the clock and every store. A session never
+blocks and never reads a clock or a store: the time comes with each call, and whatever needs the
+outside world (counting the connection, reserving from a rate limit, the durable commit, a
+password check, the TLS handshake, an ETRN record) is handed out as an effect. The session stops
+consuming input until the shell reports the effect's outcome; input stays buffered meanwhile, so
+pipelined commands are answered in order.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import math
 import re
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from fastmta import _ext
 from fastmta.accounts import User
-from fastmta.queue.records import Message, Recipient, new_message_id
+from fastmta.config import Config
+from fastmta.networks import Networks
+from fastmta.queue.records import Recipient
 from fastmta.queue.store import StoreFullError
+from fastmta.smtp import address as A
 from fastmta.smtp import replies as R
-from fastmta.smtp.policy import ClientLimits, RelayPolicy
+from fastmta.smtp.auth import MECHANISMS, Credentials, SaslExchange
+from fastmta.smtp.envelope import Envelope, mail_parameters, recipient
+from fastmta.smtp.policy import RelayPolicy
 from fastmta.smtp.proxy import ProxyError, parse_proxy_header
 from fastmta.smtp.replies import SmtpReplyError
 
 SUBMISSION = "submission"
 SMTPS = "smtps"
+
+# RFC 5322 §2.1.1: a line of a message is at most 998 characters, CRLF excluded.
+MAX_HEADER_LINE = 998
+_LONG_HEADER_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_HEADER_LINE + 1))
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,44 @@ class Settings:
     reject_bare_line_endings: bool
     policy: RelayPolicy
     worker: str = ""
+    # Per client address, 0 = unlimited: messages, recipients, auth_failures (limits.SPENDABLE's kinds).
+    per_client_limits: Mapping[str, int] = field(default_factory=dict)
+    proxy_trusted: Networks = field(default_factory=lambda: Networks([]))
+    max_header_size: int = 102400
+    # A command line must arrive whole within command_timeout of the previous reply, however it
+    # trickles in; DATA gets the same grace plus one second per min_data_rate bytes; a session
+    # ends after max_session seconds whatever it does.
+    command_timeout: float = 300.0
+    min_data_rate: int = 500
+    max_session: float = 3600.0
     _ehlo: dict[tuple[bool, bool], bytes] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def configured(cls, config: Config, worker: str, tls_available: bool) -> Settings:
+        smtp, limits = config.smtp, config.limits
+        return cls(
+            hostname=config.server.hostname,
+            max_message_size=smtp.max_message_size,
+            max_recipients=smtp.max_recipients,
+            max_line_length=smtp.max_line_length,
+            max_errors=smtp.max_errors,
+            require_auth=smtp.require_auth,
+            require_tls_for_auth=smtp.require_tls_for_auth,
+            tls_available=tls_available,
+            reject_bare_line_endings=smtp.bare_line_endings == "reject",
+            policy=RelayPolicy(smtp.mynetworks, smtp.relay_domains),
+            worker=worker,
+            per_client_limits={
+                "messages": limits.messages_per_hour,
+                "recipients": limits.recipients_per_hour,
+                "auth_failures": limits.auth_failures_per_hour,
+            },
+            proxy_trusted=Networks(smtp.proxy_trusted),
+            max_header_size=smtp.max_header_size,
+            command_timeout=smtp.timeout_seconds,
+            min_data_rate=smtp.min_data_rate,
+            max_session=smtp.max_session_seconds,
+        )
 
     def ehlo_reply(self, offer_starttls: bool, offer_auth: bool) -> bytes:
         key = (offer_starttls, offer_auth)
@@ -53,35 +101,59 @@ class Settings:
             if offer_starttls:
                 lines.append("STARTTLS")
             if offer_auth:
-                lines.append("AUTH PLAIN LOGIN")
+                lines.append(f"AUTH {MECHANISMS}")
             lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING"]
             cached = self._ehlo[key] = R.multiline(250, lines)
         return cached
 
 
+# Effects: what the shell must do, then report back through the method named in each.
+
+
+class Admit(NamedTuple):
+    """Count the connection against the limits -> admitted(). `known` is false for PROXY UNKNOWN/LOCAL."""
+
+    ip: str
+    known: bool
+
+
+class Reserve(NamedTuple):
+    """Reserve events of a limited kind for `key` -> reserved(granted)."""
+
+    kind: str
+    key: str
+    limit: int
+
+
 class Commit(NamedTuple):
-    message: Message
+    """Make the message durable -> committed()."""
+
+    envelope: Envelope
     body: bytes
 
 
 class VerifyAuth(NamedTuple):
+    """Check the password -> auth_verified()."""
+
     username: str
     password: str
 
 
 class StartTls(NamedTuple):
-    pass
+    """The TLS handshake -> tls_started()."""
 
 
 class RecordEtrn(NamedTuple):
+    """Record the request -> etrn_recorded()."""
+
     domain: str
 
 
 class Close(NamedTuple):
-    pass
+    """Close the connection once the replies are written."""
 
 
-Action = Commit | VerifyAuth | StartTls | RecordEtrn | Close
+Action = Admit | Reserve | Commit | VerifyAuth | StartTls | RecordEtrn | Close
 Step = tuple[bytes, "Action | None"]
 
 _CLOSE = Close()
@@ -90,91 +162,31 @@ _CLOSE = Close()
 _PROXY, _COMMAND, _DATA, _BDAT, _SKIP_LINE, _WAIT, _CLOSED = range(7)
 
 _FORBIDDEN = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS"})
-_NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+# Refusals when a reservation comes back empty; per-client limits end the connection, a quota does not.
+_EXHAUSTED = {
+    "messages": lambda limit: R.RateLimited("Too much mail from your address, try again later"),
+    "recipients": lambda limit: R.RateLimited("Too many recipients from your address, try again later"),
+    "auth_failures": lambda limit: R.RateLimited("Too many authentication failures, try again later"),
+    "quota": lambda limit: R.QuotaExceeded(f"Daily sending quota of {limit} messages reached, try again later"),
+}
+# Refusals at the greeting, by the limit that refused.
+_NOT_ADMITTED = {
+    "connections_per_minute": R.RateLimited("Too many connections from your address, try again later").reply,
+    "max_connections": R.TooManyConnections().reply,
+    "max_connections_per_ip": R.TooManyFromAddress().reply,
+}
 
 
-def _split_path(argument: str, keyword: str) -> tuple[str, list[str]]:
-    """'FROM:<a@b> SIZE=10' -> ('a@b', ['SIZE=10']); raises BadSyntax."""
-    head = argument[: len(keyword)]
-    if head.upper() != keyword:
-        raise R.BadSyntax(f"Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}:<address>")
-    rest = argument[len(keyword) :].lstrip(" ")
-    if rest.startswith("<"):
-        end = _closing_bracket(rest)
-        if end < 0:
-            raise R.BadSyntax("Syntax: missing '>' after the address")
-        address, params = rest[1:end], rest[end + 1 :]
-        if params and not params.startswith(" "):
-            raise R.BadSyntax("Syntax: junk after the address")
-    else:
-        address, _, params = rest.partition(" ")
-    if address.startswith("@") and ":" in address:
-        # A source route (RFC 5321 C): ignored, as every modern MTA does.
-        address = address.partition(":")[2]
-    return address, params.split()
-
-
-def _closing_bracket(text: str) -> int:
-    if '"' not in text and "\\" not in text:
-        return text.find(">")
-    quoted = False
-    escaped = False
-    for index in range(1, len(text)):
-        char = text[index]
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == ">" and not quoted:
-            return index
-    return -1
-
-
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
-
-
-def _check_address(address: str, smtputf8: bool) -> None:
-    if len(address) > 254 or _CONTROL_CHARACTER.search(address):
-        raise R.BadAddress()
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or len(local) > 64:
-        raise R.BadAddress()
-    if " " in address and not (local.startswith('"') and local.endswith('"')):
-        raise R.BadAddress()
-    if not (domain.startswith("[") and domain.endswith("]")):
-        if ".." in domain or domain.startswith((".", "-")) or domain.endswith(("-",)) or " " in domain:
-            raise R.BadAddress()
-    if not smtputf8 and not address.isascii():
-        raise R.NonAsciiAddress()
-
-
-def _xtext_decode(value: str) -> str:
-    """RFC 3461 xtext: '+XX' is a hex-escaped byte."""
-    if "+" not in value:
-        return value
-    out = bytearray()
-    index = 0
-    raw = value.encode()
-    while index < len(raw):
-        if raw[index] == 0x2B:
-            try:
-                out.append(int(raw[index + 1 : index + 3], 16))
-            except ValueError:
-                raise R.BadSyntax("Syntax: bad xtext") from None
-            index += 3
-        else:
-            out.append(raw[index])
-            index += 1
-    return out.decode("utf-8", "replace")
+class _NeedReservation(Exception):
+    def __init__(self, request: Reserve) -> None:
+        self.request = request
 
 
 class Session:
     def __init__(
         self,
         settings: Settings,
-        limits: ClientLimits,
         client_ip: str,
         client_port: int,
         listener: str = "smtp",
@@ -182,7 +194,6 @@ class Session:
         proxy_protocol: bool = False,
     ) -> None:
         self.settings = settings
-        self._limits = limits
         self.client_ip = client_ip
         self.client_port = client_port
         self.listener = listener
@@ -193,33 +204,47 @@ class Session:
         self._out: list[bytes] = []
         self._action: Action | None = None
         self._admitted = False
+        self._address_known = True
         self._trusted = False
         self._draining = False
         self._errors = 0
-        self.rejected_by = ""  # the limit that refused the connection at greeting
         self.helo = ""
         self._esmtp = False
         self.auth_user = ""
-        self._daily_quota = 0
-        self._auth_step = ""
-        self._auth_username = ""
+        self._sasl: SaslExchange | None = None
+        # Limited kinds -> (key, limit); events reserved and not yet spent, by (kind, key).
+        self._limits: dict[str, tuple[str, int]] = {}
+        self._held: dict[tuple[str, str], int] = {}
+        self._exhausted = ""
         self.messages_accepted = 0
+        self._now = 0.0
+        self._started = 0.0
+        self._line_started = 0.0
+        self._data_started = 0.0
+        self._data_bytes = 0
         self._reset_transaction()
 
     # ----- the shell's interface -------------------------------------------------------------
 
-    def start(self) -> Step:
-        """The greeting, or a refusal; with PROXY protocol, nothing until the header arrives."""
-        if self._mode != _PROXY:
-            self._greet()
+    def start(self, now: float) -> Step:
+        """Asks to admit the client; behind a proxy, first waits for the PROXY header of a trusted proxy."""
+        self._now = self._started = self._line_started = now
+        if self._mode == _PROXY:
+            if self.client_ip not in self.settings.proxy_trusted:
+                self._close_with(R.UNTRUSTED_PROXY)
+        else:
+            self._ask_admission()
         return self._flush()
 
-    def feed(self, data: bytes) -> Step:
+    def feed(self, data: bytes, now: float) -> Step:
+        self._now = now
         if self._pos >= len(self._buf):
             self._buf = data
         else:
             self._buf = self._buf[self._pos :] + data
         self._pos = 0
+        if self._mode in (_DATA, _BDAT):
+            self._data_bytes += len(data)
         return self._run()
 
     @property
@@ -238,14 +263,65 @@ class Session:
     def in_transaction(self) -> bool:
         return self._sender is not None
 
-    def committed(self, error: BaseException | None) -> Step:
-        commit = self._action
-        assert isinstance(commit, Commit)
+    @property
+    def deadline(self) -> float:
+        """When expire() must be called if nothing else happens; infinite while an effect is under way."""
+        mode = self._mode
+        if mode == _WAIT or mode == _CLOSED:
+            return math.inf
+        cap = self._started + self.settings.max_session
+        if mode == _DATA or mode == _BDAT:
+            rate = self.settings.min_data_rate
+            data = self._data_started + self.settings.command_timeout + (self._data_bytes / rate if rate > 0 else math.inf)
+            return min(data, cap)
+        return min(self._line_started + self.settings.command_timeout, cap)
+
+    def expire(self, now: float) -> Step:
+        """Ends the session with the reply that says which time limit passed, if one did."""
+        if now >= self.deadline:
+            if now >= self._started + self.settings.max_session:
+                self._close_with(R.SESSION_TOO_LONG)
+            elif self._mode in (_DATA, _BDAT):
+                self._close_with(R.DATA_TOO_SLOW)
+            else:
+                self._close_with(R.TIMEOUT)
+        return self._flush()
+
+    def admitted(self, refused_by: str, exempt: bool) -> Step:
+        """The answer to Admit: the limit that refused the connection ("" if none), and whether per-client limits apply."""
+        assert isinstance(self._action, Admit)
+        self._action = None
+        self._mode = _COMMAND
+        if refused_by:
+            self._close_with(_NOT_ADMITTED[refused_by])
+            return self._flush()
+        self._admitted = True
+        if not exempt:
+            for kind, limit in self.settings.per_client_limits.items():
+                if limit > 0:
+                    self._limits[kind] = (self.client_ip, limit)
+        self._out.append(f"220 {self.settings.hostname} ESMTP fastmta\r\n".encode())
+        return self._run()
+
+    def reserved(self, granted: int) -> Step:
+        """The answer to Reserve: the command that asked runs again with what was granted."""
+        request = self._action
+        assert isinstance(request, Reserve)
+        self._action = None
+        self._mode = _COMMAND
+        key = (request.kind, request.key)
+        self._held[key] = self._held.get(key, 0) + granted
+        if not granted:
+            self._exhausted = request.kind
+        return self._run()
+
+    def committed(self, message_id: str, error: BaseException | None) -> Step:
+        assert isinstance(self._action, Commit)
         self._action = None
         self._mode = _COMMAND
         if error is None:
             self.messages_accepted += 1
-            self._out.append(R.queued(commit.message.id))
+            self._out.append(R.queued(message_id))
         elif isinstance(error, StoreFullError):
             self._refuse(R.StoreFull())
         else:
@@ -262,10 +338,11 @@ class Session:
         self._mode = _COMMAND
         if user is not None:
             self.auth_user = user.username
-            self._daily_quota = user.quota
+            if user.quota:
+                self._limits["quota"] = (user.username, user.quota)
             self._out.append(R.AUTH_OK)
         else:
-            self._limits.record_auth_failure(self.client_ip)
+            self._spend_held("auth_failures")
             self._refuse(R.AuthFailed())
         return self._run()
 
@@ -277,7 +354,7 @@ class Session:
         self.helo = ""
         self._esmtp = False
         self.auth_user = ""
-        self._daily_quota = 0
+        self._limits.pop("quota", None)
         self._reset_transaction()
         return self._run()
 
@@ -294,19 +371,19 @@ class Session:
         self._draining = True
         if self._mode == _CLOSED:
             return self._flush()
-        if now or (self._mode == _COMMAND and self._sender is None and not self._auth_step):
+        if now or (self._mode == _COMMAND and self._sender is None and self._sasl is None):
             self._close_with(R.SHUTTING_DOWN)
         return self._flush()
 
-    def timed_out(self) -> Step:
-        self._close_with(R.TIMEOUT)
-        return self._flush()
-
-    def connection_lost(self) -> None:
+    def connection_lost(self) -> dict[tuple[str, str], int] | None:
+        """The session is over; if it was admitted, what it reserved and did not spend (for ClientLimits.release)."""
         self._mode = _CLOSED
-        if self._admitted:
-            self._admitted = False
-            self._limits.release(self.client_ip)
+        if not self._admitted:
+            return None
+        self._admitted = False
+        unused = {key: amount for key, amount in self._held.items() if amount}
+        self._held.clear()
+        return unused
 
     # ----- the loop ---------------------------------------------------------------------------
 
@@ -348,16 +425,18 @@ class Session:
         if not lines:
             return
         for line, end in zip(lines, ends):
-            self._pos = end
+            start, self._pos = self._pos, end
+            # Whatever the next line is, its time starts now: a trickle cannot stretch it.
+            self._line_started = self._now
             if line is None:
                 if self._buf[end - 1 : end] != b"\n":
                     self._mode = _SKIP_LINE
-                self._auth_step = ""  # an over-long answer ends the AUTH exchange too
+                self._sasl = None  # an over-long answer ends the AUTH exchange too
                 self._refuse(R.LineTooLong())
-            elif self._auth_step:
-                self._auth_continue(line)
+            elif self._sasl is not None:
+                self._auth_answer(line)
             else:
-                self._command(line)
+                self._command(line, start)
             if self._mode != _COMMAND:
                 return
 
@@ -379,22 +458,18 @@ class Session:
             return False
         consumed, address = parsed
         self._pos += consumed
-        if address is not None:
+        if address is None:
+            # UNKNOWN (or LOCAL): the client's address is not known, so it cannot be trusted.
+            self._address_known = False
+        else:
             self.client_ip, self.client_port = address
-        self._mode = _COMMAND
-        self._greet()
+        self._ask_admission()
         return True
 
-    def _greet(self) -> None:
-        try:
-            self._limits.admit(self.client_ip)
-        except SmtpReplyError as refusal:
-            self.rejected_by = refusal.limit
-            self._close_with(refusal.reply)
-            return
-        self._admitted = True
-        self._trusted = self.settings.policy.trusted(self.client_ip)
-        self._out.append(f"220 {self.settings.hostname} ESMTP fastmta\r\n".encode())
+    def _ask_admission(self) -> None:
+        self._trusted = self._address_known and self.settings.policy.trusted(self.client_ip)
+        self._action = Admit(self.client_ip, self._address_known)
+        self._mode = _WAIT
 
     def _close_with(self, reply: bytes) -> None:
         self._out.append(reply)
@@ -422,9 +497,33 @@ class Session:
         self._bdat_last = False
         self._bdat_refusal: SmtpReplyError | None = None
 
+    # ----- limits -----------------------------------------------------------------------------
+
+    def _spend(self, *kinds: str) -> None:
+        """Spends one event of each limited kind, all or none; without a reservation, asks for one first."""
+        for kind in kinds:
+            self._hold(kind)
+        for kind in kinds:
+            self._spend_held(kind)
+
+    def _hold(self, kind: str) -> None:
+        """Makes sure one event of `kind` is reserved, or raises the refusal once a reservation came back empty."""
+        entry = self._limits.get(kind)
+        if entry is None or self._held.get((kind, entry[0]), 0) > 0:
+            return
+        if self._exhausted == kind:
+            self._exhausted = ""
+            raise _EXHAUSTED[kind](entry[1])
+        raise _NeedReservation(Reserve(kind, *entry))
+
+    def _spend_held(self, kind: str) -> None:
+        entry = self._limits.get(kind)
+        if entry is not None:
+            self._held[(kind, entry[0])] -= 1
+
     # ----- commands ---------------------------------------------------------------------------
 
-    def _command(self, line: bytes) -> None:
+    def _command(self, line: bytes, start: int) -> None:
         verb, _, argument = line.partition(b" ")
         verb = verb.upper()
         handler = _HANDLERS.get(verb)
@@ -432,17 +531,21 @@ class Session:
             if self._draining and self._sender is None and verb != b"QUIT":
                 self._close_with(R.SHUTTING_DOWN)
                 return
-            if b"\0" in line:
+            if _CONTROL.search(line):
                 raise R.BadCharacters()
             if handler is None:
                 if verb in _FORBIDDEN:
                     raise R.ForbiddenCommand()
                 raise R.UnknownCommand()
             try:
-                text = argument.decode().strip()
+                text = argument.decode().strip(" ")
             except UnicodeDecodeError:
                 raise R.BadSyntax("Syntax: arguments are not UTF-8") from None
             handler(self, text)
+        except _NeedReservation as need:
+            self._pos = start  # the command runs again once the reservation is answered
+            self._action = need.request
+            self._mode = _WAIT
         except SmtpReplyError as refusal:
             self._refuse(refusal)
 
@@ -473,94 +576,33 @@ class Session:
             raise R.BadSequence("Error: nested MAIL command")
         if not self.auth_user and (self.settings.require_auth or self.listener == SUBMISSION):
             raise R.AuthRequired()
-        address, raw_params = _split_path(argument, "FROM:")
-        params = self._mail_params(raw_params)
-        if address:
-            _check_address(address, "SMTPUTF8" in params)
-        self._limits.check_message(self.client_ip)
-        if self._daily_quota:
-            self._limits.check_daily_quota(self.auth_user, self._daily_quota)
+        address, raw_params = A.split_path(argument, "FROM:")
+        params = mail_parameters(raw_params, self.settings.max_message_size)
+        A.check_sender(address, "SMTPUTF8" in params)
+        self._spend("messages", "quota")
         self._sender = address
         self._params = params
         self._out.append(R.SENDER_OK)
-
-    def _mail_params(self, raw_params: list[str]) -> dict[str, str]:
-        params: dict[str, str] = {}
-        for raw in raw_params:
-            key, _, value = raw.partition("=")
-            key = key.upper()
-            if key == "SIZE":
-                if not value.isdigit():
-                    raise R.BadSyntax("Syntax: SIZE=<number>")
-                if int(value) > self.settings.max_message_size:
-                    raise R.MessageTooBig()
-            elif key == "BODY":
-                value = value.upper()
-                if value not in ("7BIT", "8BITMIME"):
-                    raise R.UnknownParameter(f"Unsupported BODY type {value}")
-            elif key == "SMTPUTF8":
-                if value:
-                    raise R.BadSyntax("Syntax: SMTPUTF8 takes no value")
-            elif key == "RET":
-                value = value.upper()
-                if value not in ("FULL", "HDRS"):
-                    raise R.BadSyntax("Syntax: RET=FULL or RET=HDRS")
-            elif key == "ENVID":
-                value = _xtext_decode(value)
-                if not value or len(value) > 100:
-                    raise R.BadSyntax("Syntax: ENVID=<xtext of at most 100 characters>")
-            elif key != "AUTH":
-                raise R.UnknownParameter(f"Unsupported option {key}")
-            params[key] = value
-        return params
 
     def _rcpt(self, argument: str) -> None:
         if self._sender is None:
             raise R.BadSequence("Error: need MAIL command")
         if len(self._recipients) >= self.settings.max_recipients:
             raise R.TooManyRecipients()
-        address, raw_params = _split_path(argument, "TO:")
-        recipient = Recipient(address=address)
-        for raw in raw_params:
-            key, _, value = raw.partition("=")
-            key = key.upper()
-            if key == "NOTIFY":
-                notify = value.upper().split(",")
-                if notify != ["NEVER"] and not (notify and set(notify) <= _NOTIFY_VALUES):
-                    raise R.BadSyntax("Syntax: NOTIFY=NEVER or a list of SUCCESS,FAILURE,DELAY")
-                recipient.notify = notify
-            elif key == "ORCPT":
-                kind, semicolon, original = value.partition(";")
-                if not semicolon or not kind or not original:
-                    raise R.BadSyntax("Syntax: ORCPT=<type>;<address>")
-                recipient.orcpt = f"{kind};{_xtext_decode(original)}"
-            else:
-                raise R.UnknownParameter(f"Unsupported option {key}")
-        _check_address(address, "SMTPUTF8" in self._params)
-        domain = address.rpartition("@")[2]
-        if not (self._trusted or self.auth_user or self.settings.policy.accepts_domain(domain)):
-            raise R.RelayDenied()
-        self._limits.check_recipient(self.client_ip)
-        self._recipients.append(recipient)
+        address, raw_params = A.split_path(argument, "TO:")
+        if A.is_postmaster(address):
+            # RFC 5321 §4.5.1: accepted from anyone, for this host's postmaster.
+            address = f"{A.POSTMASTER}@{self.settings.hostname}"
+        elif not (self._trusted or self.auth_user):
+            if not self.settings.policy.accepts_domain(A.domain_of(address)):
+                raise R.RelayDenied()
+            if A.has_routing(address):
+                raise R.RoutingDenied()
+        accepted = recipient(address, raw_params)
+        A.check_recipient(address, "SMTPUTF8" in self._params)
+        self._spend("recipients")
+        self._recipients.append(accepted)
         self._out.append(R.RECIPIENT_OK)
-
-    def _data(self) -> None:
-        scanner = self._scanner
-        assert scanner is not None
-        end = scanner.feed(self._buf, self._pos)
-        if end < 0:
-            self._pos = len(self._buf)
-            return
-        self._pos = end
-        self._mode = _COMMAND
-        if scanner.overflow:
-            self._reset_transaction()
-            self._refuse(R.MessageTooBig())
-        elif scanner.bare_eol and self.settings.reject_bare_line_endings:
-            self._reset_transaction()
-            self._refuse(R.BareLineEnding())
-        else:
-            self._enqueue(scanner.body)
 
     def _data_command(self, argument: str) -> None:
         if argument:
@@ -572,25 +614,49 @@ class Session:
         if self._chunks is not None:
             raise R.BadSequence("Error: DATA after BDAT in one transaction")
         self._scanner = _ext.DataScanner(self.settings.max_message_size)
-        self._mode = _DATA
+        self._start_data(_DATA)
         self._out.append(R.START_DATA)
+
+    def _start_data(self, mode: int) -> None:
+        self._mode = mode
+        self._data_started = self._now
+        self._data_bytes = 0
+
+    def _data(self) -> None:
+        scanner = self._scanner
+        assert scanner is not None
+        end = scanner.feed(self._buf, self._pos)
+        if end < 0:
+            self._pos = len(self._buf)
+            return
+        self._pos = end
+        self._mode = _COMMAND
+        self._line_started = self._now
+        if scanner.overflow:
+            self._reset_transaction()
+            self._refuse(R.MessageTooBig())
+        elif scanner.bare_eol and self.settings.reject_bare_line_endings:
+            self._reset_transaction()
+            self._refuse(R.BareLineEnding())
+        else:
+            self._finish(scanner.body)
 
     def _bdat_command(self, argument: str) -> None:
         size_text, _, last = argument.partition(" ")
-        last = last.strip().upper()
+        last = last.strip(" ").upper()
         if not size_text.isdigit() or last not in ("", "LAST"):
             raise R.BadSyntax("Syntax: BDAT <size> [LAST]")
         size = int(size_text)
         # The chunk's bytes follow whatever we answer, so read them even when refusing.
         self._bdat_remaining = size
         self._bdat_last = last == "LAST"
-        self._mode = _BDAT
         if self._sender is None or not self._recipients:
             self._bdat_refusal = R.BadSequence("Error: need MAIL and RCPT before BDAT")
         else:
             self._bdat_refusal = None
             if self._chunks is None:
                 self._chunks = bytearray()
+        self._start_data(_BDAT)
         if size == 0:
             self._bdat_chunk_done()
 
@@ -609,6 +675,7 @@ class Session:
 
     def _bdat_chunk_done(self) -> None:
         self._mode = _COMMAND
+        self._line_started = self._now
         if self._bdat_refusal is not None:
             self._refuse(self._bdat_refusal)
         elif self._chunks_size > self.settings.max_message_size:
@@ -616,49 +683,41 @@ class Session:
             self._refuse(R.MessageTooBig())
         elif self._bdat_last:
             assert self._chunks is not None
-            self._enqueue(bytes(self._chunks))
+            body = bytes(self._chunks)
+            if self.settings.reject_bare_line_endings and _has_bare_line_ending(body):
+                self._reset_transaction()
+                self._refuse(R.BareLineEnding())
+            else:
+                self._finish(body)
         else:
             self._out.append(R.chunk_received(self._chunks_size))
 
-    def _enqueue(self, body: bytes) -> None:
+    def _finish(self, body: bytes) -> None:
+        """The end of a message: its header block checked, then handed out to be committed."""
         headers, headers_size = _ext.parse_headers(body)
-        now = time.time()
-        message_id = new_message_id(now)
-        params = self._params
-        received = self._received_header(message_id, now)
-        stored = received + body
-        message = Message(
-            id=message_id,
+        if headers_size > self.settings.max_header_size:
+            self._reset_transaction()
+            self._refuse(R.HeaderTooBig())
+            return
+        if _LONG_HEADER_LINE.search(body, 0, headers_size):
+            self._reset_transaction()
+            self._refuse(R.HeaderLineTooLong())
+            return
+        envelope = Envelope(
             sender=self._sender or "",
             recipients=self._recipients,
-            received_at=now,
-            size=len(stored),
-            next_attempt=now,
+            params=self._params,
+            helo=self.helo,
             client_ip=self.client_ip,
             client_port=self.client_port,
-            helo=self.helo,
-            protocol=self._protocol_name(),
             listener=self.listener,
-            worker=self.settings.worker,
-            auth_user=self.auth_user,
             tls=self.tls,
-            body_type=params.get("BODY", ""),
-            smtputf8="SMTPUTF8" in params,
-            declared_size=int(params.get("SIZE", 0)),
-            ret=params.get("RET", ""),
-            envid=params.get("ENVID", ""),
-            message_id=headers.get("message-id", ""),
-            header_from=headers.get("from", ""),
-            header_to=headers.get("to", ""),
-            subject=headers.get("subject", ""),
-            date=headers.get("date", ""),
-            workspace_id=headers.get("x-workspace-id", ""),
-            campaign_id=headers.get("x-campaign-id", ""),
-            user_id=headers.get("x-user-id", ""),
-            priority=headers.get("x-priority", ""),
-            headers_size=headers_size + len(received),
+            auth_user=self.auth_user,
+            protocol=self._protocol_name(),
+            headers=headers,
+            headers_size=headers_size,
         )
-        self._action = Commit(message, stored)
+        self._action = Commit(envelope, body)
         self._mode = _WAIT
 
     def _protocol_name(self) -> str:
@@ -668,16 +727,6 @@ class Session:
         if self.auth_user:
             name += "A"
         return name
-
-    def _received_header(self, message_id: str, now: float) -> bytes:
-        recipients = self._recipients
-        for_clause = f"\r\n\tfor <{recipients[0].address}>" if len(recipients) == 1 else ""
-        tls = f"\r\n\t(using {self.tls})" if self.tls else ""
-        return (
-            f"Received: from {self.helo} (unknown [{self.client_ip}]){tls}\r\n"
-            f"\tby {self.settings.hostname} (fastmta) with {self._protocol_name()} id {message_id}"
-            f"{for_clause}; {_rfc5322_date(now)}\r\n"
-        ).encode()
 
     def _rset(self, argument: str) -> None:
         self._reset_transaction()
@@ -734,67 +783,32 @@ class Session:
             raise R.BadSequence("Error: MAIL transaction in progress")
         if not self.tls and self.settings.require_tls_for_auth:
             raise R.EncryptionRequired()
-        self._limits.check_auth_allowed(self.client_ip)
-        mechanism, _, initial = argument.partition(" ")
-        mechanism = mechanism.upper()
-        initial = initial.strip()
-        if mechanism == "PLAIN":
-            if initial:
-                self._auth_plain(initial)
-            else:
-                self._auth_step = "plain"
-                self._out.append(R.AUTH_CONTINUE)
-        elif mechanism == "LOGIN":
-            if initial:
-                self._auth_username = self._decode64(initial)
-                self._auth_step = "login-password"
-                self._out.append(R.AUTH_PASSWORD)
-            else:
-                self._auth_step = "login-username"
-                self._out.append(R.AUTH_USERNAME)
-        else:
-            raise R.UnknownMechanism()
+        # A failure is counted before the password is checked, so parallel guesses cannot overrun the limit.
+        self._hold("auth_failures")
+        sasl = SaslExchange()
+        self._auth_step(sasl, sasl.start(argument))
 
-    def _auth_continue(self, line: bytes) -> None:
-        step, self._auth_step = self._auth_step, ""
+    def _auth_answer(self, line: bytes) -> None:
+        sasl = self._sasl
+        assert sasl is not None
+        self._sasl = None
         try:
-            text = line.decode("ascii").strip()
-            if text == "*":
-                raise R.AuthCancelled()
-            if step == "plain":
-                self._auth_plain(text)
-            elif step == "login-username":
-                self._auth_username = self._decode64(text)
-                self._auth_step = "login-password"
-                self._out.append(R.AUTH_PASSWORD)
-            else:
-                self._verify(self._auth_username, self._decode64(text))
-        except UnicodeDecodeError:
-            self._refuse(R.BadSyntax("Syntax: not base64"))
+            self._auth_step(sasl, sasl.answer(line))
         except SmtpReplyError as refusal:
             self._refuse(refusal)
 
-    def _auth_plain(self, encoded: str) -> None:
-        parts = self._decode64(encoded).split("\0")
-        if len(parts) != 3:
-            raise R.BadSyntax("Syntax: AUTH PLAIN wants authzid NUL authcid NUL password")
-        authzid, username, password = parts
-        if authzid and authzid != username:
-            raise R.AuthFailed()
-        self._verify(username, password)
+    def _auth_step(self, sasl: SaslExchange, step: bytes | Credentials) -> None:
+        if isinstance(step, Credentials):
+            self._action = VerifyAuth(step.username, step.password)
+            self._mode = _WAIT
+        else:
+            self._sasl = sasl
+            self._out.append(step)
 
-    def _verify(self, username: str, password: str) -> None:
-        if not username or not password:
-            raise R.AuthFailed()
-        self._action = VerifyAuth(username, password)
-        self._mode = _WAIT
 
-    @staticmethod
-    def _decode64(text: str) -> str:
-        try:
-            return base64.b64decode(text, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            raise R.BadSyntax("Syntax: not base64") from None
+def _has_bare_line_ending(body: bytes) -> bool:
+    pairs = body.count(b"\r\n")
+    return body.count(b"\n") != pairs or body.count(b"\r") != pairs
 
 
 _HANDLERS = {
@@ -814,16 +828,3 @@ _HANDLERS = {
     b"STARTTLS": Session._starttls,
     b"AUTH": Session._auth,
 }
-
-_date_second = -1
-_date_text = ""
-
-
-def _rfc5322_date(now: float) -> str:
-    """Formatting a date costs more than the rest of the header; one per second is enough."""
-    global _date_second, _date_text
-    second = int(now)
-    if second != _date_second:
-        _date_second = second
-        _date_text = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(second))
-    return _date_text

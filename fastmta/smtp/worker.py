@@ -22,8 +22,8 @@ from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import Message
 from fastmta.queue.wakeup import Poker
 from fastmta.queue.store import QueueStore, StoreFullError
+from fastmta.limits import ClientLimits
 from fastmta.ratelimit import RateLimiter
-from fastmta.smtp.policy import ClientLimits, RelayPolicy
 from fastmta.smtp.protocol import SmtpProtocol
 from fastmta.smtp.session import SMTPS, Settings
 from fastmta.smtp.tls import server_context
@@ -51,24 +51,11 @@ class Worker:
         self.limiter = RateLimiter(config.data_dir / "state.lmdb")
         self.limiter.forget_dead_processes()
         self.accounts = Accounts(self.store.env)
-        policy = RelayPolicy(smtp.mynetworks, smtp.relay_domains)
-        self.limits = ClientLimits.configured(self.limiter, config, policy, refused=self.metrics.limit_hit)
+        self.limits = ClientLimits.configured(self.limiter, config, refused=self.metrics.limit_hit)
         self.tls_context: ssl.SSLContext | None = (
             server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
         )
-        self.settings = Settings(
-            hostname=config.server.hostname,
-            max_message_size=smtp.max_message_size,
-            max_recipients=smtp.max_recipients,
-            max_line_length=smtp.max_line_length,
-            max_errors=smtp.max_errors,
-            require_auth=smtp.require_auth,
-            require_tls_for_auth=smtp.require_tls_for_auth,
-            tls_available=self.tls_context is not None,
-            reject_bare_line_endings=smtp.bare_line_endings == "reject",
-            policy=policy,
-            worker=name,
-        )
+        self.settings = Settings.configured(config, name, tls_available=self.tls_context is not None)
         self._poker = Poker(config.data_dir) if config.delivery.workers else None
         self.committer: GroupCommit[tuple[Message, bytes]] = GroupCommit(self._insert, loop)
         self.connections: set[SmtpProtocol] = set()
@@ -105,21 +92,21 @@ class Worker:
                     backlog=1024,
                 )
             )
-        sweeper = asyncio.ensure_future(self._sweep_idle())
+        sweeper = asyncio.ensure_future(self._sweep())
         log.info("%s serving %s", self.name, ", ".join(f"{s.kind} {s.address}" for s in sockets))
         await stop.wait()
         sweeper.cancel()
         await self._drain(servers)
 
-    async def _sweep_idle(self) -> None:
-        timeout = self.config.smtp.timeout_seconds
+    async def _sweep(self) -> None:
+        """Once a second: sessions past their deadline end, old rate windows go, metrics are written."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for connection in list(self.connections):
                 session = connection.session
-                if session is not None and not session.blocked and now - connection.last_activity > timeout:
-                    connection.timed_out()
+                if session is not None and now >= session.deadline:
+                    connection.expire(now)
             self.limiter.sweep()
             self.metrics.flush(len(self.connections))
 

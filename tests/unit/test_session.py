@@ -10,28 +10,11 @@ from hypothesis import given, settings, strategies as st
 
 from fastmta.accounts import User
 from fastmta.config import LimitsConfig
+from fastmta.limits import ClientLimits
 from fastmta.queue.store import StoreFullError
 from fastmta.ratelimit import RateLimiter
-from fastmta.smtp.policy import ClientLimits, RelayPolicy
-from fastmta.smtp.session import Close, Commit, RecordEtrn, Session, Settings, StartTls, VerifyAuth
-
-
-def make_settings(**changes: object) -> Settings:
-    values: dict[str, object] = dict(
-        hostname="mx.test",
-        max_message_size=10_000,
-        max_recipients=5,
-        max_line_length=512,
-        max_errors=5,
-        require_auth=False,
-        require_tls_for_auth=True,
-        tls_available=True,
-        reject_bare_line_endings=True,
-        policy=RelayPolicy(["127.0.0.0/8"], ["example.org"]),
-        worker="smtp-0",
-    )
-    values.update(changes)
-    return Settings(**values)  # type: ignore[arg-type]
+from fastmta.smtp.session import Close, Session
+from tests.session_driver import LIMITS, Driver, make_settings
 
 
 @pytest.fixture(scope="module")
@@ -40,46 +23,13 @@ def limiter(tmp_path_factory: pytest.TempPathFactory) -> RateLimiter:
 
 
 def new_session(limiter: RateLimiter, ip: str = "127.0.0.1", limits: LimitsConfig | None = None, **changes: object) -> Session:
-    client_limits = ClientLimits(limiter, limits or LimitsConfig(), 1000, 1000)
-    return Session(make_settings(**changes), client_limits, ip, 4000)
-
-
-class Driver:
-    """Feeds a session and plays the shell: commits succeed unless told otherwise."""
-
-    def __init__(
-        self, session: Session, commit_error: BaseException | None = None, user: User = User("alice", "")
-    ) -> None:
-        self.session = session
-        self.commit_error = commit_error
-        self.user = user
-        self.out = b""
-        self.commits: list[Commit] = []
-        self.closed = False
-        self._settle(session.start())
-
-    def feed(self, data: bytes) -> bytes:
-        before = len(self.out)
-        self._settle(self.session.feed(data))
-        return self.out[before:]
-
-    def _settle(self, step: tuple[bytes, object]) -> None:
-        while True:
-            out, action = step
-            self.out += out
-            if isinstance(action, Commit):
-                self.commits.append(action)
-                step = self.session.committed(self.commit_error)
-            elif isinstance(action, RecordEtrn):
-                step = self.session.etrn_recorded()
-            elif isinstance(action, VerifyAuth):
-                step = self.session.auth_verified(self.user if action.password == "right" else None)
-            elif isinstance(action, Close):
-                self.closed = True
-                return
-            else:
-                assert action is None or isinstance(action, StartTls)
-                return
+    """A session whose Driver admits and reserves against real limits on a real state.lmdb."""
+    limits = limits or LimitsConfig()
+    per_client = {"messages": limits.messages_per_hour, "recipients": limits.recipients_per_hour,
+                  "auth_failures": limits.auth_failures_per_hour}  # fmt: skip
+    session = Session(make_settings(per_client_limits=per_client, **changes), ip, 4000)
+    LIMITS[session] = ClientLimits(limiter, limits, 1000, 1000)
+    return session
 
 
 TRANSCRIPT = (
@@ -89,7 +39,7 @@ TRANSCRIPT = (
     b"RCPT TO:<c@example.net>\r\n"
     b"DATA\r\n"
     b"Subject: s\r\nMessage-ID: <x@y>\r\n\r\nbody\r\n..dot\r\n.\r\n"
-    b"MAIL FROM:<>\r\nRCPT TO:<d@example.org>\r\nBDAT 7\r\nchunk1\nBDAT 6 LAST\r\nchunk2"
+    b"MAIL FROM:<>\r\nRCPT TO:<d@example.org>\r\nBDAT 8\r\nchunk1\r\nBDAT 8 LAST\r\nchunk2\r\n"
     b"NOOP\r\nVRFY x\r\nQUIT\r\n"
 )
 
@@ -109,7 +59,7 @@ def test_transcript(limiter: RateLimiter) -> None:
     assert first.message.message_id == "<x@y>" and first.message.subject == "s"
     assert [r.address for r in first.message.recipients] == ["b@example.org", "c@example.net"]
     assert first.message.recipients[0].notify == ["SUCCESS"]
-    assert second.message.sender == "" and second.body.endswith(b" +0000\r\nchunk1\nchunk2")
+    assert second.message.sender == "" and second.body.endswith(b" +0000\r\nchunk1\r\nchunk2\r\n")
     assert b"\tfor <d@example.org>; " in second.body
     assert driver.closed
 
@@ -244,15 +194,14 @@ def test_bare_line_endings(limiter: RateLimiter) -> None:
     assert driver.commits[0].body.endswith(b"\r\na\n.\nb\r\n")
 
 
-def test_proxy_header_then_greeting(limiter: RateLimiter) -> None:
-    client_limits = ClientLimits(limiter, LimitsConfig(), 1000, 1000)
-    session = Session(make_settings(), client_limits, "127.0.0.1", 1, proxy_protocol=True)
+def test_proxy_header_then_greeting() -> None:
+    session = Session(make_settings(), "127.0.0.1", 1, proxy_protocol=True)
     driver = Driver(session)
     assert driver.out == b""
     driver.feed(b"PROXY TCP4 198.51.100.4 127.0.0.1 5555 25\r\nEHLO x\r\n")
     assert driver.out.startswith(b"220 mx.test") and session.client_ip == "198.51.100.4"
     assert driver.feed(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<z@elsewhere.com>\r\n").endswith(b"554 5.7.1 Relay access denied\r\n")
-    garbage = Driver(Session(make_settings(), client_limits, "127.0.0.1", 1, proxy_protocol=True))
+    garbage = Driver(Session(make_settings(), "127.0.0.1", 1, proxy_protocol=True))
     garbage.feed(b"EHLO no proxy header\r\n")
     assert garbage.closed and garbage.out == b""
 
@@ -261,7 +210,7 @@ def test_address_checks(limiter: RateLimiter) -> None:
     driver = Driver(new_session(limiter, max_errors=20))
     driver.feed(b"EHLO x\r\n")
     for bad in (b"<a b@c.d>", b"<@c.d>", b"<a@>", b"<a@b..c>", b"<noat>"):
-        assert driver.feed(b"MAIL FROM:" + bad + b"\r\n").startswith(b"553 5.1.3"), bad
+        assert driver.feed(b"MAIL FROM:" + bad + b"\r\n").startswith(b"501 5.1.7"), bad
     assert driver.feed(b"MAIL FROM:<a@b.c\r\n").startswith(b"501 5.5.4")
     assert driver.feed(b"MAIL TO:<a@b.c>\r\n").startswith(b"501 5.5.4")
     assert driver.feed(b'MAIL FROM:<"odd >name"@b.c>\r\n').startswith(b"250 2.1.0")

@@ -1,0 +1,129 @@
+"""Per-client limits shared by every worker through state.lmdb, in no protocol's terms: SMTP sessions and admin logins use them.
+
+Connections are counted when they open and close. Messages, recipients, AUTH failures and an
+account's daily quota are reserved in small chunks (reserve) and what a connection did not use is
+given back when it closes (release), so a connection costs one state write at either end however
+much mail it carries, and a limit is never exceeded across workers: a chunk held by one
+connection is only unavailable to the others until it is used or returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from fastmta.config import Config, LimitsConfig
+from fastmta.networks import Networks
+from fastmta.ratelimit import RateLimiter, Unused
+
+DAY = 86400.0
+HOUR = 3600.0
+MINUTE = 60.0
+
+
+class Spendable(NamedTuple):
+    setting: str  # the limit's name in metrics and refusals
+    window: float
+    chunks: int  # a reservation is limit/chunks events, at least one; 0: one at a time
+
+
+# What a session spends and reserves ahead, by kind.
+SPENDABLE = {
+    "messages": Spendable("messages_per_hour", HOUR, 32),
+    "recipients": Spendable("recipients_per_hour", HOUR, 32),
+    # One at a time: every AUTH attempt holds one failure until it succeeds.
+    "auth_failures": Spendable("auth_failures_per_hour", HOUR, 0),
+    "quota": Spendable("daily_quota", DAY, 32),
+}
+
+
+class LimitExceeded(Exception):
+    """A client reached a limit; `limit` names the setting that refused."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(f"{limit} reached")
+        self.limit = limit
+
+
+class ClientLimits:
+    """A limit of 0 costs nothing. Every refusal is reported to `refused` by the name of its setting."""
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        limits: LimitsConfig,
+        max_connections: int,
+        max_connections_per_ip: int,
+        exempt: Networks | None = None,
+        refused: Callable[[str], None] = lambda limit: None,
+    ) -> None:
+        self._refused = refused
+        self._limiter = limiter
+        self._limits = limits
+        self._max_connections = max_connections
+        self._max_per_ip = max_connections_per_ip
+        self._exempt = exempt
+        self.per_client = {
+            "messages": limits.messages_per_hour,
+            "recipients": limits.recipients_per_hour,
+            "auth_failures": limits.auth_failures_per_hour,
+        }
+
+    @classmethod
+    def configured(cls, limiter: RateLimiter, config: Config, refused: Callable[[str], None] = lambda limit: None) -> ClientLimits:
+        """The limits of [limits] and [smtp]; mynetworks are exempt unless limits.exempt_mynetworks is false."""
+        return cls(
+            limiter,
+            config.limits,
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_ip,
+            exempt=Networks(config.smtp.mynetworks) if config.limits.exempt_mynetworks else None,
+            refused=refused,
+        )
+
+    def exempt(self, ip: str) -> bool:
+        """Hosts we relay for skip the per-client limits (they still count towards max_connections)."""
+        return self._exempt is not None and ip in self._exempt
+
+    def admit(self, ip: str, exempt: bool) -> None:
+        """Counts a new connection, in one write, or raises LimitExceeded (and counts nothing)."""
+        opened = self._limiter.connection_opened(ip, 0 if exempt else self._limits.connections_per_minute)
+        if opened is None:
+            raise self._refusal("connections_per_minute")
+        from_ip, total = opened
+        if total > self._max_connections:
+            self._limiter.connection_closed(ip)
+            # The server's own limit, not a client's: no smtp_ratelimit_hits_total.
+            raise LimitExceeded("max_connections")
+        if not exempt and from_ip > self._max_per_ip:
+            self._limiter.connection_closed(ip)
+            raise self._refusal("max_connections_per_ip")
+
+    def reserve(self, kind: str, key: str, limit: int) -> int:
+        """Reserves up to a chunk of `kind` for `key`; 0 means the limit is reached (and is reported)."""
+        spendable = SPENDABLE[kind]
+        want = max(1, limit // spendable.chunks) if spendable.chunks else 1
+        granted = self._limiter.take(kind, key, limit, spendable.window, want)
+        if not granted:
+            self._refused(spendable.setting)
+        return granted
+
+    def release(self, ip: str, unused: Mapping[tuple[str, str], int]) -> None:
+        """The connection from `ip` closed; `unused` is what it reserved and did not spend, by (kind, key)."""
+        self._limiter.connection_closed(
+            ip, [Unused(kind, key, SPENDABLE[kind].window, amount) for (kind, key), amount in unused.items() if amount]
+        )
+
+    def check_auth_allowed(self, ip: str) -> None:
+        """For logins outside an SMTP session (HTTP Basic): raises LimitExceeded past auth_failures_per_hour."""
+        limit = self._limits.auth_failures_per_hour
+        if limit > 0 and not self.exempt(ip) and self._limiter.count("auth_failures", ip, HOUR) >= limit:
+            raise self._refusal("auth_failures_per_hour")
+
+    def record_auth_failure(self, ip: str) -> None:
+        if not self.exempt(ip):
+            self._limiter.hit("auth_failures", ip, self._limits.auth_failures_per_hour, HOUR)
+
+    def _refusal(self, limit: str) -> LimitExceeded:
+        self._refused(limit)
+        return LimitExceeded(limit)
