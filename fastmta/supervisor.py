@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import msgspec
-
-from fastmta import child, config as config_module, logs, metrics
+from fastmta import child, children, config as config_module, logs, metrics
+from fastmta.children import ChildRecord
 from fastmta.config import Config, ConfigError, parse_hostport
 from fastmta.smtp import worker as smtp_worker
 from fastmta.smtp.worker import ListenerSocket
@@ -37,15 +36,7 @@ _HEALTHY_AFTER = 30.0
 # successor is throttled to start later than this and other workers are serving, the sockets are
 # closed instead (the others take every new connection meanwhile) and bound afresh for it.
 _KEEP_SOCKETS_FOR = 1.0
-# Where the admin process learns which children are alive: children share nothing but data_dir.
-CHILDREN_FILE = "children.json"
 ADMIN = "admin"
-
-
-class ChildRecord(msgspec.Struct):
-    name: str
-    pid: int
-    started_at: float
 
 
 def _admin_role(config: Config, name: str) -> int:
@@ -182,10 +173,7 @@ class Supervisor:
 
     def publish(self) -> None:
         records = [ChildRecord(spec.name, pid, spec.since) for pid, spec in self.children.items()]
-        path = self.config.data_dir / CHILDREN_FILE
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(msgspec.json.encode(records))
-        os.replace(temporary, path)
+        children.write(self.config.data_dir, records)
 
     def spawn(self, spec: ChildSpec) -> None:
         config = self.config
