@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 
 from fastmta import child, children, config as config_module, logs, metrics
 from fastmta.children import ChildRecord
-from fastmta.config import Config, ConfigError, parse_hostport
+from fastmta.config import Config, ConfigError
+from fastmta.listeners import ListenerSocket, Listeners
 from fastmta.smtp import worker as smtp_worker
-from fastmta.smtp.worker import ListenerSocket
 
 log = logging.getLogger("fastmta.supervisor")
 
@@ -64,79 +64,6 @@ def notify(state: str) -> None:
             sock.sendto(state.encode(), address)
     except OSError as exc:
         log.warning("sd_notify failed: %s", exc)
-
-
-def _listener_plan(config: Config) -> list[tuple[str, str]]:
-    smtp = config.smtp
-    return (
-        [("smtp", a) for a in smtp.listen]
-        + [("submission", a) for a in smtp.submission_listen]
-        + [("smtps", a) for a in smtp.smtps_listen]
-    )
-
-
-def _bind(address: str) -> socket.socket:
-    host, port = parse_hostport(address)
-    family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # One socket per worker on the same port: the kernel spreads connections across workers
-    # without a thundering herd, and a dead worker's queue waits in its own socket until its successor
-    # (unless that successor is throttled: see _KEEP_SOCKETS_FOR).
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(sockaddr)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-@dataclass
-class Listeners:
-    """The sockets of every listener, one set per worker slot."""
-
-    plan: list[tuple[str, str]]
-    proxy_protocol: bool
-    per_slot: list[list[ListenerSocket]] = field(default_factory=list)
-
-    @classmethod
-    def open(cls, config: Config) -> Listeners:
-        listeners = cls(_listener_plan(config), config.smtp.proxy_protocol)
-        listeners.per_slot = [listeners._bind_slot() for _ in range(config.smtp_workers)]
-        return listeners
-
-    def _bind_slot(self) -> list[ListenerSocket]:
-        """One worker's socket of every listener; all or none (a failure closes what it opened)."""
-        bound: list[ListenerSocket] = []
-        try:
-            for kind, address in self.plan:
-                bound.append(ListenerSocket(kind, address, _bind(address), self.proxy_protocol))
-        except BaseException:
-            for listener in bound:
-                listener.sock.close()
-            raise
-        return bound
-
-    def fits(self, config: Config) -> bool:
-        return (
-            self.plan == _listener_plan(config)
-            and self.proxy_protocol == config.smtp.proxy_protocol
-            and len(self.per_slot) == config.smtp_workers
-        )
-
-    def close(self) -> None:
-        self.close_except([])
-
-    def rebind(self, slot: int) -> list[ListenerSocket]:
-        """New sockets for one worker slot, in place of ones closed while its worker was down."""
-        self.per_slot[slot] = self._bind_slot()
-        return self.per_slot[slot]
-
-    def close_except(self, keep: list[ListenerSocket]) -> None:
-        """A worker keeps only its own sockets, so closing a listener elsewhere really closes it."""
-        for slot in self.per_slot:
-            for listener in slot:
-                if listener not in keep:
-                    listener.sock.close()
 
 
 @dataclass
@@ -308,7 +235,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         for spec in self.specs() + self.admin_specs():
             self.spawn(spec)
-        log.info("fastmta started: %d smtp workers on %s", len(self.listeners.per_slot), _plan_text(self.listeners))
+        log.info("fastmta started: %d smtp workers on %s", len(self.listeners.per_slot), self.listeners.describe())
         notify(f"READY=1\n{self.status()}\nMAINPID={os.getpid()}")
         while True:
             received = signal.sigtimedwait(_SIGNALS, 0.5 if self.waiting else 5.0)
@@ -322,10 +249,6 @@ class Supervisor:
                 self.reload()
             self.reap()
             self.restart_due()
-
-
-def _plan_text(listeners: Listeners) -> str:
-    return ", ".join(f"{kind} {address}" for kind, address in listeners.plan)
 
 
 def _kill(pid: int, signum: int) -> None:
