@@ -5,7 +5,9 @@ child starts clean and opens its own. Signals are blocked and taken synchronousl
 sigtimedwait, so the supervisor is one plain loop with no handlers racing it.
 
 SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the config and replaces the workers
-while the listening sockets stay open, so no connection is refused during a reload.
+while the listening sockets stay open, so no connection is refused during a reload. A reload is all
+or nothing: a config that does not load, or a listener that cannot be bound, leaves everything
+running as it was, with one log line and an sd_notify STATUS saying why.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from fastmta import child, children, config as config_module, logs, metrics
 from fastmta.children import ChildRecord
 from fastmta.config import Config, ConfigError
-from fastmta.listeners import ListenerSocket, Listeners
+from fastmta.listeners import ListenError, ListenerSocket, Listeners
 from fastmta.smtp import worker as smtp_worker
 
 log = logging.getLogger("fastmta.supervisor")
@@ -79,10 +81,10 @@ class ChildSpec:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str | None) -> None:
+    def __init__(self, config: Config, config_path: str | None, listeners: Listeners) -> None:
         self.config = config
         self.config_path = config_path
-        self.listeners = Listeners.open(config)
+        self.listeners = listeners
         self.children: dict[int, ChildSpec] = {}
         self.retiring: set[int] = set()
         self.waiting: list[ChildSpec] = []
@@ -107,8 +109,8 @@ class Supervisor:
         if spec.slot is not None and spec.sockets and spec.sockets[0].sock.fileno() < 0:
             try:
                 spec.sockets = self.listeners.rebind(spec.slot)
-            except OSError as exc:
-                self.retry_later(spec, f"cannot listen again ({exc})")
+            except ListenError as exc:
+                self.retry_later(spec, str(exc))
                 return
         pid = os.fork()
         if pid == 0:
@@ -169,21 +171,26 @@ class Supervisor:
         return f"STATUS=serving with {len(self.children)} children"
 
     def reload(self) -> None:
+        """All or nothing: the new config is read and its new sockets bound before anything changes.
+
+        On any failure the running config, its children and its sockets stay as they were.
+        """
         # RELOADING=1 then READY=1, as systemd expects of a service that reloads on SIGHUP.
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             config = config_module.load(self.config_path)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
-            notify(f"READY=1\nSTATUS=reload refused, running the old config: {exc}")
+            listeners = self.listeners if self.listeners.fits(config) else Listeners.open(config)
+        except (ConfigError, ListenError) as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            notify(f"READY=1\nSTATUS=reload failed: {exc}")
             return
         old_pids = [pid for pid, spec in self.children.items() if spec.name != ADMIN]
         admin_changed = (config.admin, config.server) != (self.config.admin, self.config.server)
         self.config = config
-        if not self.listeners.fits(config):
+        if listeners is not self.listeners:
             # The old workers hold their own copies of the old sockets until they finish draining.
-            old_listeners, self.listeners = self.listeners, Listeners.open(config)
-            old_listeners.close()
+            self.listeners.close()
+            self.listeners = listeners
         self.waiting = [spec for spec in self.waiting if spec.name == ADMIN]
         for spec in self.specs():
             self.spawn(spec)
@@ -261,10 +268,17 @@ def _kill(pid: int, signum: int) -> None:
 def run(config_path: str | None) -> int:
     config = config_module.load(config_path)
     logs.setup(config.server.log_level, config.server.log_format, "supervisor")
+    # The sockets first: a start that cannot listen ends before anything else is touched (the
+    # metrics directory of this data_dir may belong to a running instance), with one line saying why.
+    try:
+        listeners = Listeners.open(config)
+    except ListenError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics_directory = metrics.prepare(config.data_dir)
     try:
-        return Supervisor(config, config_path).run()
+        return Supervisor(config, config_path, listeners).run()
     finally:
         # Only the supervisor gets here: children end in os._exit.
         shutil.rmtree(metrics_directory, ignore_errors=True)
