@@ -5,7 +5,9 @@ child starts clean and opens its own. Signals are blocked and taken synchronousl
 sigtimedwait, so the supervisor is one plain loop with no handlers racing it.
 
 SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the config and replaces the workers
-while the listening sockets stay open, so no connection is refused during a reload.
+while the listening sockets stay open, so no connection is refused during a reload. A reload is all
+or nothing: a config that does not load, or a listener that cannot be bound, leaves everything
+running as it was, with one log line and an sd_notify STATUS saying why.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import msgspec
-
-from fastmta import child, config as config_module, logs, metrics
-from fastmta.config import Config, ConfigError, parse_hostport
+from fastmta import child, children, config as config_module, logs, metrics
+from fastmta.children import ChildRecord
+from fastmta.config import Config, ConfigError
+from fastmta.listeners import ListenError, ListenerSocket, Listeners
 from fastmta.smtp import worker as smtp_worker
-from fastmta.smtp.worker import ListenerSocket
 
 log = logging.getLogger("fastmta.supervisor")
 
@@ -37,15 +38,7 @@ _HEALTHY_AFTER = 30.0
 # successor is throttled to start later than this and other workers are serving, the sockets are
 # closed instead (the others take every new connection meanwhile) and bound afresh for it.
 _KEEP_SOCKETS_FOR = 1.0
-# Where the admin process learns which children are alive: children share nothing but data_dir.
-CHILDREN_FILE = "children.json"
 ADMIN = "admin"
-
-
-class ChildRecord(msgspec.Struct):
-    name: str
-    pid: int
-    started_at: float
 
 
 def _admin_role(config: Config, name: str) -> int:
@@ -75,79 +68,6 @@ def notify(state: str) -> None:
         log.warning("sd_notify failed: %s", exc)
 
 
-def _listener_plan(config: Config) -> list[tuple[str, str]]:
-    smtp = config.smtp
-    return (
-        [("smtp", a) for a in smtp.listen]
-        + [("submission", a) for a in smtp.submission_listen]
-        + [("smtps", a) for a in smtp.smtps_listen]
-    )
-
-
-def _bind(address: str) -> socket.socket:
-    host, port = parse_hostport(address)
-    family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # One socket per worker on the same port: the kernel spreads connections across workers
-    # without a thundering herd, and a dead worker's queue waits in its own socket until its successor
-    # (unless that successor is throttled: see _KEEP_SOCKETS_FOR).
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(sockaddr)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-@dataclass
-class Listeners:
-    """The sockets of every listener, one set per worker slot."""
-
-    plan: list[tuple[str, str]]
-    proxy_protocol: bool
-    per_slot: list[list[ListenerSocket]] = field(default_factory=list)
-
-    @classmethod
-    def open(cls, config: Config) -> Listeners:
-        listeners = cls(_listener_plan(config), config.smtp.proxy_protocol)
-        listeners.per_slot = [listeners._bind_slot() for _ in range(config.smtp_workers)]
-        return listeners
-
-    def _bind_slot(self) -> list[ListenerSocket]:
-        """One worker's socket of every listener; all or none (a failure closes what it opened)."""
-        bound: list[ListenerSocket] = []
-        try:
-            for kind, address in self.plan:
-                bound.append(ListenerSocket(kind, address, _bind(address), self.proxy_protocol))
-        except BaseException:
-            for listener in bound:
-                listener.sock.close()
-            raise
-        return bound
-
-    def fits(self, config: Config) -> bool:
-        return (
-            self.plan == _listener_plan(config)
-            and self.proxy_protocol == config.smtp.proxy_protocol
-            and len(self.per_slot) == config.smtp_workers
-        )
-
-    def close(self) -> None:
-        self.close_except([])
-
-    def rebind(self, slot: int) -> list[ListenerSocket]:
-        """New sockets for one worker slot, in place of ones closed while its worker was down."""
-        self.per_slot[slot] = self._bind_slot()
-        return self.per_slot[slot]
-
-    def close_except(self, keep: list[ListenerSocket]) -> None:
-        """A worker keeps only its own sockets, so closing a listener elsewhere really closes it."""
-        for slot in self.per_slot:
-            for listener in slot:
-                if listener not in keep:
-                    listener.sock.close()
-
-
 @dataclass
 class ChildSpec:
     name: str
@@ -161,10 +81,10 @@ class ChildSpec:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str | None) -> None:
+    def __init__(self, config: Config, config_path: str | None, listeners: Listeners) -> None:
         self.config = config
         self.config_path = config_path
-        self.listeners = Listeners.open(config)
+        self.listeners = listeners
         self.children: dict[int, ChildSpec] = {}
         self.retiring: set[int] = set()
         self.waiting: list[ChildSpec] = []
@@ -182,18 +102,15 @@ class Supervisor:
 
     def publish(self) -> None:
         records = [ChildRecord(spec.name, pid, spec.since) for pid, spec in self.children.items()]
-        path = self.config.data_dir / CHILDREN_FILE
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(msgspec.json.encode(records))
-        os.replace(temporary, path)
+        children.write(self.config.data_dir, records)
 
     def spawn(self, spec: ChildSpec) -> None:
         config = self.config
         if spec.slot is not None and spec.sockets and spec.sockets[0].sock.fileno() < 0:
             try:
                 spec.sockets = self.listeners.rebind(spec.slot)
-            except OSError as exc:
-                self.retry_later(spec, f"cannot listen again ({exc})")
+            except ListenError as exc:
+                self.retry_later(spec, str(exc))
                 return
         pid = os.fork()
         if pid == 0:
@@ -254,21 +171,26 @@ class Supervisor:
         return f"STATUS=serving with {len(self.children)} children"
 
     def reload(self) -> None:
+        """All or nothing: the new config is read and its new sockets bound before anything changes.
+
+        On any failure the running config, its children and its sockets stay as they were.
+        """
         # RELOADING=1 then READY=1, as systemd expects of a service that reloads on SIGHUP.
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             config = config_module.load(self.config_path)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
-            notify(f"READY=1\nSTATUS=reload refused, running the old config: {exc}")
+            listeners = self.listeners if self.listeners.fits(config) else Listeners.open(config)
+        except (ConfigError, ListenError) as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            notify(f"READY=1\nSTATUS=reload failed: {exc}")
             return
         old_pids = [pid for pid, spec in self.children.items() if spec.name != ADMIN]
         admin_changed = (config.admin, config.server) != (self.config.admin, self.config.server)
         self.config = config
-        if not self.listeners.fits(config):
+        if listeners is not self.listeners:
             # The old workers hold their own copies of the old sockets until they finish draining.
-            old_listeners, self.listeners = self.listeners, Listeners.open(config)
-            old_listeners.close()
+            self.listeners.close()
+            self.listeners = listeners
         self.waiting = [spec for spec in self.waiting if spec.name == ADMIN]
         for spec in self.specs():
             self.spawn(spec)
@@ -320,7 +242,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         for spec in self.specs() + self.admin_specs():
             self.spawn(spec)
-        log.info("fastmta started: %d smtp workers on %s", len(self.listeners.per_slot), _plan_text(self.listeners))
+        log.info("fastmta started: %d smtp workers on %s", len(self.listeners.per_slot), self.listeners.describe())
         notify(f"READY=1\n{self.status()}\nMAINPID={os.getpid()}")
         while True:
             received = signal.sigtimedwait(_SIGNALS, 0.5 if self.waiting else 5.0)
@@ -336,10 +258,6 @@ class Supervisor:
             self.restart_due()
 
 
-def _plan_text(listeners: Listeners) -> str:
-    return ", ".join(f"{kind} {address}" for kind, address in listeners.plan)
-
-
 def _kill(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
@@ -350,10 +268,17 @@ def _kill(pid: int, signum: int) -> None:
 def run(config_path: str | None) -> int:
     config = config_module.load(config_path)
     logs.setup(config.server.log_level, config.server.log_format, "supervisor")
+    # The sockets first: a start that cannot listen ends before anything else is touched (the
+    # metrics directory of this data_dir may belong to a running instance), with one line saying why.
+    try:
+        listeners = Listeners.open(config)
+    except ListenError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics_directory = metrics.prepare(config.data_dir)
     try:
-        return Supervisor(config, config_path).run()
+        return Supervisor(config, config_path, listeners).run()
     finally:
         # Only the supervisor gets here: children end in os._exit.
         shutil.rmtree(metrics_directory, ignore_errors=True)

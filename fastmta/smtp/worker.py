@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import uvloop
 
 from fastmta.accounts import Accounts
 from fastmta.config import Config
+from fastmta.listeners import ListenerSocket
 from fastmta.metrics import SmtpMetrics
 from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import Message
@@ -29,14 +28,6 @@ from fastmta.smtp.session import SMTPS, Settings
 from fastmta.smtp.tls import server_context
 
 log = logging.getLogger("fastmta.smtp")
-
-
-@dataclass(frozen=True)
-class ListenerSocket:
-    kind: str
-    address: str
-    sock: socket.socket
-    proxy_protocol: bool
 
 
 class Worker:

@@ -10,10 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
 import tomli_w
 
-from tests.conftest import Server
+from tests.conftest import Server, wait_for_greeting
 from tests.integration.test_ingress import Raw, queued_id
 
 
@@ -127,23 +131,159 @@ def wait_for_children(server, count: int) -> list[int]:  # noqa: ANN001
     return pids
 
 
-def test_bad_reload_keeps_running(make_server) -> None:
-    server = make_server()
-    assert server.process is not None
+def test_reload_with_an_invalid_config_keeps_running(make_server, tmp_path) -> None:
+    notices = notify_listener(tmp_path)
+    server = make_server({"smtp": {"workers": 1}}, env={"NOTIFY_SOCKET": notices.getsockname()})
+    assert "READY=1" in notices.recv(4096).decode()
+    workers = set(server.child_pids())
     server.config_path.write_text("[smtp]\nworkrs = 3\n")
+    assert server.process is not None
     server.process.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
-    assert Raw(server.port).greeting.startswith(b"220")
-    assert "reload refused" in server.log() and "smtp.workrs" in server.log()
+    assert "RELOADING=1" in notices.recv(4096).decode()
+    answer = notices.recv(4096).decode()
+    assert "READY=1" in answer and "STATUS=reload failed: " in answer and "smtp.workrs" in answer
+    assert "smtp.workrs" in wait_for_log_line(server, "reload failed")
+    assert set(server.child_pids()) == workers
+    one_message(server.port)
+    assert server.stop() == 0
+    notices.close()
+
+
+def test_reload_onto_a_busy_port_keeps_the_running_listeners(make_server, tmp_path) -> None:
+    """All or nothing: the new config's sockets are bound first, and one that cannot be changes nothing."""
+    notices = notify_listener(tmp_path)
+    server = make_server({"smtp": {"workers": 2}}, env={"NOTIFY_SOCKET": notices.getsockname()})
+    assert server.process is not None
+    assert "READY=1" in notices.recv(4096).decode()
+    workers = set(server.child_pids())
+    with occupied() as busy:
+        busy_port = busy.getsockname()[1]
+        busy_address = f"127.0.0.1:{busy_port}"
+        # The running address first: its new sockets are bound before the busy one fails.
+        rewrite_listen(server, [f"127.0.0.1:{server.port}", busy_address])
+        server.process.send_signal(signal.SIGHUP)
+        assert "RELOADING=1" in notices.recv(4096).decode()
+        answer = notices.recv(4096).decode()
+        assert "READY=1" in answer and "STATUS=reload failed: " in answer and busy_address in answer
+        line = wait_for_log_line(server, "reload failed")
+        assert busy_address in line and "Address already in use" in line
+        assert server.process.poll() is None
+        assert set(server.child_pids()) == workers
+        # A new socket left behind in the port's SO_REUSEPORT group would take some of these
+        # connections and never answer them.
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as probe:
+                assert probe.recv(512).startswith(b"220")
+        one_message(server.port)
+    # Nothing stuck from the failed attempt: with the port free, the same config loads.
+    server.process.send_signal(signal.SIGHUP)
+    wait_for_greeting(busy_port)
+    one_message(busy_port)
+    assert server.stop() == 0
+    notices.close()
+
+
+def test_reload_onto_an_address_not_assigned_keeps_the_running_listeners(make_server) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("192.0.2.1", 0))
+        except OSError:
+            pass
+        else:
+            pytest.skip("192.0.2.1 can be bound here (an address of this machine, or ip_nonlocal_bind)")
+    server = make_server({"smtp": {"workers": 1}})
+    assert server.process is not None
+    workers = set(server.child_pids())
+    rewrite_listen(server, ["192.0.2.1:2525"])
+    server.process.send_signal(signal.SIGHUP)
+    line = wait_for_log_line(server, "reload failed")
+    assert "192.0.2.1:2525" in line and "Cannot assign requested address" in line
+    assert server.process.poll() is None
+    assert set(server.child_pids()) == workers
+    one_message(server.port)
     assert server.stop() == 0
 
 
-def test_sd_notify_ready_and_stopping(make_server, tmp_path) -> None:
-    path = tmp_path / "notify.sock"
+def test_start_on_a_busy_port_fails_with_one_line(make_server) -> None:
+    server = make_server(start=False)
+    with occupied(server.port):
+        result = serve(server.config_path, server.env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"127.0.0.1:{server.port}" in lines[0] and "Address already in use" in lines[0]
+
+
+def test_start_with_a_bad_config_fails_with_one_line(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[smtp]\nworkrs = 3\n")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe")
+    # A directory stands for any file that exists but cannot be read (as root, modes do not stop reads).
+    for path, expected in ((bad, "smtp.workrs"), (binary, "not UTF-8"), (tmp_path, "Is a directory")):
+        result = serve(path, dict(os.environ))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr + result.stdout
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def notify_listener(tmp_path: Path) -> socket.socket:
+    """A stand-in for systemd's notify socket: each sd_notify message is one datagram."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(path))
+    listener.bind(str(tmp_path / "notify.sock"))
     listener.settimeout(15)
-    server = make_server(env={"NOTIFY_SOCKET": str(path)})
+    return listener
+
+
+@contextmanager
+def occupied(port: int = 0) -> Iterator[socket.socket]:
+    """A listener on 127.0.0.1 without SO_REUSEPORT, so fastmta's sockets cannot join it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        yield sock
+
+
+def rewrite_listen(server: Server, addresses: list[str]) -> None:
+    settings = server.settings
+    settings["smtp"]["listen"] = addresses
+    server.config_path.write_text(tomli_w.dumps(settings))
+
+
+def wait_for_log_line(server: Server, text: str) -> str:
+    deadline = time.monotonic() + 15
+    while not (lines := [line for line in server.log().splitlines() if text in line]):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    return lines[0]
+
+
+def one_message(port: int) -> None:
+    """A whole SMTP transaction, from greeting to QUIT."""
+    client = Raw(port)
+    assert client.greeting.startswith(b"220")
+    assert client.command(b"EHLO reload.test").startswith(b"250")
+    assert client.command(b"MAIL FROM:<a@example.com>").startswith(b"250")
+    assert client.command(b"RCPT TO:<b@example.org>").startswith(b"250")
+    assert client.command(b"DATA").startswith(b"354")
+    client.send(b"Subject: reload\r\n\r\nbody\r\n.\r\n")
+    queued_id(client.reply())
+    assert client.command(b"QUIT").startswith(b"221")
+    client.close()
+
+
+def serve(config_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastmta", "serve", "--config", str(config_path)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+
+def test_sd_notify_ready_and_stopping(make_server, tmp_path) -> None:
+    listener = notify_listener(tmp_path)
+    server = make_server(env={"NOTIFY_SOCKET": listener.getsockname()})
     ready = listener.recv(4096).decode()
     assert "READY=1" in ready and "STATUS=" in ready
     assert server.process is not None

@@ -10,12 +10,11 @@ from typing import Literal
 import lmdb
 import msgspec
 
+from fastmta import children, processes
 from fastmta.admin.endpoint import Call, Endpoint, json_response
-from fastmta.supervisor import CHILDREN_FILE, ChildRecord
 from starlette.responses import Response
 
 _MIN_FREE_DISK = 0.10
-_children = msgspec.json.Decoder(list[ChildRecord])
 
 
 class Health(msgspec.Struct):
@@ -46,29 +45,15 @@ async def health(call: Call) -> Response:
     except OSError as error:
         free = 0.0
         reasons.append(f"free disk space unknown: {error.strerror}")
-    alive = _smtp_workers_alive(data_dir / CHILDREN_FILE)
+    alive = _smtp_workers_alive(data_dir)
     if not alive:
         reasons.append("no SMTP worker is alive")
     report = Health("unhealthy" if reasons else "ok", reasons, alive, depth, round(free * 100, 2))
     return json_response({"success": not reasons, "data": report}, 503 if reasons else 200)
 
 
-def _smtp_workers_alive(path: os.PathLike[str]) -> int:
-    try:
-        children = _children.decode(open(path, "rb").read())
-    except (OSError, msgspec.DecodeError):
-        return 0
-    return sum(1 for child in children if child.name.startswith("smtp-") and _alive(child.pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _smtp_workers_alive(data_dir: Path) -> int:
+    return sum(1 for child in children.read(data_dir) if child.name.startswith("smtp-") and processes.alive(child.pid))
 
 
 ENDPOINTS = [
