@@ -27,10 +27,11 @@ def test_missing_or_broken_file_reads_as_no_children(tmp_path: Path) -> None:
     assert children.read(tmp_path) == []
 
 
-def test_the_admin_reads_it_without_the_supervisor() -> None:
-    """Role boundary: the admin process imports the shared module, never the supervisor's code."""
+def test_the_admin_reads_it_without_the_supervisor_or_the_smtp_stack() -> None:
+    """Role boundary: the admin process imports shared modules, never the supervisor's or the SMTP worker's code."""
     found = subprocess.run(
-        [sys.executable, "-c", "import sys, fastmta.admin.app; print('fastmta.supervisor' in sys.modules)"],
+        [sys.executable, "-c", "import sys, fastmta.admin.app, fastmta.admin.server; "
+         "print(sorted(m for m in sys.modules if m.startswith(('fastmta.supervisor', 'fastmta.smtp'))))"],
         capture_output=True, text=True, check=True,
-    )
-    assert found.stdout.strip() == "False"
+    )  # fmt: skip
+    assert found.stdout.strip() == "[]"
