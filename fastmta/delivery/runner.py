@@ -18,7 +18,7 @@ from fastmta.config import Config, RouteConfig, parse_duration, parse_rate
 from fastmta.delivery import dsn, maildir, retry
 from fastmta.delivery.journal import DeliveryLog
 from fastmta.delivery.mx import DnsFailure, MxResolver
-from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy
+from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy, one_line
 from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
 from fastmta.metrics import DeliveryMetrics
@@ -220,7 +220,8 @@ class Runner:
             outcome = outcomes[recipient.address]
             reply = outcome.reply
             recipient.attempts += 1
-            recipient.last_reply = str(reply)
+            # The record, the delivery log and any bounce quote the reply: flattened once, here, for all three.
+            recipient.last_reply = one_line(str(reply))
             recipient.remote_host = outcome.host
             recipient.updated_at = now
             if reply.accepted:
@@ -232,7 +233,7 @@ class Runner:
                 failed_now.append(recipient)
             elif retry.expired(message.received_at, self.max_age, now):
                 recipient.state = FAILED
-                recipient.last_reply = f"{reply.code} 4.4.7 Gave up after {recipient.attempts} attempts: {reply.text}"
+                recipient.last_reply = one_line(f"{reply.code} 4.4.7 Gave up after {recipient.attempts} attempts: {reply.text}")
                 failed_now.append(recipient)
             else:
                 recipient.state = DEFERRED

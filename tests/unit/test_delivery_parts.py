@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fastmta.config import RouteConfig, parse_rate
 from fastmta.delivery import dsn, maildir, retry
-from fastmta.delivery.outbound import _xtext, crlf_lines, dot_stuffed
+from fastmta.delivery.outbound import crlf_lines, dot_stuffed, xtext
 from fastmta.delivery.pool import TokenBucket
 from fastmta.delivery.routes import Router, matches
 from fastmta.queue.records import FAILED, Message, Recipient
@@ -126,8 +126,8 @@ def test_status_of_a_reply(reply: str, status: str) -> None:
     assert dsn.status_of(reply) == status
 
 
-def test_xtext() -> None:
-    assert _xtext("rfc822;a+b=c@d é") == "rfc822;a+2Bb+3Dc@d+20+C3+A9"
+def testxtext() -> None:
+    assert xtext("rfc822;a+b=c@d é") == "rfc822;a+2Bb+3Dc@d+20+C3+A9"
 
 
 def test_maildir_delivery_is_complete_and_unique(tmp_path: Path) -> None:
