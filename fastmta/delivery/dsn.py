@@ -77,12 +77,15 @@ def build(
     reporting_mta: str,
     bounce_from: str,
     now: float | None = None,
+    *,
+    size_limit: int,
 ) -> tuple[Message, bytes] | None:
     """The notice for `recipients` of `original` (action 'failed', 'delayed', 'delivered' or 'relayed'), or None when none is due.
 
     Never to the null sender: a bounce of a bounce is how mail loops start. Nor to a return path
     with a control character in it, which no MAIL or RCPT command could carry. The original comes
-    back whole only when RET=FULL asked for it, otherwise its headers.
+    back whole only when RET=FULL asked for it and it is at most `size_limit` bytes; otherwise its
+    headers, as many whole lines as fit in `size_limit` (Postfix's bounce_size_limit).
     """
     if not original.sender or _CONTROL.search(original.sender):
         return None
@@ -138,8 +141,7 @@ def build(
             fields.append(_field("Diagnostic-Code", f"smtp; {reply if utf8 else _ascii(reply)}"))
         fields.append(_field("Last-Attempt-Date", date))
         per_recipient.append(_lines(*fields))
-    whole = original.ret.upper() == "FULL"
-    returned = original_body if whole else original_body.partition(b"\r\n\r\n")[0] + b"\r\n"
+    returned, whole = _returned(original_body, original.ret.upper() == "FULL", size_limit)
     if utf8:
         status_type, returned_type = "message/global-delivery-status", "message/global" if whole else "message/global-headers"
     else:
@@ -206,3 +208,17 @@ def _part(content_type: str, content: bytes) -> bytes:
     encoding = "" if content.isascii() else "Content-Transfer-Encoding: 8bit\r\n"
     return f"Content-Type: {content_type}\r\n{encoding}\r\n".encode() + content
 
+
+def _returned(body: bytes, full: bool, limit: int) -> tuple[bytes, bool]:
+    """What comes back of the original, and whether that is all of it.
+
+    Past the limit only the headers, cut after a whole line: a truncated body could end inside a MIME
+    part, and the sender has the message anyway; the headers say which one it was.
+    """
+    if full and len(body) <= limit:
+        return body, True
+    headers = body.partition(b"\r\n\r\n")[0] + b"\r\n"
+    if len(headers) > limit:
+        cut = headers.rfind(b"\r\n", 0, limit)
+        headers = headers[: cut + 2] if cut >= 0 else b""
+    return headers, False

@@ -246,8 +246,13 @@ class Runner:
         bounces = []
         hostname = self.config.server.hostname
         bounce_from = self.config.delivery.bounce_from
+        bounce_size_limit = self.config.delivery.bounce_size_limit
         for action, recipients in (("failed", failed_now), ("delayed", delayed_now), *succeeded_now.items()):
-            notice = dsn.build(message, body, recipients, action, hostname, bounce_from, now) if recipients else None
+            notice = (
+                dsn.build(message, body, recipients, action, hostname, bounce_from, now, size_limit=bounce_size_limit)
+                if recipients
+                else None
+            )
             if notice is not None:
                 bounces.append(notice)
         error = await self._record(Settlement(message, self.owner, bounces))

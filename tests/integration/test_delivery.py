@@ -150,6 +150,20 @@ def test_a_multiline_reply_cannot_add_fields_to_the_bounce(make_server, hop: Nex
     assert server.stop() == 0
 
 
+def test_a_large_message_bounces_with_its_headers_only(make_server, hop: NextHop) -> None:
+    """RET=FULL asks for the whole message; past bounce_size_limit (50000 bytes) it is its headers, as in Postfix."""
+    hop.recorder.rcpt_replies["nobody@example.org"] = "550 5.1.1 No such user here"
+    server = make_server(relay_config(hop.port))
+    large = MESSAGE + (b"0123456789" * 10 + b"\r\n") * 2_000
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.sendmail("alice@example.com", ["nobody@example.org"], large, mail_options=["RET=FULL"])
+    bounce = hop.recorder.wait_for(1)[0]
+    _, _, returned = email.message_from_bytes(bounce.content).get_payload()
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert b"Message-ID: <m1@example.com>" in bounce.content and b"0123456789" not in bounce.content
+    assert server.stop() == 0
+
+
 def test_bounces_are_never_bounced(make_server, hop: NextHop) -> None:
     hop.recorder.rcpt_replies["gone@example.org"] = "550 5.1.1 gone"
     server = make_server(relay_config(hop.port))

@@ -17,6 +17,7 @@ from fastmta.delivery import dsn
 from fastmta.delivery.outbound import REPLY_LIMIT, one_line
 from fastmta.queue.records import _CROCKFORD, FAILED, Message, Recipient, _base32, new_message_id
 
+LIMIT = 50_000
 BODY = b"Subject: hi\r\nMessage-ID: <m@x>\r\n\r\nsecret body\r\n"
 # What a control character may look like to some reader of the bounce: C0, DEL, C1 (NEL), line and
 # paragraph separators; lone surrogates are what aiosmtplib makes of bytes that are not UTF-8.
@@ -30,8 +31,9 @@ def record(reply: str = "550 5.1.1 No such user", address: str = "b@x.test", **c
     return Message(**fields)  # type: ignore[arg-type]
 
 
-def bounce(message: Message, body: bytes = BODY, mta: str = "mx.test", bounce_from: str = "MAILER-DAEMON@mx.test") -> tuple[Message, bytes]:
-    built = dsn.build(message, body, message.recipients, "failed", mta, bounce_from, 1.7e9)
+def bounce(message: Message, body: bytes = BODY, mta: str = "mx.test", bounce_from: str = "MAILER-DAEMON@mx.test",
+           limit: int = LIMIT) -> tuple[Message, bytes]:
+    built = dsn.build(message, body, message.recipients, "failed", mta, bounce_from, 1.7e9, size_limit=limit)
     assert built is not None
     return built
 
@@ -146,7 +148,7 @@ def test_clean_values_are_written_as_they_came() -> None:
 
 def test_no_bounce_to_a_return_path_no_command_could_carry() -> None:
     message = record(sender="a@example.com\r\nRCPT TO:<victim@x.test>")
-    assert dsn.build(message, BODY, message.recipients, "failed", "mx.test", "m@mx.test") is None
+    assert dsn.build(message, BODY, message.recipients, "failed", "mx.test", "m@mx.test", size_limit=LIMIT) is None
 
 
 def test_the_returned_message_cannot_end_our_part_even_knowing_the_bounce_id() -> None:
@@ -166,6 +168,32 @@ def test_the_returned_message_cannot_end_our_part_even_knowing_the_bounce_id() -
     assert returned.get_content_type() == "message/rfc822"
     (inner,) = returned.get_payload()
     assert inner["Subject"] == "hi" and len(inner.get_payload()) == 1
+
+
+def test_a_large_message_comes_back_as_its_headers() -> None:
+    """As Postfix's bounce_size_limit: past it, RET=FULL returns the headers only."""
+    large = b"Subject: big\r\nMessage-ID: <big@x>\r\n\r\n" + b"x" * 998 + b"\r\n" + (b"y" * 998 + b"\r\n") * 200
+    assert len(large) > 200_000
+    _, body = bounce(record(ret="FULL"), body=large)
+    _, (_, _, returned) = parts(body)
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert b"Message-ID: <big@x>" in body and b"xxxx" not in body and len(body) < 5_000
+    small = b"Subject: small\r\n\r\n" + b"z" * 100 + b"\r\n"
+    _, body = bounce(record(ret="FULL"), body=small)
+    _, (_, _, returned) = parts(body)
+    assert returned.get_content_type() == "message/rfc822" and b"z" * 100 in body
+
+
+def test_returned_headers_are_capped_too() -> None:
+    headers = b"".join(b"X-Filler-%d: %s\r\n" % (n, b"h" * 90) for n in range(2000))
+    _, body = bounce(record(), body=b"Subject: many\r\n" + headers + b"\r\nbody\r\n", limit=10_000)
+    _, (_, _, returned) = parts(body)
+    kept = returned.get_payload()
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert 9_000 < len(kept) <= 10_000 and kept.startswith("Subject: many")
+    assert all(line.startswith("X-Filler-") for line in kept.splitlines()[1:] if line)  # whole lines only
+    _, (_, _, returned) = parts(bounce(record(), body=b"Subject: " + b"s" * 200 + b"\r\n\r\nbody\r\n", limit=100)[1])
+    assert returned.get_payload() == ""  # not even the first line fits
 
 
 @pytest.mark.parametrize(("ret", "returned_type"), [("", "message/global-headers"), ("FULL", "message/global")])
