@@ -86,6 +86,9 @@ class DeliveryConfig(_Section):
     # deferred this long after it arrived ("0s": never).
     delay_warning: str = "4h"
     bounce_from: str = ""
+    # As Postfix's bounce_size_limit: a bounce returns the original (RET=FULL) up to this many bytes,
+    # past it only the original's headers, as many whole lines as fit.
+    bounce_size_limit: Annotated[int, msgspec.Meta(gt=0)] = 50000
     # How many messages a runner claims at once, and for how long before another runner may retry them.
     batch_size: int = 100
     lease_time: str = "10m"

@@ -1,14 +1,24 @@
-"""Delivery status notifications (RFC 3464): the multipart/report that tells a sender what became of its mail."""
+"""Delivery status notifications (RFC 3464; RFC 6533 for SMTPUTF8 mail): the multipart/report that tells a sender what became of its mail.
+
+Much of what a report says came from elsewhere: a next hop's reply, the sender's ENVID and ORCPT,
+addresses, host names from the config or from DNS, records stored by older versions. Each value
+goes through the one function that writes its field, so none can start a line, a field or a MIME
+part of its own.
+"""
 
 from __future__ import annotations
 
 import email.utils
 import re
+import secrets
 import time
 
+from fastmta.delivery.outbound import one_line, xtext
 from fastmta.queue.records import Message, Recipient, new_message_id
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+# C0, DEL, C1, the Unicode line and paragraph separators, lone surrogates: what no field we write may hold.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def status_of(reply: str) -> str:
@@ -67,73 +77,82 @@ def build(
     reporting_mta: str,
     bounce_from: str,
     now: float | None = None,
+    *,
+    size_limit: int,
 ) -> tuple[Message, bytes] | None:
     """The notice for `recipients` of `original` (action 'failed', 'delayed', 'delivered' or 'relayed'), or None when none is due.
 
-    Never to the null sender: a bounce of a bounce is how mail loops start.
+    Never to the null sender: a bounce of a bounce is how mail loops start. Nor to a return path
+    with a control character in it, which no MAIL or RCPT command could carry. The original comes
+    back whole only when RET=FULL asked for it and it is at most `size_limit` bytes; otherwise its
+    headers, as many whole lines as fit in `size_limit` (Postfix's bounce_size_limit).
     """
-    if not original.sender:
+    if not original.sender or _CONTROL.search(original.sender):
         return None
     reported = [r for r in recipients if wants_notice(r, action)]
     if not reported:
         return None
     now = time.time() if now is None else now
+    # RFC 6533: an SMTPUTF8 message, or a UTF-8 address, gets the global report types, where UTF-8 may stand.
+    utf8 = original.smtputf8 or not all(
+        value.isascii() for value in (original.sender, *(r.address for r in reported), *(r.orcpt for r in reported))
+    )
     bounce_id = new_message_id(now)
-    boundary = f"{bounce_id}/{reporting_mta}"
+    # Random, so the returned message (the sender's to write) cannot hold our delimiter.
+    boundary = f"{bounce_id}.{secrets.token_hex(12)}"
+    message_id = f"<{bounce_id}@{_clean(reporting_mta)}>"
     date = email.utils.formatdate(now)
-    headers, _, _ = original_body.partition(b"\r\n\r\n")
     subject, explanation, default_status = _WORDING[action]
-    human = "".join(f"\r\n<{r.address}>: {r.last_reply or 'no reply'}\r\n" for r in reported)
-    per_message = [f"Reporting-MTA: dns; {reporting_mta}"]
+    head = _lines(
+        _field("From", f"Mail Delivery System <{bounce_from}>"),
+        _field("To", f"<{original.sender}>"),
+        _field("Subject", subject),
+        _field("Date", date),
+        _field("Message-ID", message_id),
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type={"global-" if utf8 else ""}delivery-status; boundary="{boundary}"',
+        "",
+    ).encode()
+    human = [_clean(f"This is the mail system at {reporting_mta}."), "", *explanation.split("\r\n")]
+    per_message = [_field("Reporting-MTA", f"dns; {reporting_mta}")]
     if original.envid:
-        per_message.append(f"Original-Envelope-Id: {original.envid}")
-    per_message.append(f"Arrival-Date: {email.utils.formatdate(original.received_at)}")
+        # ENVID is ASCII xtext on the wire (RFC 3461), SMTPUTF8 or not; it comes back decoded where it can.
+        per_message.append(_field("Original-Envelope-Id", _as_written(original.envid, utf8=False)))
+    per_message.append(_field("Arrival-Date", email.utils.formatdate(original.received_at)))
     per_recipient = []
     for recipient in reported:
+        reply = one_line(recipient.last_reply)
+        address = _as_written(recipient.address, utf8)
+        human += ["", f"<{address}>:", f"    {reply or 'no reply'}"]
         fields = []
         if recipient.orcpt:
-            kind, _, address = recipient.orcpt.partition(";")
-            fields.append(f"Original-Recipient: {kind.strip()}; {address.strip()}")
+            kind, _, orcpt = recipient.orcpt.partition(";")
+            fields.append(_field("Original-Recipient", f"{_as_written(kind.strip(), utf8=False)}; {_as_written(orcpt.strip(), utf8)}"))
         fields += [
-            f"Final-Recipient: rfc822; {recipient.address}",
-            f"Action: {action}",
-            f"Status: {status_of(recipient.last_reply) if recipient.last_reply else default_status}",
+            _field("Final-Recipient", f"{'rfc822' if address.isascii() else 'utf-8'}; {address}"),
+            _field("Action", action),
+            _field("Status", status_of(reply) if reply else default_status),
         ]
         if recipient.remote_host:
-            fields.append(f"Remote-MTA: dns; {recipient.remote_host}")
-        if recipient.last_reply:
-            fields.append(f"Diagnostic-Code: smtp; {recipient.last_reply}")
-        fields.append(f"Last-Attempt-Date: {date}")
-        per_recipient.append("\r\n".join(fields))
-    full = original.ret.upper() == "FULL"
-    returned_type = "message/rfc822" if full else "text/rfc822-headers"
-    returned = original_body if full else headers + b"\r\n"
-    text = (
-        f"From: Mail Delivery System <{bounce_from}>\r\n"
-        f"To: <{original.sender}>\r\n"
-        f"Subject: {subject}\r\n"
-        f"Date: {date}\r\n"
-        f"Message-ID: <{bounce_id}@{reporting_mta}>\r\n"
-        "Auto-Submitted: auto-replied\r\n"
-        "MIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n'
-        "\r\n"
-        f"--{boundary}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        "\r\n"
-        f"This is the mail system at {reporting_mta}.\r\n\r\n{explanation}\r\n{human}\r\n"
-        f"--{boundary}\r\n"
-        "Content-Type: message/delivery-status\r\n"
-        "\r\n"
-        + "\r\n".join(per_message)
-        + "\r\n\r\n"
-        + "\r\n\r\n".join(per_recipient)
-        + "\r\n\r\n"
-        f"--{boundary}\r\n"
-        f"Content-Type: {returned_type}\r\n"
-        "\r\n"
-    ).encode()
-    body = text + returned + f"\r\n--{boundary}--\r\n".encode()
+            fields.append(_field("Remote-MTA", f"dns; {recipient.remote_host}"))
+        if reply:
+            # message/delivery-status is US-ASCII (RFC 3464); the human-readable part keeps the UTF-8.
+            fields.append(_field("Diagnostic-Code", f"smtp; {reply if utf8 else _ascii(reply)}"))
+        fields.append(_field("Last-Attempt-Date", date))
+        per_recipient.append(_lines(*fields))
+    returned, whole = _returned(original_body, original.ret.upper() == "FULL", size_limit)
+    if utf8:
+        status_type, returned_type = "message/global-delivery-status", "message/global" if whole else "message/global-headers"
+    else:
+        status_type, returned_type = "message/delivery-status", "message/rfc822" if whole else "text/rfc822-headers"
+    parts = [
+        _part("text/plain; charset=utf-8", _lines(*human).encode()),
+        _part(status_type, "\r\n".join([_lines(*per_message), *per_recipient]).encode()),
+        _part(returned_type, returned),
+    ]
+    delimiter = f"--{boundary}\r\n".encode()
+    body = head + b"".join(delimiter + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
     bounce = Message(
         id=bounce_id,
         sender="",
@@ -143,11 +162,63 @@ def build(
         next_attempt=now,
         protocol="DSN",
         listener="bounce",
-        smtputf8=not original.sender.isascii(),
-        message_id=f"<{bounce_id}@{reporting_mta}>",
+        smtputf8=utf8,
+        body_type="" if body.isascii() else "8BITMIME",
+        message_id=message_id,
         header_from=bounce_from,
         header_to=original.sender,
         subject=subject,
-        headers_size=text.find(b"\r\n\r\n") + 4,
+        headers_size=len(head),
     )
     return bounce, body
+
+
+def _clean(value: str) -> str:
+    """Every control character a space: whatever it is, the value stays on its line."""
+    return _CONTROL.sub(" ", value)
+
+
+def _field(name: str, value: str) -> str:
+    """A header or delivery-status field: the one place each is written, so the one place that cleans."""
+    return f"{name}: {_clean(value)}"
+
+
+def _as_written(value: str, utf8: bool) -> str:
+    """An ENVID, ORCPT or address as it came if it may stand in a field so, else all of it as RFC 3461 xtext.
+
+    It may when it has no control character and is ASCII (or UTF-8 in a global report). The session
+    refuses the rest; only a record stored before it did holds such a value, and its report can
+    still be read back.
+    """
+    if not _CONTROL.search(value) and (utf8 or value.isascii()):
+        return value
+    return xtext(value)
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode()
+
+
+def _lines(*lines: str) -> str:
+    return "".join(f"{line}\r\n" for line in lines)
+
+
+def _part(content_type: str, content: bytes) -> bytes:
+    """One body part; 8bit declared where its content is not ASCII (RFC 6152, RFC 6532)."""
+    encoding = "" if content.isascii() else "Content-Transfer-Encoding: 8bit\r\n"
+    return f"Content-Type: {content_type}\r\n{encoding}\r\n".encode() + content
+
+
+def _returned(body: bytes, full: bool, limit: int) -> tuple[bytes, bool]:
+    """What comes back of the original, and whether that is all of it.
+
+    Past the limit only the headers, cut after a whole line: a truncated body could end inside a MIME
+    part, and the sender has the message anyway; the headers say which one it was.
+    """
+    if full and len(body) <= limit:
+        return body, True
+    headers = body.partition(b"\r\n\r\n")[0] + b"\r\n"
+    if len(headers) > limit:
+        cut = headers.rfind(b"\r\n", 0, limit)
+        headers = headers[: cut + 2] if cut >= 0 else b""
+    return headers, False

@@ -38,6 +38,32 @@ class Reply:
         return f"{self.code} {self.text}"
 
 
+# What is kept of a reply, in octets: a reply line is at most 512 (RFC 5321 4.5.3.1.5), a multi-line
+# reply may be longer; "Diagnostic-Code: smtp; " and this much stay within RFC 5322's 998 a line.
+REPLY_LIMIT = 900
+_LINE_BREAKS = re.compile(r"[\r\n]+")
+# C0, DEL, C1 (NEL among them), the Unicode line and paragraph separators: each ends a line for some reader.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# aiosmtplib decodes with surrogateescape: a byte that was not UTF-8 is a lone surrogate, which a strict UTF-8 encoder refuses.
+_UNDECODED = re.compile(r"[\ud800-\udfff]")
+
+
+def one_line(reply: str, limit: int = REPLY_LIMIT) -> str:
+    """A next hop's reply as it is stored, logged and quoted in a bounce: one line, no control characters, at most `limit` octets.
+
+    The text is the remote's to choose, and aiosmtplib joins a multi-line reply's lines with LF:
+    written as it came, a second line 'Action: delivered' would be a field of our report. Lines are
+    joined with '; ', other control characters and runs of white space become one space.
+    """
+    text = _UNDECODED.sub("\ufffd", reply)
+    lines = (" ".join(_CONTROLS.sub(" ", line).split()) for line in _LINE_BREAKS.split(text))
+    flat = "; ".join(line for line in lines if line)
+    encoded = flat.encode()
+    if len(encoded) <= limit:
+        return flat
+    return encoded[: limit - 3].decode("utf-8", "ignore").rstrip() + "..."
+
+
 class ConnectionFailed(Exception):
     """The next hop could not be reached or dropped us: every recipient of the attempt is deferred."""
 
@@ -158,7 +184,7 @@ class Connection:
         if dsn and message.ret:
             mail_options.append(f"RET={message.ret}")
         if dsn and message.envid:
-            mail_options.append(f"ENVID={_xtext(message.envid)}")
+            mail_options.append(f"ENVID={xtext(message.envid)}")
         encoding = "utf-8" if message.smtputf8 else "ascii"
         replies: dict[str, Reply] = {}
         try:
@@ -173,7 +199,7 @@ class Connection:
                 if dsn and recipient.notify:
                     options.append("NOTIFY=" + ",".join(recipient.notify))
                 if dsn and recipient.orcpt:
-                    options.append(f"ORCPT={_xtext(recipient.orcpt)}")
+                    options.append(f"ORCPT={xtext(recipient.orcpt)}")
                 try:
                     await smtp.rcpt(recipient.address, options=options, encoding=encoding)
                     accepted.append(recipient)
@@ -255,6 +281,11 @@ def dot_stuffed(body: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
-def _xtext(value: str) -> str:
-    """RFC 3461 xtext: '+', '=' and anything outside printable ASCII become '+XX'."""
-    return "".join(c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode()) for c in value)
+def xtext(value: str) -> str:
+    """RFC 3461 xtext: '+', '=' and anything outside printable ASCII become '+XX'.
+
+    Total: a lone surrogate (a byte that was not UTF-8) is escaped too, never an exception.
+    """
+    return "".join(
+        c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in value
+    )

@@ -18,7 +18,7 @@ from fastmta.config import Config, RouteConfig, parse_duration, parse_rate
 from fastmta.delivery import dsn, maildir, retry
 from fastmta.delivery.journal import DeliveryLog
 from fastmta.delivery.mx import DnsFailure, MxResolver
-from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy
+from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy, one_line
 from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
 from fastmta.metrics import DeliveryMetrics
@@ -220,7 +220,8 @@ class Runner:
             outcome = outcomes[recipient.address]
             reply = outcome.reply
             recipient.attempts += 1
-            recipient.last_reply = str(reply)
+            # The record, the delivery log and any bounce quote the reply: flattened once, here, for all three.
+            recipient.last_reply = one_line(str(reply))
             recipient.remote_host = outcome.host
             recipient.updated_at = now
             if reply.accepted:
@@ -232,7 +233,7 @@ class Runner:
                 failed_now.append(recipient)
             elif retry.expired(message.received_at, self.max_age, now):
                 recipient.state = FAILED
-                recipient.last_reply = f"{reply.code} 4.4.7 Gave up after {recipient.attempts} attempts: {reply.text}"
+                recipient.last_reply = one_line(f"{reply.code} 4.4.7 Gave up after {recipient.attempts} attempts: {reply.text}")
                 failed_now.append(recipient)
             else:
                 recipient.state = DEFERRED
@@ -245,8 +246,13 @@ class Runner:
         bounces = []
         hostname = self.config.server.hostname
         bounce_from = self.config.delivery.bounce_from
+        bounce_size_limit = self.config.delivery.bounce_size_limit
         for action, recipients in (("failed", failed_now), ("delayed", delayed_now), *succeeded_now.items()):
-            notice = dsn.build(message, body, recipients, action, hostname, bounce_from, now) if recipients else None
+            notice = (
+                dsn.build(message, body, recipients, action, hostname, bounce_from, now, size_limit=bounce_size_limit)
+                if recipients
+                else None
+            )
             if notice is not None:
                 bounces.append(notice)
         error = await self._record(Settlement(message, self.owner, bounces))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import json
 import smtplib
 import subprocess
@@ -126,6 +127,40 @@ def test_permanent_failure_bounces_to_the_sender(make_server, hop: NextHop) -> N
     assert "Status: 5.1.1" in report and "Diagnostic-Code: smtp; 550 5.1.1 No such user here" in report
     assert "Subject: hello" in report and "Message-ID: <m1@example.com>" in report  # the original's headers
     wait_until(lambda: queue_empty(server))
+    assert server.stop() == 0
+
+
+def test_a_multiline_reply_cannot_add_fields_to_the_bounce(make_server, hop: NextHop) -> None:
+    """The next hop's second line says 'Action: delivered': it stays inside the one Diagnostic-Code."""
+    hop.recorder.rcpt_replies["nobody@example.org"] = "550-5.1.1 No such user here\r\n550 Action: delivered"
+    server = make_server(relay_config(hop.port))
+    send(server, to=("nobody@example.org",))
+    bounce = hop.recorder.wait_for(1)[0]
+    assert bounce.sender == "<>" and bounce.recipients == ["alice@example.com"]
+    report = email.message_from_bytes(bounce.content)
+    text, status, returned = report.get_payload()
+    _, fields = status.get_payload()  # the per-message block, then one per recipient: there is one recipient
+    assert fields.get_all("Action") == ["failed"] and fields.get_all("Status") == ["5.1.1"]
+    assert fields.get_all("Diagnostic-Code") == ["smtp; 550 5.1.1 No such user here; Action: delivered"]
+    assert returned.get_content_type() == "text/rfc822-headers" and not report.defects
+    assert not any(line.startswith(b"Action: delivered") for line in bounce.content.split(b"\r\n"))
+    wait_until(lambda: queue_empty(server))
+    (entry,) = [e for e in journal(server) if e["recipient"] == "nobody@example.org"]
+    assert entry["reply"] == "550 5.1.1 No such user here; Action: delivered"
+    assert server.stop() == 0
+
+
+def test_a_large_message_bounces_with_its_headers_only(make_server, hop: NextHop) -> None:
+    """RET=FULL asks for the whole message; past bounce_size_limit (50000 bytes) it is its headers, as in Postfix."""
+    hop.recorder.rcpt_replies["nobody@example.org"] = "550 5.1.1 No such user here"
+    server = make_server(relay_config(hop.port))
+    large = MESSAGE + (b"0123456789" * 10 + b"\r\n") * 2_000
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.sendmail("alice@example.com", ["nobody@example.org"], large, mail_options=["RET=FULL"])
+    bounce = hop.recorder.wait_for(1)[0]
+    _, _, returned = email.message_from_bytes(bounce.content).get_payload()
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert b"Message-ID: <m1@example.com>" in bounce.content and b"0123456789" not in bounce.content
     assert server.stop() == 0
 
 

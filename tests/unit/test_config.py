@@ -55,6 +55,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[smtp]\ntls_cert = '/nonexistent'\ntls_key = '/nonexistent'\n", "smtp.tls_cert"),
         ("[smtp]\ntls_cert = 'x'\n", "tls_key"),
         ("[delivery]\nretry_schedule = ['soon']\n", "delivery.retry_schedule"),
+        ("[delivery]\nbounce_size_limit = 0\n", "delivery.bounce_size_limit"),
         ("[[routes]]\nmatch = ['*']\nkind = 'maildir'\n", "routes[0].path"),
         ("[[routes]]\nmatch = ['*']\nkind = 'pigeon'\n", "routes"),
     ],
