@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -154,6 +155,23 @@ class FastMTAWithoutMetrics(FastMTA):
     server_settings = ("metrics = false",)
 
 
+class FastMTABaseline(FastMTA):
+    """Another build of fastmta (an earlier commit, say) beside this one, so a change is measured in one run.
+
+    FASTMTA_BASELINE names its `fastmta` command, e.g. a venv made from `git worktree add /tmp/base <commit>`.
+    """
+
+    name = "fastmta-baseline"
+    durability = "fsync before 250 (baseline build)"
+
+    def executable(self) -> str | None:
+        command = os.environ.get("FASTMTA_BASELINE", "")
+        return command if command and Path(command).exists() else None
+
+    def missing(self) -> str | None:
+        return None if self.executable() else "set FASTMTA_BASELINE to the fastmta command of the build to compare with"
+
+
 class Postfix(Target):
     name = "postfix"
     durability = "fsync before 250 (queue file)"
@@ -205,7 +223,7 @@ class SmtpSink(Target):
 
 
 TARGETS: dict[str, Target] = {
-    t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics())
+    t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTABaseline())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")
