@@ -70,7 +70,9 @@ class ClientLimits:
         }
 
     @classmethod
-    def configured(cls, limiter: RateLimiter, config: Config, refused: Callable[[str], None] = lambda limit: None) -> ClientLimits:
+    def configured(
+        cls, limiter: RateLimiter, config: Config, refused: Callable[[str], None] = lambda limit: None
+    ) -> ClientLimits:
         """The limits of [limits] and [smtp]; mynetworks are exempt unless limits.exempt_mynetworks is false."""
         return cls(
             limiter,

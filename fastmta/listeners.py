@@ -34,9 +34,9 @@ class ListenError(Exception):
 def _plan(config: Config) -> list[tuple[str, str]]:
     smtp = config.smtp
     return (
-        [("smtp", a) for a in smtp.listen]
-        + [("submission", a) for a in smtp.submission_listen]
-        + [("smtps", a) for a in smtp.smtps_listen]
+        [("smtp", str(a)) for a in smtp.listen]
+        + [("submission", str(a)) for a in smtp.submission_listen]
+        + [("smtps", str(a)) for a in smtp.smtps_listen]
     )
 
 

@@ -117,7 +117,7 @@ class Tally:
         if not any(self.counts):
             return
         child._sum.inc(self.total)
-        for bucket, count in zip(child._buckets, self.counts):
+        for bucket, count in zip(child._buckets, self.counts, strict=True):
             if count:
                 bucket.inc(count)
         self.counts = [0] * len(self.bounds)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Networks:
-    def __init__(self, cidrs: list[str]) -> None:
+    def __init__(self, cidrs: Iterable[str]) -> None:
         self._networks: tuple[Network, ...] = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
     def __contains__(self, ip: str) -> bool:

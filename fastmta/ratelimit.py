@@ -157,7 +157,7 @@ def _rate_key(kind: str, key: str, index: int) -> bytes:
     return f"{kind}\0{key}\0".encode() + _WINDOW_INDEX.pack(index)
 
 
-def _rate_count(raw: bytes | None) -> int:
+def _rate_count(raw: bytes | memoryview | None) -> int:
     return 0 if raw is None else _RATE.unpack(raw)[0]
 
 
@@ -165,7 +165,7 @@ def _owner_key(pid: int, ip: str) -> bytes:
     return f"{pid}\0{ip}".encode()
 
 
-def _count(raw: bytes | None) -> int:
+def _count(raw: bytes | memoryview | None) -> int:
     return 0 if raw is None else _COUNT.unpack(raw)[0]
 
 

@@ -1,19 +1,20 @@
-"""The compiled SMTP hot path (command lines, DATA scanning, header parsing), or its pure-Python twins if FASTMTA_NO_EXTENSIONS=1."""
+"""The compiled SMTP hot path (command lines, DATA scanning, header parsing), or its twins if FASTMTA_NO_EXTENSIONS=1."""
 
 import os
 
-if os.environ.get("FASTMTA_NO_EXTENSIONS") == "1":
-    from fastmta._ext.data_ref import DataScanner
-    from fastmta._ext.headers_ref import parse_headers
-    from fastmta._ext.lines_ref import split_lines
-
-    COMPILED = False
-else:
+if os.environ.get("FASTMTA_NO_EXTENSIONS") != "1":
     # No fallback on ImportError: a missing build must fail loudly, not run ten times slower.
     from fastmta._ext.data import DataScanner
     from fastmta._ext.headers import parse_headers
     from fastmta._ext.lines import split_lines
 
     COMPILED = True
+else:
+    # The twins have the compiled modules' interface (their .pyi); tests/ext holds them to it.
+    from fastmta._ext.data_ref import DataScanner  # type: ignore[assignment]
+    from fastmta._ext.headers_ref import parse_headers
+    from fastmta._ext.lines_ref import split_lines
+
+    COMPILED = False
 
 __all__ = ["COMPILED", "DataScanner", "parse_headers", "split_lines"]

@@ -1,4 +1,4 @@
-"""Delivery status notifications (RFC 3464; RFC 6533 for SMTPUTF8 mail): the multipart/report that tells a sender what became of its mail.
+"""Delivery status notifications (RFC 3464, RFC 6533 for SMTPUTF8): the report that tells a sender what became of its mail.
 
 Much of what a report says came from elsewhere: a next hop's reply, the sender's ENVID and ORCPT,
 addresses, host names from the config or from DNS, records stored by older versions. Each value
@@ -128,7 +128,8 @@ def build(
         fields = []
         if recipient.orcpt:
             kind, _, orcpt = recipient.orcpt.partition(";")
-            fields.append(_field("Original-Recipient", f"{_as_written(kind.strip(), utf8=False)}; {_as_written(orcpt.strip(), utf8)}"))
+            written = f"{_as_written(kind.strip(), utf8=False)}; {_as_written(orcpt.strip(), utf8)}"
+            fields.append(_field("Original-Recipient", written))
         fields += [
             _field("Final-Recipient", f"{'rfc822' if address.isascii() else 'utf-8'}; {address}"),
             _field("Action", action),

@@ -36,7 +36,9 @@ class DeliveryLog:
         # O_APPEND: lines from several runners interleave whole, never mixed within a line.
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
-    def write(self, message: Message, recipient: Recipient, host: str, seconds: float, route: str = "", source_ip: str = "") -> None:
+    def write(
+        self, message: Message, recipient: Recipient, host: str, seconds: float, route: str = "", source_ip: str = ""
+    ) -> None:
         now = time.time()
         entry = Entry(
             time=now,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 
 import dns.asyncresolver
 import dns.exception
@@ -30,16 +31,16 @@ class DnsFailure(Exception):
 
 
 class MxResolver:
-    def __init__(self, servers: list[str], timeout: float = 10.0) -> None:
+    def __init__(self, servers: Sequence[str], timeout: float = 10.0) -> None:
         self._resolver = dns.asyncresolver.Resolver(configure=not servers)
         if servers:
             self._resolver.nameservers = [
                 dns.nameserver.Do53Nameserver(host, port) for host, port in (parse_hostport(s, 53) for s in servers)
             ]
         self._resolver.lifetime = timeout
-        self._cache: dict[tuple[str, int], tuple[float, list[object]]] = {}
+        self._cache: dict[tuple[str, dns.rdatatype.RdataType], tuple[float, list[object]]] = {}
 
-    async def _query(self, name: str, rdtype: int) -> list[object]:
+    async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[object]:
         """Records of one type; [] when the name exists without them. Raises DnsFailure."""
         key = (name, rdtype)
         cached = self._cache.get(key)
@@ -60,7 +61,7 @@ class MxResolver:
         self._remember(key, min(ttl, _MAX_TTL), records)
         return records
 
-    def _remember(self, key: tuple[str, int], ttl: float, records: list[object]) -> None:
+    def _remember(self, key: tuple[str, dns.rdatatype.RdataType], ttl: float, records: list[object]) -> None:
         now = time.monotonic()
         if len(self._cache) >= _CACHE_ENTRIES:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}

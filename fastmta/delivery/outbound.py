@@ -156,7 +156,9 @@ class Connection:
             if not self.tls and policy.mode != "none":
                 # As Postfix's smtp_sasl_security_options = noplaintext: only a route that says
                 # tls = "none" may send its password unencrypted.
-                raise ConnectionFailed(f"{self.destination.host} offers no working STARTTLS; not sending credentials in clear text")
+                raise ConnectionFailed(
+                    f"{self.destination.host} offers no working STARTTLS; not sending credentials in clear text"
+                )
             await smtp.login(policy.username, policy.password)
 
     @property
@@ -287,5 +289,6 @@ def xtext(value: str) -> str:
     Total: a lone surrogate (a byte that was not UTF-8) is escaped too, never an exception.
     """
     return "".join(
-        c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in value
+        c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in value
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvloop
 
-from fastmta.config import Config, RouteConfig, parse_duration, parse_rate
+from fastmta.config import Config, RouteConfig
 from fastmta.delivery import dsn, maildir, retry
 from fastmta.delivery.journal import DeliveryLog
 from fastmta.delivery.mx import DnsFailure, MxResolver
@@ -71,17 +71,17 @@ class Runner:
         self.scheduler = Scheduler(self.store)
         self.control = DeliveryControl(self.store.env)
         self.router = Router(config.routes)
-        self.resolver = MxResolver(delivery.dns_servers, parse_duration(delivery.connect_timeout))
+        self.resolver = MxResolver(delivery.dns_servers, delivery.connect_timeout)
         self.pools = Pools(self._open)
         self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
         self.journal = DeliveryLog(config.data_dir / "delivery.log", name)
         self.metrics = DeliveryMetrics(name, config.server.metrics)
-        self.retry_schedule = [parse_duration(step) for step in delivery.retry_schedule]
-        self.max_age = parse_duration(delivery.max_age)
-        self.delay_warning = parse_duration(delivery.delay_warning)
-        self.lease_seconds = parse_duration(delivery.lease_time)
-        self.connect_timeout = parse_duration(delivery.connect_timeout)
-        self.command_timeout = parse_duration(delivery.command_timeout)
+        self.retry_schedule: list[float] = list(delivery.retry_schedule)
+        self.max_age = delivery.max_age
+        self.delay_warning = delivery.delay_warning
+        self.lease_seconds = delivery.lease_time
+        self.connect_timeout = delivery.connect_timeout
+        self.command_timeout = delivery.command_timeout
         self._wake = asyncio.Event()
         self._waiter = Waiter(config.data_dir, loop, self._wake)
         self._poker = Poker(config.data_dir)
@@ -197,10 +197,13 @@ class Runner:
                 index, route = found
                 groups[(index, domain if route.kind == "mx" else "")].append(recipient)
         results = await asyncio.gather(
-            *(self._send_group(self.router.routes[index], index, domain, message, group, body) for (index, domain), group in groups.items()),
+            *(
+                self._send_group(self.router.routes[index], index, domain, message, group, body)
+                for (index, domain), group in groups.items()
+            ),
             return_exceptions=True,
         )
-        for ((index, _), group), result in zip(groups.items(), results):
+        for ((index, _), group), result in zip(groups.items(), results, strict=True):
             if isinstance(result, BaseException):
                 # A fault of ours, not of the next hop: try again later rather than leave the lease to expire.
                 log.error("sending %s failed unexpectedly", message.id, exc_info=result)
@@ -282,7 +285,10 @@ class Runner:
         if route.kind == "discard":
             return {r.address: Outcome(_DISCARDED, name) for r in recipients}
         if route.kind == "maildir":
-            return {r.address: Outcome(await self._store_locally(route, r, body), name, success_notice="delivered") for r in recipients}
+            return {
+                r.address: Outcome(await self._store_locally(route, r, body), name, success_notice="delivered")
+                for r in recipients
+            }
         if route.kind == "smarthost":
             candidates = [(route.host, route.host)]
         else:
@@ -296,7 +302,7 @@ class Runner:
         last_error, last_destination = "no mail exchanger tried", None
         for host, address in candidates:
             destination = last_destination = Destination(index, host, route.port, self._source_ip(index, route))
-            pool = self.pools.get(destination, route.max_connections, route.max_messages_per_connection, parse_rate(route.rate))
+            pool = self.pools.get(destination, route.max_connections, route.max_messages_per_connection, route.rate)
             try:
                 async with pool.turn(address) as connection:
                     replies = await connection.send(message, recipients, body)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Settled = Callable[[BaseException | None], None]
 # Stores a batch in one durable transaction. It may return an outcome per item (None: stored),
 # for items it could not take while storing the others; if it raises, none of the batch is stored.
-Write = Callable[[list[Item]], list[BaseException | None] | None]
+Write = Callable[[list[Item]], Sequence[BaseException | None] | None]
 
 
 class GroupCommit(Generic[Item]):
@@ -61,10 +61,10 @@ class GroupCommit(Generic[Item]):
                 outcomes = [exc] * len(items)
             self._loop.call_soon_threadsafe(self._settle, batch, outcomes)
 
-    def _settle(self, batch: list[tuple[Item, Settled]], errors: list[BaseException | None]) -> None:
+    def _settle(self, batch: list[tuple[Item, Settled]], errors: Sequence[BaseException | None]) -> None:
         self.batches += 1
         self.items += len(batch)
-        for (_, settled), error in zip(batch, errors):
+        for (_, settled), error in zip(batch, errors, strict=True):
             settled(error)
         if self._pending:
             self._write_next()

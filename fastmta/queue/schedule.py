@@ -38,7 +38,7 @@ class Scheduler:
         leased: list[Message] = []
         # Looked for under a read transaction first: an idle runner must not take the writer lock from ingress.
         with store.env.begin() as txn:
-            keys = []
+            keys: list[bytes] = []
             for key in txn.cursor(db=store.schedule).iternext(values=False):
                 if key > due_before or len(keys) == limit:
                     break

@@ -160,7 +160,7 @@ class QueueStore:
         txn.delete(key, db=self.messages)
         txn.delete(key, db=self.bodies)
 
-    def _decode(self, key: bytes, raw: bytes) -> Message:
+    def _decode(self, key: bytes, raw: bytes | memoryview) -> Message:
         try:
             return MESSAGE_DECODER.decode(raw)
         except msgspec.DecodeError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 
 from fastmta.smtp import replies as R
 
@@ -70,6 +71,7 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
 
 
+@lru_cache(maxsize=4096)  # a bulk sender sends from one address all day
 def is_mailbox(address: str) -> bool:
     """RFC 5321 §4.1.2 Mailbox: dot-atom or quoted local part, '@', a domain or an IPv4/IPv6 literal."""
     if len(address.encode()) > MAX_PATH - 2:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fastmta.networks import Networks
 
 
 class RelayPolicy:
-    def __init__(self, mynetworks: list[str], relay_domains: list[str]) -> None:
+    def __init__(self, mynetworks: Iterable[str], relay_domains: Iterable[str]) -> None:
         self._networks = Networks(mynetworks)
         exact = {d.lower().lstrip("*.") for d in relay_domains if not d.startswith(("*.", "."))}
         wildcard = {d.lower().lstrip("*.") for d in relay_domains if d.startswith(("*.", "."))}

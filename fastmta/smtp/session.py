@@ -243,8 +243,6 @@ class Session:
         else:
             self._buf = self._buf[self._pos :] + data
         self._pos = 0
-        if self._mode in (_DATA, _BDAT):
-            self._data_bytes += len(data)
         return self._run()
 
     @property
@@ -424,7 +422,7 @@ class Session:
         lines, ends = _ext.split_lines(self._buf, self._pos, self.settings.max_line_length)
         if not lines:
             return
-        for line, end in zip(lines, ends):
+        for line, end in zip(lines, ends, strict=True):
             start, self._pos = self._pos, end
             # Whatever the next line is, its time starts now: a trickle cannot stretch it.
             self._line_started = self._now
@@ -579,7 +577,8 @@ class Session:
         address, raw_params = A.split_path(argument, "FROM:")
         params = mail_parameters(raw_params, self.settings.max_message_size)
         A.check_sender(address, "SMTPUTF8" in params)
-        self._spend("messages", "quota")
+        if self._limits:
+            self._spend("messages", "quota")
         self._sender = address
         self._params = params
         self._out.append(R.SENDER_OK)
@@ -600,7 +599,8 @@ class Session:
                 raise R.RoutingDenied()
         accepted = recipient(address, raw_params)
         A.check_recipient(address, "SMTPUTF8" in self._params)
-        self._spend("recipients")
+        if self._limits:
+            self._spend("recipients")
         self._recipients.append(accepted)
         self._out.append(R.RECIPIENT_OK)
 
@@ -626,6 +626,7 @@ class Session:
         scanner = self._scanner
         assert scanner is not None
         end = scanner.feed(self._buf, self._pos)
+        self._data_bytes += (len(self._buf) if end < 0 else end) - self._pos
         if end < 0:
             self._pos = len(self._buf)
             return
@@ -669,6 +670,7 @@ class Session:
             if self._chunks_size <= self.settings.max_message_size:
                 chunks += self._buf[self._pos : self._pos + take]
         self._pos += take
+        self._data_bytes += take
         self._bdat_remaining -= take
         if self._bdat_remaining == 0:
             self._bdat_chunk_done()

@@ -7,7 +7,7 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -101,7 +101,7 @@ class Worker:
             self.limiter.sweep()
             self.metrics.flush(len(self.connections))
 
-    async def _drain(self, servers: list[asyncio.AbstractServer]) -> None:
+    async def _drain(self, servers: Sequence[asyncio.AbstractServer]) -> None:
         """Stop accepting; idle clients hear 421 now; open transactions get the grace period to finish."""
         for server in servers:
             server.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmta.config import ConfigError, load, parse_duration, parse_hostport
+from fastmta.config import ConfigError, load, parse_duration, parse_hostport, to_toml
 
 
 def test_embedded_default() -> None:
@@ -43,7 +43,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
     assert config.smtp.require_auth is True and config.smtp.max_recipients == 7
     assert config.admin.listen == "127.0.0.1:9100"
     assert config.smtp.mynetworks == ["10.0.0.0/8", "192.0.2.0/24"]
-    assert config.limits.messages_per_hour == 50 and config.delivery.max_age == "2d"
+    assert config.limits.messages_per_hour == 50 and config.delivery.max_age == 2 * 86400
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,36 @@ def test_the_example_config_is_valid(tls_files: tuple[Path, Path], tmp_path: Pat
     environ = {"SMTP_TLS_CERT": str(cert), "SMTP_TLS_KEY": str(key)}
     config = load(example, environ=environ)
     assert config.smtp.listen == ["0.0.0.0:25"] and [r.kind for r in config.routes] == ["mx"]
-    assert config.delivery.delay_warning == "4h" and config.server.metrics is True
+    assert config.delivery.delay_warning == 4 * 3600 and config.server.metrics is True
     everything = tmp_path / "everything.toml"
     everything.write_text(re.sub(r"(?m)^# (?=\[\[|[a-z_]+ = )", "", example.read_text()))
     assert [r.kind for r in load(everything, environ=environ).routes] == ["smarthost", "mx"]
+
+
+def test_typed_values_are_parsed_once_and_errors_name_the_key(tmp_path: Path) -> None:
+    config = load(None, environ={"FASTMTA_DELIVERY_RETRY_SCHEDULE": "30s,2m", "FASTMTA_DELIVERY_LEASE_TIME": "90"})
+    assert config.delivery.retry_schedule == [30, 120] and config.delivery.lease_time == 90
+    for environ, message in (
+        ({"FASTMTA_DELIVERY_MAX_AGE": "5 fortnights"}, "delivery.max_age: not a duration: '5 fortnights'"),
+        ({"FASTMTA_SMTP_PROXY_TRUSTED": "10.0.0.0/8,bad"}, "smtp.proxy_trusted[1]: not a network: 'bad'"),
+        ({"FASTMTA_SMTP_MAX_LINE_LENGTH": "100"}, "smtp.max_line_length: Expected `int` >= 512"),
+        ({"SMTP_PORT": "99999"}, "smtp.listen[0]: port out of range"),
+        ({"FASTMTA_SMTP_MIN_DATA_RATE": "-1"}, "smtp.min_data_rate: Expected `int` >= 0"),
+        ({"FASTMTA_DELIVERY_RETRY_SCHEDULE": ""}, "delivery.retry_schedule: Expected `array` of length >= 1"),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            load(None, environ=environ)
+        assert str(raised.value).startswith(message), raised.value
+    route = tmp_path / "route.toml"
+    route.write_text('[[routes]]\nmatch = ["*"]\nkind = "smarthost"\nhost = "h"\nrate = "10/m"\nsource_ips = ["127.0.0.2"]\n')
+    assert load(route, environ={}).routes[0].rate == pytest.approx(10 / 60)
+    route.write_text('[[routes]]\nmatch = ["*"]\nkind = "smarthost"\nhost = "h"\nsource_ips = ["not-an-ip"]\n')
+    with pytest.raises(ConfigError, match=r"routes\[0\].source_ips\[0\]: not an IP address"):
+        load(route, environ={})
+
+
+def test_check_config_output_loads_back_to_the_same_config(tmp_path: Path) -> None:
+    original = load(None, environ={"FASTMTA_DELIVERY_RETRY_SCHEDULE": "30s,250ms,2h"})
+    written = tmp_path / "effective.toml"
+    written.write_text(to_toml(original))
+    assert load(written, environ={}) == original
