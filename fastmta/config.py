@@ -251,6 +251,8 @@ class AdminConfig(_Section):
     enabled: bool = True
     listen: str = "127.0.0.1:8080"
     basic_auth: bool = True
+    # Clients of the event stream (/api/v1/stats/realtime) at once; the next one gets 503.
+    max_stream_clients: Positive = 64
 
     def __post_init__(self) -> None:
         _check_address("listen", self.listen)

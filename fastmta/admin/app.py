@@ -31,12 +31,13 @@ log = logging.getLogger("fastmta.admin")
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def endpoints() -> list[Endpoint]:
+def endpoints(feed: realtime.Feed | None = None) -> list[Endpoint]:
+    """Every endpoint; `feed` is the event stream's, and a new one does where the endpoints are only described."""
     described = [
         endpoint
-        for module in (health, metrics, stats, realtime, queue, delivery, users, tokens, audit)
+        for module in (health, metrics, stats, queue, delivery, users, tokens, audit)
         for endpoint in module.ENDPOINTS
-    ]
+    ] + realtime.endpoints(feed or realtime.Feed())
     return described + docs.endpoints(described)
 
 
@@ -72,7 +73,7 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     return error_response(error, request)
 
 
-def create_app(config: Config) -> Starlette:
+def create_app(config: Config, feed: realtime.Feed) -> Starlette:
     state = AdminState.open(config)
 
     @asynccontextmanager
@@ -81,7 +82,7 @@ def create_app(config: Config) -> Starlette:
         state.close()
 
     return Starlette(
-        routes=[Route(e.path, route(e, state), methods=[e.method]) for e in endpoints()],
+        routes=[Route(e.path, route(e, state), methods=[e.method]) for e in endpoints(feed)],
         middleware=[Middleware(RequestId)],
         exception_handlers={HTTPException: _routing_error},
         lifespan=lifespan,

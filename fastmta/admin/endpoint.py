@@ -69,6 +69,8 @@ class Endpoint:
     media_type: str = "application/json"  # for handlers that build their own Response
     status: int = 200
     errors: tuple[int, ...] = ()  # besides the 401, 403 and 422 every such endpoint can give
+    # Other statuses answered with the `returns` shape rather than an error, each with what it means.
+    alternatives: tuple[tuple[int, str], ...] = ()
     action: str | None = None  # the audit log's name for this write
 
 

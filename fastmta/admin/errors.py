@@ -58,6 +58,10 @@ class TooManyRequests(ApiError):
     status, code = 429, "RATE_LIMITED"
 
 
+class TooManyStreams(ApiError):
+    status, code = 503, "TOO_MANY_STREAMS"
+
+
 def validation_failed(error: msgspec.ValidationError | msgspec.DecodeError, where: str) -> ValidationFailed:
     """msgspec says '... - at `$.limit`'; the field named there is the one the client must fix."""
     text = str(error)

@@ -18,7 +18,7 @@ _ERROR_TEXT = {
     409: "The resource is not in a state that allows this (RESOURCE_CONFLICT)",
     422: "Invalid input; error.field names it (VALIDATION_ERROR)",
     429: "Too many failed HTTP Basic logins from this address (RATE_LIMITED)",
-    503: "Unhealthy; data.reasons says why",
+    503: "As many clients as [admin] max_stream_clients are on the event stream (TOO_MANY_STREAMS)",
 }
 
 
@@ -77,15 +77,14 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any], components: dict[s
             "required": True,
             "content": {"application/json": {"schema": schema_of[id(endpoint.body)]}},
         }
+    for status, meaning in endpoint.alternatives:
+        operation["responses"][str(status)] = {**_success(endpoint, schema_of), "description": meaning}
     errors = list(endpoint.errors)
     if endpoint.role is not None:
         errors += [401, 403, 429]
     if endpoint.query is not None or endpoint.body is not None:
         errors.append(422)
     for status in sorted(set(errors)):
-        if status == 503:
-            operation["responses"]["503"] = {**_success(endpoint, schema_of), "description": _ERROR_TEXT[503]}
-            continue
         operation["responses"][str(status)] = {
             "description": _ERROR_TEXT[status],
             "content": {"application/json": {"schema": schema_of[id(ErrorEnvelope)]}},

@@ -15,6 +15,7 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server.embed import Server
 
+from fastmta.admin.api.realtime import Feed
 from fastmta.admin.app import create_app
 from fastmta.config import Config, parse_hostport
 
@@ -27,8 +28,9 @@ _GRANIAN_LOGGING = {"loggers": {"_granian": {"handlers": [], "propagate": True}}
 def run(config: Config, name: str) -> int:
     async def main() -> None:
         host, port = parse_hostport(config.admin.listen, 8080)
+        feed = Feed()
         server = Server(
-            create_app(config),
+            create_app(config, feed),
             address=host,
             port=port,
             interface=Interfaces.ASGI,
@@ -37,7 +39,13 @@ def run(config: Config, name: str) -> int:
             log_dictconfig=_GRANIAN_LOGGING,
         )
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, server.stop)
+
+        def stop() -> None:
+            # granian stops once every response has ended; the event streams end only when told.
+            feed.close()
+            server.stop()
+
+        loop.add_signal_handler(signal.SIGTERM, stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         log.info("%s serving http://%s", name, config.admin.listen)
         await server.serve()

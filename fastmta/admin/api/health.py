@@ -57,5 +57,14 @@ def _smtp_workers_alive(data_dir: Path) -> int:
 
 
 ENDPOINTS = [
-    Endpoint("GET", "/health", "Whether this node can take mail", health, "monitoring", role=None, returns=Health, errors=(503,)),
+    Endpoint(
+        "GET",
+        "/health",
+        "Whether this node can take mail",
+        health,
+        "monitoring",
+        role=None,
+        returns=Health,
+        alternatives=((503, "Unhealthy; data.reasons says why"),),
+    ),
 ]

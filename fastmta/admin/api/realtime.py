@@ -1,7 +1,13 @@
-"""GET /api/v1/stats/realtime: Server-Sent Events, one `metrics` event a second."""
+"""GET /api/v1/stats/realtime: Server-Sent Events, one `metrics` event a second, to at most [admin] max_stream_clients.
+
+One reading a second serves every client: a client costs a one-slot queue, not its own snapshot of
+every worker's metrics, and the admin process does the same work for one client or for sixty.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -10,11 +16,17 @@ import anyio
 import anyio.to_thread
 import msgspec
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from fastmta.admin.endpoint import Call, Endpoint
+from fastmta.admin.errors import TooManyStreams
 from fastmta.admin.state import AdminState
 
+log = logging.getLogger("fastmta.admin")
+
 _json = msgspec.json.Encoder()
+# Put in a client's queue to end its stream: when the reading fails, and when the admin process stops.
+_END = b""
 
 
 class RealtimeQuery(msgspec.Struct):
@@ -29,41 +41,129 @@ class RealtimeEvent(msgspec.Struct):
     active_connections: int
 
 
-async def _events(state: AdminState, limit: int | None) -> AsyncIterator[bytes]:
-    previous: tuple[float, float] | None = None
+class Feed:
+    """The clients of the stream and the one task that reads the metrics for them while there are any."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[bytes]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._latest: bytes | None = None
+        self._closed = False
+
+    def join(self, state: AdminState) -> asyncio.Queue[bytes]:
+        limit = state.config.admin.max_stream_clients
+        if len(self._queues) >= limit:
+            raise TooManyStreams(f"{limit} clients are on the event stream, [admin] max_stream_clients; try again later")
+        # One slot: a client that reads slowly gets the newest reading, never a backlog.
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+        if self._closed:
+            queue.put_nowait(_END)
+            return queue
+        if self._latest is not None:
+            queue.put_nowait(self._latest)
+        self._queues.add(queue)
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read(state))
+        return queue
+
+    def leave(self, queue: asyncio.Queue[bytes]) -> None:
+        self._queues.discard(queue)
+        if not self._queues:
+            self._stop_reading()
+
+    def close(self) -> None:
+        """Ends every stream, now and for clients still to come: the server waits for open responses
+        before it stops, and an event stream never ends by itself."""
+        self._closed = True
+        self._offer(_END)
+        self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        self._latest = None
+
+    async def _read(self, state: AdminState) -> None:
+        previous: tuple[float, float] | None = None
+        try:
+            while True:
+                event, previous = await anyio.to_thread.run_sync(_reading, state, previous)
+                self._latest = b"event: metrics\ndata: " + _json.encode(event) + b"\n\n"
+                self._offer(self._latest)
+                await anyio.sleep(1.0)
+        except Exception:
+            log.exception("the event stream's metrics reading failed; its clients are disconnected")
+            self._offer(_END)
+            self._reader = None
+            self._latest = None
+
+    def _offer(self, item: bytes) -> None:
+        for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(item)
+
+
+def _reading(state: AdminState, previous: tuple[float, float] | None) -> tuple[RealtimeEvent, tuple[float, float]]:
+    """The event, and the (time, messages received) the next one measures its rate from; runs in a thread."""
+    snapshot = state.readings.snapshot()
+    now = time.monotonic()
+    received = snapshot.total("smtp_messages_received_total", status="accepted")
+    rate = 0.0 if previous is None else (received - previous[1]) / max(now - previous[0], 1e-6)
+    event = RealtimeEvent(
+        at=round(time.time(), 3),
+        messages_per_second=round(rate, 2),
+        queue_depth=state.store.count(),
+        active_connections=int(snapshot.total("smtp_connections_active")),
+    )
+    return event, (now, received)
+
+
+class _Stream(StreamingResponse):
+    """The stream of one client, which gives up its place in the feed however the response ends."""
+
+    def __init__(self, feed: Feed, queue: asyncio.Queue[bytes], limit: int | None) -> None:
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        super().__init__(_relay(queue, limit), media_type="text/event-stream", headers=headers)
+        self._feed = feed
+        self._queue = queue
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Not in the generator's own finally: a client that leaves while a chunk is being sent
+        # cancels the response outside the generator, which would then be closed only when collected.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._feed.leave(self._queue)
+
+
+async def _relay(queue: asyncio.Queue[bytes], limit: int | None) -> AsyncIterator[bytes]:
     sent = 0
     while limit is None or sent < limit:
-        snapshot = await anyio.to_thread.run_sync(state.readings.snapshot)
-        now = time.monotonic()
-        received = snapshot.total("smtp_messages_received_total", status="accepted")
-        rate = 0.0 if previous is None else (received - previous[1]) / max(now - previous[0], 1e-6)
-        previous = (now, received)
-        event = RealtimeEvent(
-            at=round(time.time(), 3),
-            messages_per_second=round(rate, 2),
-            queue_depth=state.store.count(),
-            active_connections=int(snapshot.total("smtp_connections_active")),
-        )
-        yield b"event: metrics\ndata: " + _json.encode(event) + b"\n\n"
+        event = await queue.get()
+        if event == _END:
+            return
+        yield event
         sent += 1
-        if limit is None or sent < limit:
-            await anyio.sleep(1.0)
 
 
-async def realtime(call: Call) -> Response:
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_events(call.state, call.query.events), media_type="text/event-stream", headers=headers)
+def endpoints(feed: Feed) -> list[Endpoint]:
+    """The stream's endpoint, serving from `feed`: one per admin process."""
 
+    async def realtime(call: Call) -> Response:
+        return _Stream(feed, feed.join(call.state), call.query.events)
 
-ENDPOINTS = [
-    Endpoint(
-        "GET",
-        "/api/v1/stats/realtime",
-        "A `metrics` event every second: messages/s, queue depth, active connections",
-        realtime,
-        "monitoring",
-        query=RealtimeQuery,
-        returns=RealtimeEvent,
-        media_type="text/event-stream",
-    ),
-]
+    return [
+        Endpoint(
+            "GET",
+            "/api/v1/stats/realtime",
+            "A `metrics` event every second: messages/s, queue depth, active connections",
+            realtime,
+            "monitoring",
+            query=RealtimeQuery,
+            returns=RealtimeEvent,
+            media_type="text/event-stream",
+            errors=(503,),
+        ),
+    ]
