@@ -253,6 +253,8 @@ class AdminConfig(_Section):
     basic_auth: bool = True
     # Clients of the event stream (/api/v1/stats/realtime) at once; the next one gets 503.
     max_stream_clients: Positive = 64
+    # A request body larger than this gets 413 before it is read (Content-Length) or while it is (chunked).
+    max_body_bytes: Positive = 1 << 20
 
     def __post_init__(self) -> None:
         _check_address("listen", self.listen)

@@ -1,4 +1,4 @@
-"""The admin ASGI app: every endpoint module's routes, the request id, and the error envelope for the rest.
+"""The admin ASGI app: every endpoint module's routes, the request id, the guard, and the error envelope for the rest.
 
 Starlette supplies routing, requests, responses and streaming; validation, auth and the OpenAPI
 document come from the endpoint declarations (endpoint.py), built on msgspec like the rest of fastmta.
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fastmta.admin.api import audit, delivery, docs, health, metrics, queue, realtime, stats, tokens, users
 from fastmta.admin.endpoint import REQUEST_ID, Endpoint, error_response, route
 from fastmta.admin.errors import ApiError, MethodNotAllowed, NotFound
+from fastmta.admin.guard import Guard
 from fastmta.admin.state import AdminState
 from fastmta.config import Config
 
@@ -83,7 +84,8 @@ def create_app(config: Config, feed: realtime.Feed) -> Starlette:
 
     return Starlette(
         routes=[Route(e.path, route(e, state), methods=[e.method]) for e in endpoints(feed)],
-        middleware=[Middleware(RequestId)],
+        # RequestId outside, so that the guard's own 413 carries the request's id.
+        middleware=[Middleware(RequestId), Middleware(Guard, max_body_bytes=config.admin.max_body_bytes)],
         exception_handlers={HTTPException: _routing_error},
         lifespan=lifespan,
     )

@@ -68,7 +68,7 @@ class Endpoint:
     returns: Any = None  # the type of the response's `data`
     media_type: str = "application/json"  # for handlers that build their own Response
     status: int = 200
-    errors: tuple[int, ...] = ()  # besides the 401, 403 and 422 every such endpoint can give
+    errors: tuple[int, ...] = ()  # besides the 401, 403, 413 and 422 every such endpoint can give
     # Other statuses answered with the `returns` shape rather than an error, each with what it means.
     alternatives: tuple[tuple[int, str], ...] = ()
     action: str | None = None  # the audit log's name for this write

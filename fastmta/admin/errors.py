@@ -54,6 +54,10 @@ class ValidationFailed(ApiError):
     status, code = 422, "VALIDATION_ERROR"
 
 
+class PayloadTooLarge(ApiError):
+    status, code = 413, "PAYLOAD_TOO_LARGE"
+
+
 class TooManyRequests(ApiError):
     status, code = 429, "RATE_LIMITED"
 

@@ -16,6 +16,7 @@ _ERROR_TEXT = {
     403: "The caller's role is too small (INSUFFICIENT_PERMISSIONS)",
     404: "No such resource (RESOURCE_NOT_FOUND)",
     409: "The resource is not in a state that allows this (RESOURCE_CONFLICT)",
+    413: "The body is larger than [admin] max_body_bytes (PAYLOAD_TOO_LARGE)",
     422: "Invalid input; error.field names it (VALIDATION_ERROR)",
     429: "Too many failed HTTP Basic logins from this address (RATE_LIMITED)",
     503: "As many clients as [admin] max_stream_clients are on the event stream (TOO_MANY_STREAMS)",
@@ -84,6 +85,8 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any], components: dict[s
         errors += [401, 403, 429]
     if endpoint.query is not None or endpoint.body is not None:
         errors.append(422)
+    if endpoint.body is not None:
+        errors.append(413)
     for status in sorted(set(errors)):
         operation["responses"][str(status)] = {
             "description": _ERROR_TEXT[status],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 from functools import cache
@@ -29,7 +31,7 @@ def endpoints(described: list[Endpoint]) -> list[Endpoint]:
         return json_response(spec())
 
     async def page_handler(call: Call) -> Response:
-        return HTMLResponse(page())
+        return HTMLResponse(page(), headers={"Content-Security-Policy": _PAGE_POLICY})
 
     own = [
         Endpoint("GET", "/openapi.json", "This API as OpenAPI 3.1", spec_handler, "docs", role=None, media_type="application/json"),
@@ -44,6 +46,11 @@ h2{border-bottom:1px solid #ccc;margin-top:2.5rem} .op{border:1px solid #ddd;bor
 .m{font-weight:bold;display:inline-block;min-width:4.5rem} code,pre{background:#f5f5f5;border-radius:4px}
 pre{padding:.6rem;overflow:auto;font-size:13px} table{border-collapse:collapse} td,th{padding:.2rem .8rem;text-align:left;border-bottom:1px solid #eee}
 """
+# The page's one inline style, allowed by its hash; nothing else may load, run, frame it or be posted from it.
+_PAGE_POLICY = (
+    f"default-src 'none'; style-src 'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 def render(spec: dict[str, Any]) -> str:
