@@ -127,9 +127,33 @@ async def _body(endpoint: Endpoint, request: Request) -> Any:
     if endpoint.body is None:
         return None
     try:
-        return msgspec.json.decode(await request.body(), type=endpoint.body)
+        return _decode(await request.body(), endpoint.body)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise validation_failed(error, "body") from None
+
+
+def _decode(raw: bytes, body_type: type) -> Any:
+    try:
+        return msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as error:
+        # JSON Schema counts 2.0 as an integer, and so may a client where the document says integer,
+        # but msgspec takes only 2. JSON does not tell the two apart, so neither do we: read again
+        # with every whole float as an int (untyped, so too deep a document fails with the first error).
+        try:
+            tree = _whole_as_int(msgspec.json.decode(raw))
+        except RecursionError:
+            raise error from None
+        return msgspec.convert(tree, body_type)
+
+
+def _whole_as_int(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_as_int(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_as_int(item) for item in value]
+    return value
 
 
 async def _audit(state: AdminState, request: Request, principal: Principal, action: str, outcome: Outcome) -> None:

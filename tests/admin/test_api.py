@@ -57,6 +57,9 @@ INVALID = [
     ("POST", "/api/v1/users", {"json": {"username": "dora"}}, "password"),
     ("POST", "/api/v1/users", {"json": {"username": "Not A Name!", "password": "pw"}}, "username"),
     ("POST", "/api/v1/users", {"json": {"username": "dora", "password": "pw", "quota": -1}}, "quota"),
+    # Past what the account record holds: refused, not a 500 when it is stored.
+    ("POST", "/api/v1/users", {"json": {"username": "dora", "password": "pw", "quota": 1 << 64}}, "quota"),
+    ("POST", "/api/v1/users", {"json": {"username": "dora", "password": "pw", "quota": 2.5}}, "quota"),
     ("POST", "/api/v1/users", {"content": b"{not json"}, "body"),
     ("PUT", "/api/v1/users/{username}", {"json": {"enabled": "yes"}}, "enabled"),
     ("PUT", "/api/v1/users/{username}", {"json": {"enabeld": True}}, "enabeld"),
@@ -178,6 +181,15 @@ def test_users_crud_and_basic_auth_for_admin_accounts(admin: Admin) -> None:
     change = next(e for e in audit if e["target"] == "erin")
     assert change["before"]["quota"] == 0 and change["after"]["quota"] == 50 and change["after"]["password_changed"]
     assert "n3w" not in str(change)
+
+
+def test_whole_floats_are_integers(admin: Admin) -> None:
+    # JSON Schema's integers include 5.0, and so does the document's quota.
+    with admin.client("admin") as client:
+        created = client.post("/api/v1/users", json={"username": "gil", "password": "pw", "quota": 5.0})
+        assert created.status_code == 201 and created.json()["data"]["quota"] == 5
+        assert client.put("/api/v1/users/gil", json={"quota": 7.0}).json()["data"]["quota"] == 7
+        assert client.delete("/api/v1/users/gil").status_code == 200
 
 
 def test_tokens_over_the_api_and_the_cli(admin: Admin) -> None:

@@ -13,7 +13,8 @@ from fastmta.admin.errors import Conflict, NotFound, ValidationFailed
 from fastmta.admin.roles import Role
 
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-Quota = Annotated[int, msgspec.Meta(ge=0)]
+# Messages a day; the bound is what an account record (msgpack) can hold.
+Quota = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 
 class UserView(msgspec.Struct):
@@ -28,7 +29,9 @@ class UserView(msgspec.Struct):
 
 
 class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    # accounts' rule for names, in either case (stored lower-case): in the schema, so that clients
+    # and the OpenAPI document know it before they are refused.
+    username: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")]
     password: Password
     admin: bool = False
     quota: Quota = 0
