@@ -56,6 +56,16 @@ Handler = Callable[[Call], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
+class Link:
+    """Where a success leads, as an OpenAPI link: `operation` ("METHOD /path"), its path parameter
+    `parameter` taken from the response body at the JSON pointer `pointer`."""
+
+    operation: str
+    parameter: str
+    pointer: str
+
+
+@dataclass(frozen=True)
 class Endpoint:
     method: str
     path: str
@@ -72,6 +82,7 @@ class Endpoint:
     # Other statuses answered with the `returns` shape rather than an error, each with what it means.
     alternatives: tuple[tuple[int, str], ...] = ()
     action: str | None = None  # the audit log's name for this write
+    links: tuple[Link, ...] = ()  # for clients and stateful tests: what to do with what this made
 
 
 def json_response(content: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

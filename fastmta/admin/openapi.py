@@ -55,7 +55,7 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any], components: dict[s
     operation: dict[str, Any] = {
         "summary": endpoint.summary,
         "tags": [endpoint.tag],
-        "operationId": f"{endpoint.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', endpoint.path.lower()).strip('_')}",
+        "operationId": _operation_id(endpoint.method, endpoint.path),
         "description": f"Needs the {endpoint.role.name} role." if endpoint.role else "No authentication.",
         "security": [{"bearer": []}, {"basic": []}] if endpoint.role else [],
         "responses": {str(endpoint.status): _success(endpoint, schema_of)},
@@ -78,6 +78,12 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any], components: dict[s
             "required": True,
             "content": {"application/json": {"schema": schema_of[id(endpoint.body)]}},
         }
+    targets = [(_operation_id(*link.operation.split(" ", 1)), link) for link in endpoint.links]
+    if targets:
+        operation["responses"][str(endpoint.status)]["links"] = {
+            target: {"operationId": target, "parameters": {link.parameter: f"$response.body#{link.pointer}"}}
+            for target, link in targets
+        }
     for status, meaning in endpoint.alternatives:
         operation["responses"][str(status)] = {**_success(endpoint, schema_of), "description": meaning}
     errors = list(endpoint.errors)
@@ -93,6 +99,10 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any], components: dict[s
             "content": {"application/json": {"schema": schema_of[id(ErrorEnvelope)]}},
         }
     return operation
+
+
+def _operation_id(method: str, path: str) -> str:
+    return f"{method.lower()}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}"
 
 
 def _success(endpoint: Endpoint, schema_of: dict[int, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Annotated
 import anyio.to_thread
 import msgspec
 
-from fastmta.admin.endpoint import Call, Endpoint, Outcome
+from fastmta.admin.endpoint import Call, Endpoint, Link, Outcome
 from fastmta.admin.errors import Conflict, NotFound
 from fastmta.admin.roles import Role, RoleName
 from fastmta.admin.tokens import Token, TokenExists
@@ -57,8 +57,22 @@ async def revoke_token(call: Call) -> Outcome:
 
 
 _ADMIN = Role.admin
+_CREATED = (Link("DELETE /api/v1/tokens/{id}", "id", "/data/info/id"),)
 ENDPOINTS = [
     Endpoint("GET", "/api/v1/tokens", "Every API token (never the secret)", list_tokens, "tokens", role=_ADMIN, returns=list[TokenView]),
-    Endpoint("POST", "/api/v1/tokens", "Create an API token", create_token, "tokens", role=_ADMIN, body=TokenCreate, returns=TokenCreated, status=201, errors=(409,), action="token.create"),
+    Endpoint(
+        "POST",
+        "/api/v1/tokens",
+        "Create an API token",
+        create_token,
+        "tokens",
+        role=_ADMIN,
+        body=TokenCreate,
+        returns=TokenCreated,
+        status=201,
+        errors=(409,),
+        action="token.create",
+        links=_CREATED,
+    ),
     Endpoint("DELETE", "/api/v1/tokens/{id}", "Revoke an API token", revoke_token, "tokens", role=_ADMIN, returns=TokenView, errors=(404,), action="token.revoke"),
 ]

@@ -8,7 +8,7 @@ import anyio.to_thread
 import msgspec
 
 from fastmta.accounts import AccountExists, AccountNotFound, InvalidUsername, User
-from fastmta.admin.endpoint import Call, Endpoint, Outcome
+from fastmta.admin.endpoint import Call, Endpoint, Link, Outcome
 from fastmta.admin.errors import Conflict, NotFound, ValidationFailed
 from fastmta.admin.roles import Role
 
@@ -105,9 +105,26 @@ async def delete_user(call: Call) -> Outcome:
 
 
 _ADMIN = Role.admin
+# What a client can do with the account it created, under the name the response gives (lower-cased).
+_CREATED = tuple(
+    Link(f"{method} /api/v1/users/{{username}}", "username", "/data/username") for method in ("GET", "PUT", "DELETE")
+)
 ENDPOINTS = [
     Endpoint("GET", "/api/v1/users", "Every SMTP account", list_users, "users", role=_ADMIN, returns=list[UserView]),
-    Endpoint("POST", "/api/v1/users", "Create an SMTP account", create_user, "users", role=_ADMIN, body=UserCreate, returns=UserView, status=201, errors=(409,), action="user.create"),
+    Endpoint(
+        "POST",
+        "/api/v1/users",
+        "Create an SMTP account",
+        create_user,
+        "users",
+        role=_ADMIN,
+        body=UserCreate,
+        returns=UserView,
+        status=201,
+        errors=(409,),
+        action="user.create",
+        links=_CREATED,
+    ),
     Endpoint("GET", "/api/v1/users/{username}", "One SMTP account", get_user, "users", role=_ADMIN, returns=UserView, errors=(404,)),
     Endpoint("PUT", "/api/v1/users/{username}", "Change an account's password, flags or quota", update_user, "users", role=_ADMIN, body=UserUpdate, returns=UserView, errors=(404,), action="user.update"),
     Endpoint("DELETE", "/api/v1/users/{username}", "Delete an SMTP account", delete_user, "users", role=_ADMIN, returns=UserView, errors=(404,), action="user.delete"),
