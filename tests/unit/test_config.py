@@ -58,6 +58,8 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[delivery]\nbounce_size_limit = 0\n", "delivery.bounce_size_limit"),
         ("[[routes]]\nmatch = ['*']\nkind = 'maildir'\n", "routes[0].path"),
         ("[[routes]]\nmatch = ['*']\nkind = 'pigeon'\n", "routes"),
+        ("[admin]\nmax_stream_clients = 0\n", "admin.max_stream_clients"),
+        ("[admin]\nmax_body_bytes = -1\n", "admin.max_body_bytes"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, named: str) -> None:
