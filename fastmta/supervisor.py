@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from fastmta import child, children, config as config_module, logs, metrics
+from fastmta import child, children, logs, metrics
+from fastmta import config as config_module
 from fastmta.children import ChildRecord
 from fastmta.config import Config, ConfigError
-from fastmta.listeners import ListenError, ListenerSocket, Listeners
+from fastmta.listeners import ListenError, Listeners, ListenerSocket
 from fastmta.smtp import worker as smtp_worker
 
 log = logging.getLogger("fastmta.supervisor")

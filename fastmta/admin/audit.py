@@ -51,7 +51,9 @@ class AuditLog:
             txn.put(key, _ENCODER.encode(entry))
         return entry
 
-    def newest(self, limit: int, offset: int, actor: str | None = None, action: str | None = None) -> tuple[list[AuditEntry], int]:
+    def newest(
+        self, limit: int, offset: int, actor: str | None = None, action: str | None = None
+    ) -> tuple[list[AuditEntry], int]:
         """A page of entries, newest first, and how many entries match in all."""
         page: list[AuditEntry] = []
         matched = 0

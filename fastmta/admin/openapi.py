@@ -28,7 +28,7 @@ def document(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
     for endpoint in endpoints:
         types += [t for t in (endpoint.query, endpoint.body, endpoint.returns) if t is not None]
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
-    schema_of = {id(t): schema for t, schema in zip(types, schemas)}
+    schema_of = {id(t): schema for t, schema in zip(types, schemas, strict=True)}
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, schema_of, components)

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 from fastmta.accounts import Accounts
 from fastmta.admin.audit import AuditLog
-from fastmta.queue.control import DeliveryControl
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
 from fastmta.config import Config
+from fastmta.limits import ClientLimits
+from fastmta.queue.control import DeliveryControl
 from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker
-from fastmta.limits import ClientLimits
 from fastmta.ratelimit import RateLimiter
 
 

@@ -166,7 +166,7 @@ class SmtpProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             secure = await loop.start_tls(transport, self, context, server_side=True, ssl_handshake_timeout=30)
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             log.info("TLS handshake with %s failed: %s", self.session.client_ip if self.session else "?", exc)
             transport.abort()
             return

@@ -15,13 +15,13 @@ import uvloop
 
 from fastmta.accounts import Accounts
 from fastmta.config import Config
+from fastmta.limits import ClientLimits
 from fastmta.listeners import ListenerSocket
 from fastmta.metrics import SmtpMetrics
 from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import Message
-from fastmta.queue.wakeup import Poker
 from fastmta.queue.store import QueueStore, StoreFullError
-from fastmta.limits import ClientLimits
+from fastmta.queue.wakeup import Poker
 from fastmta.ratelimit import RateLimiter
 from fastmta.smtp.protocol import SmtpProtocol
 from fastmta.smtp.session import SMTPS, Settings

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import anyio.to_thread
 
-from fastmta.queue.control import DeliveryState
 from fastmta.admin.endpoint import Call, Endpoint, Outcome
 from fastmta.admin.roles import Role
+from fastmta.queue.control import DeliveryState
 
 
 async def status(call: Call) -> DeliveryState:

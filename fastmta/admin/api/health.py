@@ -9,10 +9,10 @@ from typing import Literal
 
 import lmdb
 import msgspec
+from starlette.responses import Response
 
 from fastmta import children, processes
 from fastmta.admin.endpoint import Call, Endpoint, json_response
-from starlette.responses import Response
 
 _MIN_FREE_DISK = 0.10
 
