@@ -113,10 +113,11 @@ class Supervisor:
             except ListenError as exc:
                 self.retry_later(spec, str(exc))
                 return
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             self.listeners.close_except(spec.sockets)
-            child.run(spec.name, config, spec.role, *([spec.sockets] if spec.slot is not None else []))
+            child.run(spec.name, config, spec.role, supervisor, *([spec.sockets] if spec.slot is not None else []))
         spec.started_at = time.monotonic()
         spec.since = time.time()
         self.children[pid] = spec
