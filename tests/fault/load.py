@@ -6,6 +6,8 @@ import asyncio
 import os
 import random
 import threading
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -16,6 +18,9 @@ class Load:
     seed: int = 1
     acked: dict[str, bytes] = field(default_factory=dict)
     refused: int = 0
+    refusals: Counter[bytes] = field(default_factory=Counter)  # end-of-data replies other than 250, by code
+    # Asked before each message: while it says no, the client waits (a backlog bound, say).
+    may_send: Callable[[], bool] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -52,6 +57,8 @@ class Load:
                     if not line.startswith(b"250-"):  # a refusal, or the end of the connection
                         raise ConnectionError
                 for _ in range(rng.randint(1, 20)):
+                    while self.may_send is not None and not self.may_send() and not self._stop.is_set():
+                        await asyncio.sleep(0.01)
                     if self._stop.is_set():
                         break
                     sequence += 1
@@ -68,6 +75,7 @@ class Load:
                         raise ConnectionError
                     else:
                         self.refused += 1
+                        self.refusals[reply[:9]] += 1
                 writer.write(b"QUIT\r\n")
             except (ConnectionError, OSError, asyncio.IncompleteReadError):
                 await asyncio.sleep(0.02)
