@@ -90,6 +90,7 @@ class Supervisor:
         self.retiring: set[int] = set()
         self.waiting: list[ChildSpec] = []
         self.stopping = False
+        self.unpublished = False  # children.json is behind (its last write failed)
 
     def specs(self) -> list[ChildSpec]:
         specs = []
@@ -102,8 +103,16 @@ class Supervisor:
         return [ChildSpec(ADMIN, _admin_role)] if self.config.admin.enabled else []
 
     def publish(self) -> None:
+        """Writes children.json; on a full or failing disk it says so once and is tried again each turn."""
         records = [ChildRecord(spec.name, pid, spec.since) for pid, spec in self.children.items()]
-        children.write(self.config.data_dir, records)
+        try:
+            children.write(self.config.data_dir, records)
+        except OSError as exc:
+            if not self.unpublished:
+                log.warning("cannot write %s, will retry: %s", children.FILE_NAME, exc.strerror or exc)
+            self.unpublished = True
+            return
+        self.unpublished = False
 
     def spawn(self, spec: ChildSpec) -> None:
         config = self.config
@@ -247,7 +256,7 @@ class Supervisor:
         log.info("fastmta started: %d smtp workers on %s", len(self.listeners.per_slot), self.listeners.describe())
         notify(f"READY=1\n{self.status()}\nMAINPID={os.getpid()}")
         while True:
-            received = signal.sigtimedwait(_SIGNALS, 0.5 if self.waiting else 5.0)
+            received = signal.sigtimedwait(_SIGNALS, 0.5 if self.waiting or self.unpublished else 5.0)
             signum = received.si_signo if received else None
             if signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("stopping on %s", signal.Signals(signum).name)
@@ -258,6 +267,8 @@ class Supervisor:
                 self.reload()
             self.reap()
             self.restart_due()
+            if self.unpublished:
+                self.publish()
 
 
 def _kill(pid: int, signum: int) -> None:
@@ -279,8 +290,15 @@ def run(config_path: str | None) -> int:
         return 1
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics_directory = metrics.prepare(config.data_dir)
+    supervisor = Supervisor(config, config_path, listeners)
     try:
-        return Supervisor(config, config_path, listeners).run()
+        return supervisor.run()
+    except Exception:
+        # The children would end with us anyway (child.py); stopped first, they drain while their
+        # metrics directory still exists.
+        log.exception("supervisor failed; stopping")
+        supervisor.stop()
+        return 1
     finally:
         # Only the supervisor gets here: children end in os._exit.
         shutil.rmtree(metrics_directory, ignore_errors=True)
