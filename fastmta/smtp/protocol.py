@@ -7,6 +7,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
+import lmdb
+
 from fastmta.accounts import User
 from fastmta.limits import LimitExceeded
 from fastmta.queue.records import Message, new_message_id
@@ -33,6 +35,7 @@ class SmtpProtocol(asyncio.Protocol):
         self._paused = False
         self.session: Session | None = None
         self._committing: Message | None = None
+        self._counted = True  # false when state.lmdb could not count this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -59,8 +62,8 @@ class SmtpProtocol(asyncio.Protocol):
         self._worker.connections.discard(self)
         if self.session is not None:
             unused = self.session.connection_lost()
-            if unused is not None:
-                self._worker.limits.release(self.session.client_ip, unused)
+            if unused is not None and self._counted:
+                self._worker.release(self.session.client_ip, unused)
         self._transport = None
 
     def expire(self, now: float) -> None:
@@ -86,7 +89,7 @@ class SmtpProtocol(asyncio.Protocol):
             if isinstance(action, Admit):
                 step = self._admit(session, action)
             elif isinstance(action, Reserve):
-                step = session.reserved(self._worker.limits.reserve(action.kind, action.key, action.limit))
+                step = session.reserved(self._reserve(action))
             else:
                 break
         if action is None:
@@ -124,7 +127,19 @@ class SmtpProtocol(asyncio.Protocol):
         except LimitExceeded as refusal:
             self._worker.metrics.rejected[refusal.limit] += 1
             return session.admitted(refusal.limit, exempt)
+        except lmdb.Error as exc:
+            # state.lmdb holds no mail: a client is not turned away (or left without a greeting)
+            # because it cannot be counted, on a full disk say; the commit decides about its mail.
+            self._worker.state_failed(exc)
+            self._counted = False
         return session.admitted("", exempt)
+
+    def _reserve(self, request: Reserve) -> int:
+        try:
+            return self._worker.limits.reserve(request.kind, request.key, request.limit)
+        except lmdb.Error as exc:
+            self._worker.state_failed(exc)
+            return 1  # as with admission: uncounted rather than refused or hung
 
     def _committed(self, error: BaseException | None) -> None:
         self._count_commit(error)

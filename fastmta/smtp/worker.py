@@ -7,10 +7,11 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import lmdb
 import uvloop
 
 from fastmta.accounts import Accounts
@@ -40,7 +41,13 @@ class Worker:
         self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
         self.metrics = SmtpMetrics(name, config.server.metrics)
         self.limiter = RateLimiter(config.data_dir / "state.lmdb")
-        self.limiter.forget_dead_processes()
+        # Connections closed while state.lmdb could not be written: given back by the sweep.
+        self._unreleased: list[tuple[str, Mapping[tuple[str, str], int]]] = []
+        self._state_failing = False
+        try:
+            self.limiter.forget_dead_processes()
+        except lmdb.Error as exc:
+            self.state_failed(exc)
         self.accounts = Accounts(self.store.env)
         self.limits = ClientLimits.configured(self.limiter, config, refused=self.metrics.limit_hit)
         self.tls_context: ssl.SSLContext | None = (
@@ -59,6 +66,33 @@ class Worker:
         outcomes = self.store.insert(batch)
         self.wake_runners()
         return outcomes
+
+    def release(self, ip: str, unused: Mapping[tuple[str, str], int]) -> None:
+        """A counted connection closed: its count and what it reserved and did not use go back."""
+        try:
+            self.limits.release(ip, unused)
+        except lmdb.Error as exc:
+            self.state_failed(exc)
+            self._unreleased.append((ip, unused))
+
+    def state_failed(self, error: lmdb.Error) -> None:
+        """state.lmdb cannot be written (a full disk): limits go uncounted meanwhile; said once."""
+        if not self._state_failing:
+            self._state_failing = True
+            log.warning("%s: state.lmdb cannot be written, per-client limits are not counted until it can: %s", self.name, error)
+
+    def _sweep_state(self) -> None:
+        try:
+            while self._unreleased:
+                self.limits.release(*self._unreleased[0])
+                self._unreleased.pop(0)
+            self.limiter.sweep()
+        except lmdb.Error as exc:
+            self.state_failed(exc)
+            return
+        if self._state_failing:
+            self._state_failing = False
+            log.info("%s: state.lmdb can be written again", self.name)
 
     def wake_runners(self) -> None:
         if self._poker is not None:
@@ -98,7 +132,7 @@ class Worker:
                 session = connection.session
                 if session is not None and now >= session.deadline:
                     connection.expire(now)
-            self.limiter.sweep()
+            self._sweep_state()
             self.metrics.flush(len(self.connections))
 
     async def _drain(self, servers: Sequence[asyncio.AbstractServer]) -> None:

@@ -109,6 +109,43 @@ def delivered_intact(hop: NextHop, acked: dict[str, bytes]) -> tuple[int, int]:
     return len(lost), sum(copies[m] - 1 for m in acked if copies[m] > 1)
 
 
+@pytest.mark.slow
+def test_disk_full_during_ingress(make_server, small_disk: Path) -> None:
+    rng = random.Random(seed("disk full during ingress"))
+    hop = NextHop().start()
+    try:
+        # Ingress only for now: the runner comes with a reload once space is back.
+        server = on_disk(make_server, small_disk, relay(hop, runners=0))
+        load = Load(server.port, clients=4, seed=rng.randrange(1 << 30)).start()
+        wait_for(lambda: len(load.acked) >= 100, 30, "100 messages acknowledged")
+        filler = fill(small_disk)
+        wait_for(lambda: load.refusals[STORE_FULL] >= 50, 60, "50 refusals with 452 4.3.1")
+        acked_when_full = len(load.acked)
+        # While full: every refusal is 452 4.3.1, nothing is half-written, every acknowledged message is kept.
+        assert set(load.refusals) == {STORE_FULL}, load.refusals
+        listing = no_corrupt_record(server)
+        assert set(load.acked) <= {entry["id"] for entry in listing}
+        check_store(server, dict(load.acked))
+        refused_when_full = sum(load.refusals.values())
+
+        filler.unlink()
+        resumed = len(load.acked) + 50
+        wait_for(lambda: len(load.acked) >= resumed, 30, "50 more messages acknowledged once space is back")
+        load.stop()
+        reload_with_runner(server)
+        wait_for(lambda: not queued(server), 60, "the queue to drain", every=0.5)
+        lost, duplicates = delivered_intact(hop, load.acked)
+        report(
+            "disk full during ingress", acknowledged_before_refusals=acked_when_full, refused_452=refused_when_full,
+            other_refusals=sum(n for reply, n in load.refusals.items() if reply != STORE_FULL),
+            acknowledged=len(load.acked), lost=lost, duplicates=duplicates, corrupt=0,
+        )
+        assert lost == 0
+        assert server.stop() == 0
+    finally:
+        hop.stop()
+
+
 def test_a_worker_that_dies_while_the_disk_is_full_is_restarted(make_server, small_disk: Path) -> None:
     server = on_disk(make_server, small_disk, {"smtp": {"workers": 2}, "delivery": {"workers": 0}})
     before = server.children()
