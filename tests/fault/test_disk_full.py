@@ -146,6 +146,55 @@ def test_disk_full_during_ingress(make_server, small_disk: Path) -> None:
         hop.stop()
 
 
+@pytest.mark.slow
+def test_disk_full_during_settle(make_server, small_disk: Path) -> None:
+    rng = random.Random(seed("disk full during settle"))
+    hop = NextHop().start()
+    hop.recorder.data_delay = 0.05  # slow enough that a batch is still being sent when the disk fills
+    try:
+        server = on_disk(make_server, small_disk, relay(hop, runners=1))
+        first = Load(server.port, clients=2, seed=rng.randrange(1 << 30)).start()
+        wait_for(lambda: len(first.acked) >= 150, 30, "150 messages acknowledged")
+        first.stop()
+        wait_for(lambda: len(hop.recorder.arrivals) >= 10, 30, "deliveries under way")
+
+        filler = fill(small_disk)
+        full_since = time.monotonic()
+        # Settlements of messages the next hop took cannot be written now.
+        wait_for(lambda: SETTLE_FAILED.search(server.log()), 30, "a settlement that failed for want of space")
+        during = Load(server.port, clients=2, seed=rng.randrange(1 << 30)).start()
+        wait_for(lambda: during.refusals[STORE_FULL] >= 10, 60, "new mail refused with 452 4.3.1 while full")
+        during.stop()
+        assert set(during.refusals) == {STORE_FULL}, during.refusals
+        # And what comes of it while the disk stays full: the message is sent again once its lease
+        # ends, or the runner, unable to take a lease, exits and is restarted.
+        wait_for(
+            lambda: max(arrived(hop.recorder.arrivals).values()) >= 2 or "delivery-0 (pid" in server.log(),
+            30, "a second attempt, or the runner's exit, while full",
+        )
+        no_corrupt_record(server)
+        acked = {**first.acked, **during.acked}
+        sent = set(arrived(hop.recorder.arrivals))
+        check_store(server, {m: body for m, body in acked.items() if m not in sent})
+        full_seconds = time.monotonic() - full_since
+
+        filler.unlink()
+        space_back = time.monotonic()
+        wait_for(lambda: not queued(server), 90, "the queue to drain once space is back", every=0.5)
+        drained_seconds = time.monotonic() - space_back
+        lost, duplicates = delivered_intact(hop, acked)
+        bounces = [a for a in hop.recorder.arrivals if a.sender == ""]
+        report(
+            "disk full during settle", acknowledged=len(acked), refused_452=sum(during.refusals.values()),
+            full_seconds=round(full_seconds, 1), drained_seconds_after_space_back=round(drained_seconds, 1),
+            runner_exits=server.log().count("delivery-0 (pid"), lost=lost, duplicates=duplicates, bounces=len(bounces),
+        )
+        assert lost == 0 and not bounces
+        assert server.stop() == 0
+    finally:
+        hop.stop()
+
+
 def test_a_worker_that_dies_while_the_disk_is_full_is_restarted(make_server, small_disk: Path) -> None:
     server = on_disk(make_server, small_disk, {"smtp": {"workers": 2}, "delivery": {"workers": 0}})
     before = server.children()
