@@ -50,11 +50,12 @@ def gone(pid: int) -> bool:
     return "\nState:\tZ" in status
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory from /proc/<pid>/status: VmRSS, or a part of it (RssAnon leaves out mapped files, LMDB's among them)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
 
 
 def queued(server: Server) -> list[dict[str, Any]]:
