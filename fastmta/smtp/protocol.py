@@ -24,6 +24,10 @@ log = logging.getLogger("fastmta.smtp")
 
 # A client may pipeline ahead while we wait for a commit, but not without bound.
 _MAX_BUFFERED = 1 << 20
+# After the last reply our side ends at once (FIN) and the socket closes when the client's side
+# does, or after this long. Closed at once while unread input waits (a PROXY header, pipelined
+# commands), the socket would make the kernel send a reset that can overtake the reply.
+_LINGER_SECONDS = 2.0
 
 
 class SmtpProtocol(asyncio.Protocol):
@@ -36,6 +40,7 @@ class SmtpProtocol(asyncio.Protocol):
         self.session: Session | None = None
         self._committing: Message | None = None
         self._counted = True  # false when state.lmdb could not count this connection
+        self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -53,6 +58,8 @@ class SmtpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         assert session is not None
+        if session.closed:
+            return  # lingering: read and dropped
         self._apply(session.feed(data, time.monotonic()))
         if session.blocked and session.buffered > _MAX_BUFFERED and self._transport is not None:
             self._transport.pause_reading()
@@ -60,6 +67,8 @@ class SmtpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._worker.connections.discard(self)
+        if self._linger is not None:
+            self._linger.cancel()
         if self.session is not None:
             unused = self.session.connection_lost()
             if unused is not None and self._counted:
@@ -105,7 +114,7 @@ class SmtpProtocol(asyncio.Protocol):
             self._committing = message
             self._worker.committer.submit((message, body), self._committed)
         elif isinstance(action, Close):
-            transport.close()
+            self._close(transport)
         elif isinstance(action, VerifyAuth):
             self._worker.run_blocking(
                 self._worker.accounts.authenticate, (action.username, action.password), self._auth_verified
@@ -118,6 +127,15 @@ class SmtpProtocol(asyncio.Protocol):
             # (CVE-2011-0411); start_tls resumes reading into the TLS layer.
             transport.pause_reading()
             asyncio.ensure_future(self._start_tls())
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        if self._linger is not None or transport.is_closing():
+            return
+        if not transport.can_write_eof():  # TLS
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.abort)
 
     def _admit(self, session: Session, request: Admit) -> Step:
         limits = self._worker.limits

@@ -134,3 +134,29 @@ def test_open_relay_probes_from_outside_are_refused_and_nothing_is_queued(make_s
     assert [client.reply()[:9] for _ in range(4)] == [b"250-mx.te", b"250 2.1.0", b"250 2.1.5", b"250 2.0.0"]
     client.close()
     assert server.stop() == 0
+
+
+def test_a_proxy_header_counts_only_from_proxy_trusted_peers(make_server) -> None:
+    server = make_server(
+        {"smtp": {"proxy_protocol": True, "proxy_trusted": ["127.0.0.1/32"], "relay_domains": [RELAY_DOMAIN]}}
+    )
+    # 127.0.0.2 is not a trusted proxy: refused at once, whatever address it claims.
+    outsider = ProxiedClient(server.port, "127.0.0.1", source="127.0.0.2")
+    assert outsider.reply() == b"421 4.7.0 PROXY header not accepted from this address\r\n"
+    assert outsider.replies.readline() == b""
+    outsider.close()
+    # A trusted proxy that sends no header, or a broken one, gets no session either.
+    for header in (b"EHLO no-header.test\r\n", b"PROXY TCP4 999.0.0.1 127.0.0.1 1 25\r\n", b"PROXY TCP9 a b c d\r\n"):
+        client = ProxiedClient(server.port, "", header=header)
+        assert client.replies.readline() == b"", header
+        client.close()
+    # PROXY UNKNOWN: the client's address is not known, so the proxy's own (127.0.0.1, in mynetworks) is not lent to it.
+    unknown = ProxiedClient(server.port, "", header=b"PROXY UNKNOWN\r\n")
+    assert unknown.reply().startswith(b"220")
+    unknown.send(b"EHLO unknown.test\r\nMAIL FROM:<a@outside.test>\r\nRCPT TO:<user@evil.org>\r\n")
+    assert [unknown.reply()[:9] for _ in range(3)] == [b"250-mx.te", b"250 2.1.0", FOREIGN.encode()]
+    unknown.close()
+    assert queued(server) == []
+    report("proxy header", untrusted_peer="421 4.7.0, closed", no_or_bad_header="closed without a reply",
+           proxy_unknown_relay=FOREIGN)
+    assert server.stop() == 0
