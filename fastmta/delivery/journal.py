@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -28,11 +29,13 @@ class Entry(msgspec.Struct):
 
 
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger("fastmta.delivery")
 
 
 class DeliveryLog:
     def __init__(self, path: Path, runner: str = "") -> None:
         self._runner = runner
+        self.failing = False
         # O_APPEND: lines from several runners interleave whole, never mixed within a line.
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
@@ -55,7 +58,17 @@ class DeliveryLog:
             queued_seconds=round(now - message.received_at, 6),
             runner=self._runner,
         )
-        os.write(self._fd, _encoder.encode(entry) + b"\n")
+        try:
+            os.write(self._fd, _encoder.encode(entry) + b"\n")
+        except OSError as exc:
+            # The queue holds the outcome; a log line lost to a full disk must not lose the attempt too.
+            if not self.failing:
+                log.error("delivery.log cannot be written, entries are lost until it can: %s", exc)
+            self.failing = True
+            return
+        if self.failing:
+            self.failing = False
+            log.info("delivery.log is written again")
 
     def close(self) -> None:
         os.close(self._fd)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import lmdb
 import uvloop
 
 from fastmta.config import Config, RouteConfig
@@ -34,6 +35,9 @@ log = logging.getLogger("fastmta.delivery")
 
 # Without a poke, the schedule is still looked at this often: deferred mail comes due on its own.
 _IDLE_LOOK_SECONDS = 1.0
+# A settlement that could not be stored is tried again after these pauses (doubling).
+_RECORD_RETRY_FIRST = 0.1
+_RECORD_RETRY_MAX = 5.0
 _SWEEP_SECONDS = 5.0
 _NO_ROUTE = Reply(550, "5.4.4 No route is configured for this domain")
 _NO_MAILBOX = Reply(550, "5.1.1 No such mailbox")
@@ -88,6 +92,7 @@ class Runner:
         # Each attempt under way, by the id of the message it sends.
         self._in_flight: dict[asyncio.Task[None], str] = {}
         self._source_turn: dict[int, itertools.cycle[str]] = {}
+        self._store_failing = False
         self.delivered = 0
 
     # ----- the loop ---------------------------------------------------------------------------
@@ -110,8 +115,16 @@ class Runner:
         while not stop.is_set():
             free = self.config.delivery.concurrency - len(self._in_flight)
             limit = min(self.config.delivery.batch_size, free)
-            leased = await asyncio.to_thread(self._look, limit)
+            try:
+                leased = await asyncio.to_thread(self._look, limit)
+            except lmdb.Error as exc:  # a full disk, say: attempts under way go on, new ones wait for space
+                self._store_trouble(exc)
+                leased = []
             for message in leased:
+                if message.id in self._in_flight.values():
+                    # Its lease ran out while its outcome waited to be stored (a full disk): this lease is
+                    # a renewal, not a second attempt.
+                    continue
                 task = asyncio.ensure_future(self._deliver(message))
                 self._in_flight[task] = message.id
                 task.add_done_callback(self._finished)
@@ -119,8 +132,11 @@ class Runner:
                 self._poker.poke()  # there may be more: let a sibling runner help
             if self._in_flight and time.monotonic() - last_renewal > self.lease_seconds / 3:
                 # A slow attempt (a paced or stalled next hop) keeps its messages: nobody else may send them meanwhile.
-                await asyncio.to_thread(self.scheduler.renew, self.owner, list(self._in_flight.values()), self.lease_seconds)
-                last_renewal = time.monotonic()
+                try:
+                    await asyncio.to_thread(self.scheduler.renew, self.owner, list(self._in_flight.values()), self.lease_seconds)
+                    last_renewal = time.monotonic()
+                except lmdb.Error as exc:
+                    self._store_trouble(exc)
             if time.monotonic() - last_sweep > _SWEEP_SECONDS:
                 await self.pools.sweep()
                 last_sweep = time.monotonic()
@@ -134,6 +150,15 @@ class Runner:
         await self._drain()
         flusher.cancel()
         self.metrics.flush()
+
+    def _store_trouble(self, error: BaseException | None) -> None:
+        """queue.lmdb refuses writes (a full disk): said when it starts and when it ends, not per message."""
+        if error is not None and not self._store_failing:
+            self._store_failing = True
+            log.error("%s: queue.lmdb cannot be written, outcomes wait until it can: %s", self.name, error)
+        elif error is None and self._store_failing:
+            self._store_failing = False
+            log.info("%s: queue.lmdb is written again", self.name)
 
     async def _flush_metrics(self) -> None:
         while True:
@@ -216,6 +241,7 @@ class Runner:
         failed_now: list[Recipient] = []
         delayed_now: list[Recipient] = []
         succeeded_now: dict[str, list[Recipient]] = defaultdict(list)
+        logged: list[tuple[Recipient, Outcome]] = []
         message.attempts += 1
         for recipient in message.recipients:
             if recipient.address not in outcomes:
@@ -245,7 +271,7 @@ class Runner:
                 if old_enough and not recipient.delay_notified and dsn.wants_notice(recipient, "delayed"):
                     recipient.delay_notified = True
                     delayed_now.append(recipient)
-            self.journal.write(message, recipient, outcome.host, now - started, outcome.route, outcome.source_ip)
+            logged.append((recipient, outcome))
         bounces = []
         hostname = self.config.server.hostname
         bounce_from = self.config.delivery.bounce_from
@@ -258,10 +284,18 @@ class Runner:
             )
             if notice is not None:
                 bounces.append(notice)
-        error = await self._record(Settlement(message, self.owner, bounces))
-        if error is not None:
-            log.error("could not record the outcome for %s: %s; it will be retried", message.id, error)
-            return
+        settlement = Settlement(message, self.owner, bounces)
+        pause = _RECORD_RETRY_FIRST
+        # The next hop has the mail: until the outcome is stored, this runner keeps the lease (renewing
+        # it) and tries again, rather than let the lease run out and the message be sent twice.
+        while (error := await self._record(settlement)) is not None:
+            self._store_trouble(error)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RECORD_RETRY_MAX)
+        self._store_trouble(None)
+        # Written once the outcome is stored, so the log never tells of one the queue does not hold.
+        for recipient, outcome in logged:
+            self.journal.write(message, recipient, outcome.host, now - started, outcome.route, outcome.source_ip)
         attempted = [r for r in message.recipients if r.address in outcomes]
         for recipient in attempted:
             self.metrics.sent[recipient.state] += 1

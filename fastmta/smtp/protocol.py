@@ -161,8 +161,7 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _committed(self, error: BaseException | None) -> None:
         self._count_commit(error)
-        if error is not None:
-            log.error("commit failed: %s", error)
+        self._worker.commit_outcome(error)
         message = self._committing
         if self.session is not None and not self.session.closed and message is not None:
             self._apply(self.session.committed(message.id, error))

@@ -44,6 +44,7 @@ class Worker:
         # Connections closed while state.lmdb could not be written: given back by the sweep.
         self._unreleased: list[tuple[str, Mapping[tuple[str, str], int]]] = []
         self._state_failing = False
+        self._commit_failing = False
         try:
             self.limiter.forget_dead_processes()
         except lmdb.Error as exc:
@@ -74,6 +75,15 @@ class Worker:
         except lmdb.Error as exc:
             self.state_failed(exc)
             self._unreleased.append((ip, unused))
+
+    def commit_outcome(self, error: BaseException | None) -> None:
+        """A full store refuses every message until space returns: said once when it starts and once when it ends."""
+        if error is not None and not self._commit_failing:
+            self._commit_failing = True
+            log.error("%s: messages cannot be stored, clients are told to try later: %s", self.name, error)
+        elif error is None and self._commit_failing:
+            self._commit_failing = False
+            log.info("%s: messages are stored again", self.name)
 
     def state_failed(self, error: lmdb.Error) -> None:
         """state.lmdb cannot be written (a full disk): limits go uncounted meanwhile; said once."""
