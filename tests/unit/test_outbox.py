@@ -30,7 +30,9 @@ def rejected(stage: str = "rcpt") -> events.Rejected:
 
 @pytest.fixture
 def store(tmp_path: Path) -> QueueStore:
-    return QueueStore(tmp_path, 1 << 24, node="n1")
+    store = QueueStore(tmp_path, 1 << 24, node="n1")
+    store.outbox.register(["history"])
+    return store
 
 
 def types(outbox: Outbox, after: int = 0) -> list[str]:
@@ -70,6 +72,7 @@ def test_a_stored_message_and_the_refusals_that_rode_along(store: QueueStore) ->
 
 def test_no_event_for_a_message_the_store_had_no_room_for(tmp_path: Path) -> None:
     store = QueueStore(tmp_path, 1 << 20, node="n1")
+    store.outbox.register(["history"])
     with pytest.raises(StoreFullError):
         store.insert([(message(), b"x" * (2 << 20))])
     assert store.outbox.read(0, 10) == []
@@ -113,8 +116,14 @@ def test_entries_leave_only_when_every_sink_has_them(store: QueueStore) -> None:
 
 def test_a_new_sink_sees_what_is_still_waiting(store: QueueStore) -> None:
     store.insert([(message(), b"1"), (message(), b"2")])
-    store.outbox.register(["history"])
-    assert store.outbox.cursor("history") == 0 and len(store.outbox.read(0, 10)) == 2
+    store.outbox.register(["history", "webhooks"])
+    assert store.outbox.cursor("webhooks") == 0 and len(store.outbox.read(0, 10)) == 2
+
+
+def test_nothing_is_kept_while_no_sink_is_registered(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 24, node="n1")
+    store.insert([(message(), b"1")], [rejected()])
+    assert store.outbox.pending() == 0 and store.outbox.last_sequence() == 0
 
 
 def test_an_undecodable_entry_is_reported_not_skipped(store: QueueStore) -> None:
