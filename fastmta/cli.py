@@ -38,7 +38,7 @@ def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from fastmta.queue.store import QueueStore
 
     config = _load(args)
-    return QueueStore(config.data_dir, config.server.queue_max_bytes)
+    return QueueStore.opened(config)
 
 
 def _when(timestamp: float) -> str:

@@ -135,6 +135,8 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ServerConfig(_Section):
     hostname: str = ""
+    # Names this node in events (and, later, in metrics and the cluster); the hostname by default.
+    node_id: str = ""
     data_dir: str = "./var"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -372,6 +374,8 @@ def _finish(config: Config) -> Config:
     server = config.server
     if not server.hostname:
         server.hostname = socket.getfqdn() or "localhost"
+    if not server.node_id:
+        server.node_id = server.hostname
     if not config.delivery.bounce_from:
         config.delivery.bounce_from = f"MAILER-DAEMON@{server.hostname}"
     return config

@@ -32,7 +32,7 @@ class AdminState:
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
-        store = QueueStore(config.data_dir, config.server.queue_max_bytes)
+        store = QueueStore.opened(config)
         limiter = RateLimiter(config.data_dir / "state.lmdb")
         return cls(
             config,

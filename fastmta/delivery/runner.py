@@ -22,6 +22,8 @@ from fastmta.delivery.mx import DnsFailure, MxResolver
 from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy, one_line
 from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
+from fastmta.events import records as events
+from fastmta.events.records import Event
 from fastmta.metrics import DeliveryMetrics
 from fastmta.processes import alive
 from fastmta.queue.commit import GroupCommit
@@ -71,7 +73,7 @@ class Runner:
         self.config = config
         self.name = name
         self.owner = f"{name}:{os.getpid()}"
-        self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
+        self.store = QueueStore.opened(config)
         self.scheduler = Scheduler(self.store)
         self.control = DeliveryControl(self.store.env)
         self.router = Router(config.routes)
@@ -242,6 +244,8 @@ class Runner:
         delayed_now: list[Recipient] = []
         succeeded_now: dict[str, list[Recipient]] = defaultdict(list)
         logged: list[tuple[Recipient, Outcome]] = []
+        happened: list[Event] = []
+        node = self.store.node
         message.attempts += 1
         for recipient in message.recipients:
             if recipient.address not in outcomes:
@@ -253,24 +257,27 @@ class Runner:
             recipient.last_reply = one_line(str(reply))
             recipient.remote_host = outcome.host
             recipient.updated_at = now
+            kind: type[events.Attempted]
             if reply.accepted:
-                recipient.state = DELIVERED
+                recipient.state, kind = DELIVERED, events.Delivered
                 if outcome.success_notice and dsn.wants_notice(recipient, outcome.success_notice):
                     succeeded_now[outcome.success_notice].append(recipient)
             elif reply.permanent:
-                recipient.state = FAILED
+                recipient.state, kind = FAILED, events.Failed
                 failed_now.append(recipient)
             elif retry.expired(message.received_at, self.max_age, now):
-                recipient.state = FAILED
+                recipient.state, kind = FAILED, events.Expired
                 recipient.last_reply = one_line(f"{reply.code} 4.4.7 Gave up after {recipient.attempts} attempts: {reply.text}")
                 failed_now.append(recipient)
             else:
-                recipient.state = DEFERRED
+                recipient.state, kind = DEFERRED, events.Deferred
                 recipient.next_attempt = retry.next_attempt(recipient.attempts, self.retry_schedule, now)
                 old_enough = 0 < self.delay_warning <= now - message.received_at
                 if old_enough and not recipient.delay_notified and dsn.wants_notice(recipient, "delayed"):
                     recipient.delay_notified = True
                     delayed_now.append(recipient)
+                    happened.append(events.attempted(events.DelayNotified, message, recipient, node, now, outcome.route))
+            happened.append(events.attempted(kind, message, recipient, node, now, outcome.route))
             logged.append((recipient, outcome))
         bounces = []
         hostname = self.config.server.hostname
@@ -284,7 +291,7 @@ class Runner:
             )
             if notice is not None:
                 bounces.append(notice)
-        settlement = Settlement(message, self.owner, bounces)
+        settlement = Settlement(message, self.owner, bounces, happened)
         pause = _RECORD_RETRY_FIRST
         # The next hop has the mail: until the outcome is stored, this runner keeps the lease (renewing
         # it) and tries again, rather than let the lease run out and the message be sent twice.

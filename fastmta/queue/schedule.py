@@ -14,6 +14,8 @@ from collections.abc import Callable
 import lmdb
 import msgspec
 
+from fastmta.events import records as events
+from fastmta.events.records import Event
 from fastmta.queue.records import ACTIVE, DEFERRED, MESSAGE_ENCODER, QUEUED, SETTLED, Message, Recipient
 from fastmta.queue.store import QueueStore, schedule_key, scheduled_id
 
@@ -24,6 +26,8 @@ class Settlement(msgspec.Struct):
     message: Message
     owner: str
     bounces: list[tuple[Message, bytes]] = msgspec.field(default_factory=list)
+    # What the attempt did, per recipient: stored with the outcome, so they exist exactly when it does.
+    events: list[Event] = msgspec.field(default_factory=list)
 
 
 class Scheduler:
@@ -81,6 +85,7 @@ class Scheduler:
         with store.env.begin(write=True) as txn:
             for settlement in batch:
                 self._settle_one(txn, settlement)
+                store.outbox.append(txn, settlement.events)
                 for bounce, body in settlement.bounces:
                     store.put_new(txn, bounce, body)
 
@@ -188,5 +193,6 @@ class Scheduler:
                     if recipient.state == DEFERRED:
                         recipient.next_attempt = now
                 self._put(txn, message)
+                store.outbox.append(txn, [events.about_message(events.Retried, message.id, store.node)])
                 changed += 1
         return changed

@@ -9,12 +9,15 @@ from __future__ import annotations
 import shutil
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lmdb
 import msgspec
 
+from fastmta.config import Config
+from fastmta.events import records as events
+from fastmta.events.outbox import Outbox
 from fastmta.queue.records import ACTIVE, HELD, MESSAGE_DECODER, MESSAGE_ENCODER, Message
 
 _SCHEDULE_TIME = struct.Struct(">Q")
@@ -77,27 +80,39 @@ def scheduled_id(key: bytes) -> str:
 
 
 class QueueStore:
-    def __init__(self, data_dir: Path, map_size: int) -> None:
+    """Every change it writes appends its events to the outbox in the same transaction; `node` names this node in them."""
+
+    def __init__(self, data_dir: Path, map_size: int, node: str = "") -> None:
+        self.node = node
         self.env = open_env(data_dir / "queue.lmdb", map_size)
         self.messages = self.env.open_db(b"messages")
         self.bodies = self.env.open_db(b"bodies")
         self.schedule = self.env.open_db(b"schedule")
         self.etrn = self.env.open_db(b"etrn")
+        self.outbox = Outbox(self.env)
+
+    @classmethod
+    def opened(cls, config: Config) -> QueueStore:
+        return cls(config.data_dir, config.server.queue_max_bytes, config.server.node_id)
 
     def close(self) -> None:
         self.env.close()
 
-    def insert(self, batch: list[tuple[Message, bytes]]) -> list[StoreFullError | None]:
+    def insert(
+        self, batch: list[tuple[Message, bytes]], session_events: Sequence[events.Event] = ()
+    ) -> list[StoreFullError | None]:
         """Stores messages with their bodies and schedule entries in one durable transaction.
 
         Each message's outcome: None when stored, StoreFullError when it did not fit (and nothing
         of it was written). When the whole batch does not fit, each message goes into a nested
-        transaction of one outer one, so those that fit still share a single fsync.
+        transaction of one outer one, so those that fit still share a single fsync. The sessions'
+        refusals ride along as events.
         """
         try:
             with self.env.begin(write=True) as txn:
                 for message, body in batch:
                     self.put_new(txn, message, body)
+                self.outbox.append(txn, session_events)
             return [None] * len(batch)
         except lmdb.MapFullError:
             if len(batch) == 1:
@@ -114,6 +129,11 @@ class QueueStore:
                         outcomes.append(None)
                     except lmdb.MapFullError:
                         outcomes.append(StoreFullError(_MAP_FULL))
+                try:
+                    with self.env.begin(write=True, parent=txn) as child:
+                        self.outbox.append(child, session_events)
+                except lmdb.MapFullError:
+                    pass  # refusals of a full store: nothing was queued, and there is no room to say so
         except lmdb.MapFullError:  # the commit itself needed pages there were none of: nothing was stored
             raise StoreFullError(_MAP_FULL) from None
         except lmdb.Error as exc:
@@ -140,6 +160,7 @@ class QueueStore:
         txn.put(key, body, db=self.bodies)
         if message.state == ACTIVE:
             txn.put(schedule_key(message.next_attempt, message.id), b"", db=self.schedule)
+        self.outbox.append(txn, [events.received(message, self.node, time.time())])
 
     def read(self, txn: lmdb.Transaction, message_id: str) -> Message | None:
         """The record, or None when it is missing or corrupt (corrupt ones are for `scan` to report)."""
@@ -200,10 +221,12 @@ class QueueStore:
             return ids
 
     def delete(self, message_id: str) -> bool:
+        """An operator's delete; a settled message's removal is the settlement's own."""
         with self.env.begin(write=True) as txn:
             if txn.get(message_id.encode(), db=self.messages) is None:
                 return False
             self.remove(txn, message_id)
+            self.outbox.append(txn, [events.about_message(events.Deleted, message_id, self.node)])
             return True
 
     def set_held(self, message_id: str, held: bool) -> Message | None:
@@ -218,6 +241,7 @@ class QueueStore:
                 return None
             message = self._decode(key, raw)
             txn.delete(schedule_key(message.next_attempt, message_id), db=self.schedule)
+            self.outbox.append(txn, [events.about_message(events.Held if held else events.Released, message_id, self.node)])
             if held:
                 message.state = HELD
             else:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 import lmdb
 
 from fastmta.accounts import User
+from fastmta.events import records as events
 from fastmta.limits import LimitExceeded
 from fastmta.queue.records import Message, new_message_id
 from fastmta.queue.store import EtrnRequest, StoreFullError
@@ -41,6 +42,7 @@ class SmtpProtocol(asyncio.Protocol):
         self._committing: Message | None = None
         self._counted = True  # false when state.lmdb could not count this connection
         self._linger: asyncio.TimerHandle | None = None
+        self._auth_username = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -88,13 +90,15 @@ class SmtpProtocol(asyncio.Protocol):
         # Admission and reservations are answered at once, so they loop here rather than recurse.
         while True:
             out, action = step
+            session = self.session
+            assert session is not None
+            if session.rejections:
+                self._record_rejections(session)
             transport = self._transport
             if transport is None:
                 return
             if out:
                 transport.write(out)
-            session = self.session
-            assert session is not None
             if isinstance(action, Admit):
                 step = self._admit(session, action)
             elif isinstance(action, Reserve):
@@ -116,6 +120,7 @@ class SmtpProtocol(asyncio.Protocol):
         elif isinstance(action, Close):
             self._close(transport)
         elif isinstance(action, VerifyAuth):
+            self._auth_username = action.username
             self._worker.run_blocking(
                 self._worker.accounts.authenticate, (action.username, action.password), self._auth_verified
             )
@@ -177,8 +182,42 @@ class SmtpProtocol(asyncio.Protocol):
         else:
             metrics.received["store_full" if isinstance(error, StoreFullError) else "error"] += 1
 
+    def _record_rejections(self, session: Session) -> None:
+        now = time.time()
+        for rejection in session.rejections:
+            if rejection.stage != "connect":
+                self._worker.metrics.received["rejected"] += 1
+            self._worker.record(
+                events.Rejected(
+                    id=events.new_event_id(now),
+                    at=now,
+                    node=self._worker.store.node,
+                    reply=rejection.reply.decode("utf-8", "replace").rstrip("\r\n"),
+                    stage=rejection.stage,
+                    command=rejection.command,
+                    client_ip=session.client_ip,
+                    helo=session.helo,
+                    sender=rejection.sender,
+                    auth_user=session.auth_user,
+                    listener=session.listener,
+                )
+            )
+        session.rejections.clear()
+
     def _auth_verified(self, result: object) -> None:
         self._worker.metrics.auth["success" if isinstance(result, User) else "failure"] += 1
+        if not isinstance(result, User) and self.session is not None:
+            now = time.time()
+            self._worker.record(
+                events.AuthFailed(
+                    id=events.new_event_id(now),
+                    at=now,
+                    node=self._worker.store.node,
+                    client_ip=self.session.client_ip,
+                    username=self._auth_username,
+                    listener=self.session.listener,
+                )
+            )
         if self.session is not None and not self.session.closed:
             self._apply(self.session.auth_verified(result if isinstance(result, User) else None))
 

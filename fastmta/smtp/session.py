@@ -153,6 +153,15 @@ class Close(NamedTuple):
     """Close the connection once the replies are written."""
 
 
+class Rejection(NamedTuple):
+    """A refusal worth an event: where it happened, what the client heard, what it had sent."""
+
+    stage: str  # connect, mail, rcpt, data
+    reply: bytes
+    command: str  # the refused command line (its first 256 characters), "" at connect or after DATA
+    sender: str  # the transaction's sender, if MAIL was accepted
+
+
 Action = Admit | Reserve | Commit | VerifyAuth | StartTls | RecordEtrn | Close
 Step = tuple[bytes, "Action | None"]
 
@@ -176,6 +185,12 @@ _NOT_ADMITTED = {
     "max_connections": R.TooManyConnections().reply,
     "max_connections_per_ip": R.TooManyFromAddress().reply,
 }
+
+
+# The stages whose refusals are recorded: a message (or a connection) was turned away there.
+_RECORDED_STAGES = frozenset({"mail", "rcpt", "data"})
+_KEPT_COMMAND = 256
+_STAGES = {b"MAIL": "mail", b"RCPT": "rcpt", b"DATA": "data", b"BDAT": "data", b"AUTH": "auth"}
 
 
 class _NeedReservation(Exception):
@@ -217,6 +232,10 @@ class Session:
         self._held: dict[tuple[str, str], int] = {}
         self._exhausted = ""
         self.messages_accepted = 0
+        # Refusals of a connection or a transaction, for the shell to record as events.
+        self.rejections: list[Rejection] = []
+        self._stage = "connect"
+        self._command_line = ""
         self._now = 0.0
         self._started = 0.0
         self._line_started = 0.0
@@ -291,6 +310,7 @@ class Session:
         self._action = None
         self._mode = _COMMAND
         if refused_by:
+            self.rejections.append(Rejection("connect", _NOT_ADMITTED[refused_by], "", ""))
             self._close_with(_NOT_ADMITTED[refused_by])
             return self._flush()
         self._admitted = True
@@ -475,6 +495,8 @@ class Session:
         self._pos = len(self._buf)
 
     def _refuse(self, refusal: SmtpReplyError) -> None:
+        if self._stage in _RECORDED_STAGES:
+            self.rejections.append(Rejection(self._stage, refusal.reply, self._command_line, self._sender or ""))
         self._errors += 1
         if refusal.closes:
             self._close_with(refusal.reply)
@@ -525,6 +547,8 @@ class Session:
         verb, _, argument = line.partition(b" ")
         verb = verb.upper()
         handler = _HANDLERS.get(verb)
+        self._stage = _STAGES.get(verb, "command")
+        self._command_line = line[:_KEPT_COMMAND].decode("utf-8", "replace")
         try:
             if self._draining and self._sender is None and verb != b"QUIT":
                 self._close_with(R.SHUTTING_DOWN)
@@ -633,12 +657,13 @@ class Session:
         self._pos = end
         self._mode = _COMMAND
         self._line_started = self._now
+        self._stage, self._command_line = "data", ""
         if scanner.overflow:
-            self._reset_transaction()
             self._refuse(R.MessageTooBig())
-        elif scanner.bare_eol and self.settings.reject_bare_line_endings:
             self._reset_transaction()
+        elif scanner.bare_eol and self.settings.reject_bare_line_endings:
             self._refuse(R.BareLineEnding())
+            self._reset_transaction()
         else:
             self._finish(scanner.body)
 
@@ -677,18 +702,19 @@ class Session:
 
     def _bdat_chunk_done(self) -> None:
         self._mode = _COMMAND
+        self._stage, self._command_line = "data", ""
         self._line_started = self._now
         if self._bdat_refusal is not None:
             self._refuse(self._bdat_refusal)
         elif self._chunks_size > self.settings.max_message_size:
-            self._reset_transaction()
             self._refuse(R.MessageTooBig())
+            self._reset_transaction()
         elif self._bdat_last:
             assert self._chunks is not None
             body = bytes(self._chunks)
             if self.settings.reject_bare_line_endings and _has_bare_line_ending(body):
-                self._reset_transaction()
                 self._refuse(R.BareLineEnding())
+                self._reset_transaction()
             else:
                 self._finish(body)
         else:
@@ -698,12 +724,12 @@ class Session:
         """The end of a message: its header block checked, then handed out to be committed."""
         headers, headers_size = _ext.parse_headers(body)
         if headers_size > self.settings.max_header_size:
-            self._reset_transaction()
             self._refuse(R.HeaderTooBig())
+            self._reset_transaction()
             return
         if _LONG_HEADER_LINE.search(body, 0, headers_size):
-            self._reset_transaction()
             self._refuse(R.HeaderLineTooLong())
+            self._reset_transaction()
             return
         envelope = Envelope(
             sender=self._sender or "",

@@ -16,6 +16,7 @@ import uvloop
 
 from fastmta.accounts import Accounts
 from fastmta.config import Config
+from fastmta.events.records import Event
 from fastmta.limits import ClientLimits
 from fastmta.listeners import ListenerSocket
 from fastmta.metrics import SmtpMetrics
@@ -31,6 +32,11 @@ from fastmta.smtp.tls import server_context
 log = logging.getLogger("fastmta.smtp")
 
 
+def _ignore(error: BaseException | None) -> None:
+    if error is not None:
+        log.warning("an event of a refused session was not recorded: %s", error)
+
+
 class Worker:
     """Everything the connections of one worker share: stores, limits, settings, the group commit."""
 
@@ -38,7 +44,7 @@ class Worker:
         smtp = config.smtp
         self.config = config
         self.name = name
-        self.store = QueueStore(config.data_dir, config.server.queue_max_bytes)
+        self.store = QueueStore.opened(config)
         self.metrics = SmtpMetrics(name, config.server.metrics)
         self.limiter = RateLimiter(config.data_dir / "state.lmdb")
         # Connections closed while state.lmdb could not be written: given back by the sweep.
@@ -56,17 +62,23 @@ class Worker:
         )
         self.settings = Settings.configured(config, name, tls_available=self.tls_context is not None)
         self._poker = Poker(config.data_dir) if config.delivery.workers else None
-        self.committer: GroupCommit[tuple[Message, bytes]] = GroupCommit(self._insert, loop)
+        self.committer: GroupCommit[tuple[Message, bytes] | Event] = GroupCommit(self._insert, loop)
         self.connections: set[SmtpProtocol] = set()
         self._loop = loop
         # Password hashing takes tens of milliseconds; it must not stall other clients.
         self._blocking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blocking")
 
-    def _insert(self, batch: list[tuple[Message, bytes]]) -> list[StoreFullError | None]:
-        """Runs in the commit thread: store the batch, then wake a delivery runner."""
-        outcomes = self.store.insert(batch)
+    def _insert(self, batch: list[tuple[Message, bytes] | Event]) -> list[StoreFullError | None]:
+        """Runs in the commit thread: store the messages with the sessions' refusal events, then wake a delivery runner."""
+        messages = [item for item in batch if isinstance(item, tuple)]
+        refusals = [item for item in batch if not isinstance(item, tuple)]
+        stored = iter(self.store.insert(messages, refusals))
         self.wake_runners()
-        return outcomes
+        return [next(stored) if isinstance(item, tuple) else None for item in batch]
+
+    def record(self, event: Event) -> None:
+        """An event of the session's (a refusal, a failed login): it rides the next group commit, nobody waits for it."""
+        self.committer.submit(event, _ignore)
 
     def release(self, ip: str, unused: Mapping[tuple[str, str], int]) -> None:
         """A counted connection closed: its count and what it reserved and did not use go back."""

@@ -1,0 +1,99 @@
+"""The outbox in queue.lmdb: events appended inside the transaction of the change they describe, read by the events process.
+
+Entries are keyed by a sequence number kept in the same environment, so the order of keys is the
+order of commits (LMDB has one writer at a time) and a reader that remembers the last number it
+handled never skips a later commit. Each sink keeps such a cursor; an entry is removed once
+every sink's cursor has passed it. With no sink registered (no events process has ever run) there
+is nobody to keep events for, and none are kept.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+import lmdb
+import msgspec
+
+from fastmta.events.records import EVENT_DECODER, EVENT_ENCODER, AnyEvent, Event
+
+_SEQUENCE = struct.Struct(">Q")
+_NEXT = b"next"
+
+
+class Outbox:
+    """Opened on a process's own queue.lmdb environment; append() runs inside the caller's write transaction."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self._entries = env.open_db(b"outbox")
+        self._meta = env.open_db(b"outbox_meta")  # the next sequence number
+        self._cursors = env.open_db(b"outbox_cursors")  # sink name -> last sequence number it has
+
+    def append(self, txn: lmdb.Transaction, events: Iterable[Event]) -> None:
+        if not txn.stat(self._cursors)["entries"]:
+            return
+        raw = txn.get(_NEXT, db=self._meta)
+        sequence = 1 if raw is None else _SEQUENCE.unpack(raw)[0]
+        for event in events:
+            txn.put(_SEQUENCE.pack(sequence), EVENT_ENCODER.encode(event), db=self._entries, append=True)
+            sequence += 1
+        txn.put(_NEXT, _SEQUENCE.pack(sequence), db=self._meta)
+
+    def read(self, after: int, limit: int) -> list[tuple[int, AnyEvent | None]]:
+        """Up to `limit` entries past `after`, in commit order; an entry that cannot be decoded comes as None."""
+        found: list[tuple[int, AnyEvent | None]] = []
+        with self.env.begin(db=self._entries) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(_SEQUENCE.pack(after + 1)):
+                return found
+            for key, raw in cursor:
+                try:
+                    event: AnyEvent | None = EVENT_DECODER.decode(raw)
+                except msgspec.DecodeError:
+                    event = None
+                found.append((_SEQUENCE.unpack(key)[0], event))
+                if len(found) == limit:
+                    break
+        return found
+
+    def cursor(self, sink: str) -> int:
+        with self.env.begin(db=self._cursors) as txn:
+            raw = txn.get(sink.encode())
+            return 0 if raw is None else _SEQUENCE.unpack(raw)[0]
+
+    def advance(self, sink: str, sequence: int) -> None:
+        """`sink` has every entry up to `sequence`; entries every sink has are removed in the same transaction."""
+        with self.env.begin(write=True) as txn:
+            txn.put(sink.encode(), _SEQUENCE.pack(sequence), db=self._cursors)
+            cursors = [_SEQUENCE.unpack(raw)[0] for _, raw in txn.cursor(db=self._cursors)]
+            done = min(cursors)
+            entries = txn.cursor(db=self._entries)
+            while entries.first() and _SEQUENCE.unpack(entries.key())[0] <= done:
+                entries.delete()
+
+    def register(self, sinks: Iterable[str]) -> None:
+        """The sinks that must see every entry still here; a sink no longer named stops holding entries back."""
+        names = {sink.encode() for sink in sinks}
+        with self.env.begin(write=True) as txn:
+            entries = txn.cursor(db=self._entries)
+            if entries.first():
+                start = _SEQUENCE.unpack(entries.key())[0] - 1
+            else:
+                raw = txn.get(_NEXT, db=self._meta)
+                start = 0 if raw is None else _SEQUENCE.unpack(raw)[0] - 1
+            cursor = txn.cursor(db=self._cursors)
+            for key in [key for key, _ in cursor if key not in names]:
+                txn.delete(key, db=self._cursors)
+            for name in names:
+                if txn.get(name, db=self._cursors) is None:
+                    txn.put(name, _SEQUENCE.pack(start), db=self._cursors)
+
+    def pending(self) -> int:
+        with self.env.begin(db=self._entries) as txn:
+            return int(txn.stat(self._entries)["entries"])
+
+    def last_sequence(self) -> int:
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(_NEXT)
+            return 0 if raw is None else _SEQUENCE.unpack(raw)[0] - 1

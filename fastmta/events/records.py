@@ -1,0 +1,185 @@
+"""Events: every change of a message's life as the outbox stores it and the sinks receive it, with their ids.
+
+An event is written in the same LMDB transaction as the change it describes, so it exists exactly
+when the change does. Events follow the evolution rules of queue records (queue/records.py): a
+field is never renamed, removed or retyped; a new field goes last with a default; decoding ignores
+unknown fields; a new event type is a new tag, and a reader that does not know a tag skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import msgspec
+
+from fastmta.queue.records import Message, Recipient
+
+
+class Event(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
+    """What every event carries. `id` is unique across restarts and nodes; receivers deduplicate on it."""
+
+    id: str
+    at: float
+    node: str
+    message_id: str = ""
+    recipient: str = ""
+
+
+class Received(Event, tag="received"):
+    """A message entered the queue: from a client, or a notice (bounce, delay, success) we generated."""
+
+    sender: str
+    recipients: list[str]
+    size: int
+    client_ip: str = ""
+    helo: str = ""
+    auth_user: str = ""
+    listener: str = ""
+    tls: str = ""
+    header_message_id: str = ""
+    header_from: str = ""
+    header_to: str = ""
+    subject: str = ""
+    workspace_id: str = ""
+    campaign_id: str = ""
+    user_id: str = ""
+    priority: str = ""
+
+
+class Attempted(Event, kw_only=True):
+    """The outcome of a delivery attempt for one recipient."""
+
+    reply: str = ""
+    remote_host: str = ""
+    attempts: int = 0
+    route: str = ""
+
+
+class Delivered(Attempted, tag="delivered"):
+    pass
+
+
+class Deferred(Attempted, tag="deferred"):
+    next_attempt: float = 0.0
+
+
+class Failed(Attempted, tag="failed"):
+    """A permanent failure; the sender is sent a bounce unless it asked for none."""
+
+
+class Expired(Attempted, tag="expired"):
+    """Deferred past [delivery] max_age: a failure too."""
+
+
+class DelayNotified(Attempted, tag="delay_notified"):
+    """The sender was told the mail is still deferred (NOTIFY=DELAY)."""
+
+
+class Deleted(Event, tag="deleted"):
+    pass
+
+
+class Held(Event, tag="held"):
+    pass
+
+
+class Released(Event, tag="released"):
+    pass
+
+
+class Retried(Event, tag="retried"):
+    """Deferred mail made due now by an operator (retry, flush) or by ETRN."""
+
+
+class Rejected(Event, tag="rejected"):
+    """A refusal during the SMTP session: nothing was queued. `stage` is the command refused."""
+
+    reply: str
+    stage: str  # connect, mail, rcpt, data
+    command: str = ""
+    client_ip: str = ""
+    helo: str = ""
+    sender: str = ""
+    auth_user: str = ""
+    listener: str = ""
+
+
+class AuthFailed(Event, tag="auth_failed"):
+    """Wrong SMTP AUTH credentials."""
+
+    client_ip: str
+    username: str
+    listener: str = ""
+
+
+AnyEvent = (
+    Received | Delivered | Deferred | Failed | Expired | DelayNotified | Deleted | Held | Released | Retried | Rejected
+    | AuthFailed
+)
+
+EVENT_ENCODER = msgspec.msgpack.Encoder()
+EVENT_DECODER = msgspec.msgpack.Decoder(AnyEvent)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_event_id(now: float | None = None) -> str:
+    """A ULID: 48 bits of milliseconds, then 80 random bits, in 26 Crockford base32 characters.
+
+    Random bits rather than a node or process number: ids stay unique across nodes, restarts and
+    forks without any of them being configured, and still sort by time.
+    """
+    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = millis << 80 | int.from_bytes(os.urandom(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def received(message: Message, node: str, now: float) -> Received:
+    return Received(
+        id=new_event_id(now),
+        at=now,
+        node=node,
+        message_id=message.id,
+        sender=message.sender,
+        recipients=[r.address for r in message.recipients],
+        size=message.size,
+        client_ip=message.client_ip,
+        helo=message.helo,
+        auth_user=message.auth_user,
+        listener=message.listener,
+        tls=message.tls,
+        header_message_id=message.message_id,
+        header_from=message.header_from,
+        header_to=message.header_to,
+        subject=message.subject,
+        workspace_id=message.workspace_id,
+        campaign_id=message.campaign_id,
+        user_id=message.user_id,
+        priority=message.priority,
+    )
+
+
+def about_message(kind: type[Deleted | Held | Released | Retried], message_id: str, node: str) -> Event:
+    """An operator's (or ETRN's) action on a message, now."""
+    now = time.time()
+    return kind(id=new_event_id(now), at=now, node=node, message_id=message_id)
+
+
+def attempted(
+    kind: type[Attempted], message: Message, recipient: Recipient, node: str, now: float, route: str = ""
+) -> Attempted:
+    event = kind(
+        id=new_event_id(now),
+        at=now,
+        node=node,
+        message_id=message.id,
+        recipient=recipient.address,
+        reply=recipient.last_reply,
+        remote_host=recipient.remote_host,
+        attempts=recipient.attempts,
+        route=route,
+    )
+    if isinstance(event, Deferred):
+        event.next_attempt = recipient.next_attempt
+    return event

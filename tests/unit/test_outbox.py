@@ -1,0 +1,142 @@
+"""The outbox: events written in the transaction of their change, read in commit order, kept until every sink has them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from fastmta.events import records as events
+from fastmta.events.outbox import Outbox
+from fastmta.events.records import EVENT_DECODER, EVENT_ENCODER
+from fastmta.queue.records import DEFERRED, Message, Recipient, new_message_id
+from fastmta.queue.schedule import Scheduler, Settlement
+from fastmta.queue.store import QueueStore, StoreFullError
+
+
+def message(recipients: tuple[str, ...] = ("b@example.org",)) -> Message:
+    now = time.time()
+    return Message(
+        id=new_message_id(now), sender="a@example.com", recipients=[Recipient(address=r) for r in recipients],
+        received_at=now, size=10, next_attempt=now, subject="hi", campaign_id="c1",
+    )  # fmt: skip
+
+
+def rejected(stage: str = "rcpt") -> events.Rejected:
+    return events.Rejected(id=events.new_event_id(), at=time.time(), node="n1", reply="554 5.7.1 Relay access denied", stage=stage)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> QueueStore:
+    store = QueueStore(tmp_path, 1 << 24, node="n1")
+    store.outbox.register(["history"])
+    return store
+
+
+def types(outbox: Outbox, after: int = 0) -> list[str]:
+    return [type(event).__name__ for _, event in outbox.read(after, 1000)]
+
+
+def test_every_kind_of_event_round_trips_through_msgpack() -> None:
+    m = message()
+    for event in (
+        events.received(m, "n1", 1.0),
+        events.attempted(events.Deferred, m, m.recipients[0], "n1", 2.0, "0:mx"),
+        events.about_message(events.Held, m.id, "n1"),
+        rejected(),
+        events.AuthFailed(id=events.new_event_id(), at=3.0, node="n1", client_ip="192.0.2.1", username="u"),
+    ):
+        assert EVENT_DECODER.decode(EVENT_ENCODER.encode(event)) == event
+
+
+def test_event_ids_are_unique_and_sort_by_time() -> None:
+    ids = [events.new_event_id(1000.0 + n / 1000) for n in range(2000)]
+    assert len(set(ids)) == len(ids) and all(len(i) == 26 for i in ids)
+    assert ids[0] < ids[-1] and [i[:10] for i in ids] == sorted(i[:10] for i in ids)
+
+
+def test_a_stored_message_and_the_refusals_that_rode_along(store: QueueStore) -> None:
+    arrived = message()
+    assert store.insert([(arrived, b"body")], [rejected(), rejected("mail")]) == [None]
+    found = store.outbox.read(0, 10)
+    assert [type(e).__name__ for _, e in found] == ["Received", "Rejected", "Rejected"]
+    assert [seq for seq, _ in found] == [1, 2, 3]
+    first = found[0][1]
+    assert isinstance(first, events.Received)
+    assert (first.message_id, first.sender, first.recipients, first.subject, first.campaign_id, first.node) == (
+        arrived.id, "a@example.com", ["b@example.org"], "hi", "c1", "n1",
+    )  # fmt: skip
+
+
+def test_no_event_for_a_message_the_store_had_no_room_for(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 20, node="n1")
+    store.outbox.register(["history"])
+    with pytest.raises(StoreFullError):
+        store.insert([(message(), b"x" * (2 << 20))])
+    assert store.outbox.read(0, 10) == []
+
+
+def test_operator_actions_and_settlements_write_their_events(store: QueueStore) -> None:
+    scheduler = Scheduler(store)
+    queued = message(("b@example.org", "c@example.org"))
+    store.insert([(queued, b"body")])
+    (leased,) = scheduler.lease("runner", 10, 60)
+    first, second = leased.recipients
+    first.state, first.last_reply, first.attempts = "delivered", "250 2.0.0 Ok", 1
+    second.state, second.last_reply, second.attempts = DEFERRED, "451 4.3.0 Try later", 1
+    second.next_attempt = time.time() + 600
+    happened = [events.attempted(kind, leased, r, "n1", time.time()) for kind, r in ((events.Delivered, first), (events.Deferred, second))]
+    scheduler.settle([Settlement(leased, "runner", events=happened)])
+    assert scheduler.make_due([queued.id]) == 1
+    store.set_held(queued.id, True)
+    store.set_held(queued.id, False)
+    store.delete(queued.id)
+    assert types(store.outbox) == ["Received", "Delivered", "Deferred", "Retried", "Held", "Released", "Deleted"]
+    _, deferred = store.outbox.read(2, 1)[0]
+    assert isinstance(deferred, events.Deferred) and deferred.recipient == "c@example.org" and deferred.reply == "451 4.3.0 Try later"
+
+
+def test_entries_leave_only_when_every_sink_has_them(store: QueueStore) -> None:
+    outbox = store.outbox
+    outbox.register(["history", "webhooks"])
+    store.insert([(message(), b"1"), (message(), b"2"), (message(), b"3")])
+    outbox.advance("history", 3)
+    assert outbox.pending() == 3
+    outbox.advance("webhooks", 2)
+    assert outbox.pending() == 1 and [seq for seq, _ in outbox.read(0, 10)] == [3]
+    assert outbox.cursor("history") == 3 and outbox.cursor("webhooks") == 2
+    outbox.register(["history"])  # a sink no longer configured holds nothing back
+    outbox.advance("history", 3)
+    assert outbox.pending() == 0
+    store.insert([(message(), b"4")])
+    assert [seq for seq, _ in outbox.read(outbox.cursor("history"), 10)] == [4]  # numbers never start over
+
+
+def test_a_new_sink_sees_what_is_still_waiting(store: QueueStore) -> None:
+    store.insert([(message(), b"1"), (message(), b"2")])
+    store.outbox.register(["history", "webhooks"])
+    assert store.outbox.cursor("webhooks") == 0 and len(store.outbox.read(0, 10)) == 2
+
+
+def test_nothing_is_kept_while_no_sink_is_registered(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 24, node="n1")
+    store.insert([(message(), b"1")], [rejected()])
+    assert store.outbox.pending() == 0 and store.outbox.last_sequence() == 0
+
+
+def test_an_undecodable_entry_is_reported_not_skipped(store: QueueStore) -> None:
+    store.insert([(message(), b"1")])
+    entries = store.env.open_db(b"outbox")
+    with store.env.begin(write=True) as txn:
+        txn.put((2).to_bytes(8, "big"), b"\xc1not msgpack", db=entries)
+    assert [(seq, event is None) for seq, event in store.outbox.read(0, 10)] == [(1, False), (2, True)]
+
+
+def test_an_aborted_transaction_leaves_no_event(store: QueueStore) -> None:
+    with pytest.raises(RuntimeError), store.env.begin(write=True) as txn:
+        store.put_new(txn, message(), b"body")
+        raise RuntimeError("the change did not commit")
+    assert store.outbox.read(0, 10) == [] and store.count() == 0
+    assert isinstance(store.env, lmdb.Environment)
