@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(table + "".join(f"\n- {line}" for line in skipped) + "\n")
     title = f"{client.name}, {args.sessions} sessions, median of {args.rounds} rounds"
+    if not rows:
+        print("nothing was measured: no chart", file=sys.stderr)
+        return 1
     chart(rows, out / "results.png", title)
     if args.chart:
         chart(rows, args.chart, title)

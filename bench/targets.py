@@ -158,18 +158,18 @@ class FastMTAWithoutMetrics(FastMTA):
 class FastMTABaseline(FastMTA):
     """Another build of fastmta (an earlier commit, say) beside this one, so a change is measured in one run.
 
-    FASTMTA_BASELINE names its `fastmta` command, e.g. a venv made from `git worktree add /tmp/base <commit>`.
+    BASELINE_FASTMTA names its `fastmta` command, e.g. a venv made from `git worktree add /tmp/base <commit>`.
     """
 
     name = "fastmta-baseline"
     durability = "fsync before 250 (baseline build)"
 
     def executable(self) -> str | None:
-        command = os.environ.get("FASTMTA_BASELINE", "")
+        command = os.environ.get("BASELINE_FASTMTA", "")
         return command if command and Path(command).exists() else None
 
     def missing(self) -> str | None:
-        return None if self.executable() else "set FASTMTA_BASELINE to the fastmta command of the build to compare with"
+        return None if self.executable() else "set BASELINE_FASTMTA to the fastmta command of the build to compare with"
 
 
 class Postfix(Target):
