@@ -1,0 +1,56 @@
+"""What fuzzing (tests/fuzz) found, each with the input that showed it; one block per fuzz target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastmta.config import ConfigError, load
+
+# ----- config: only ConfigError escapes load() ------------------------------------------------------
+
+
+def test_smtp_health_port_with_a_malformed_admin_listen_is_a_config_error(tmp_path: Path) -> None:
+    """Found by the config target: parse_hostport's ValueError escaped."""
+    path = tmp_path / "c.toml"
+    path.write_text('[admin]\nlisten = "[::1]:808(0"\n')
+    with pytest.raises(ConfigError, match=r"admin.listen: bad port"):
+        load(path, environ={"SMTP_HEALTH_PORT": "9100"})
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "named"),
+    [
+        ("smtp = 1\n", {"SMTP_PORT": "2600"}, "smtp: Expected a table"),
+        ("admin = []\n", {"SMTP_HEALTH_PORT": "9100"}, "admin: Expected a table"),
+        ('server = "x"\n', {"SMTP_HOSTNAME": "mx.example"}, "server: Expected a table"),
+        ("smtp = 1\n", {"SMTP_ENABLE_TLS": "no"}, "smtp: Expected a table"),
+        ("[smtp]\nlisten = [25]\n", {"SMTP_HOST": "::1"}, "smtp.listen: Expected `str`"),
+        ("[admin]\nlisten = 8080\n", {"SMTP_HEALTH_PORT": "9100"}, "admin.listen: Expected `str`"),
+    ],
+)
+def test_a_variable_overriding_a_key_of_a_malformed_section_is_a_config_error(
+    tmp_path: Path, text: str, environ: dict[str, str], named: str
+) -> None:
+    """Found reviewing the config target's first crash: the same code assumed every section a table."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named):
+        load(path, environ=environ)
+
+
+def test_deeply_nested_toml_is_a_config_error(tmp_path: Path) -> None:
+    """tomllib recurses once per nesting level and has no limit of its own: RecursionError escaped."""
+    path = tmp_path / "c.toml"
+    path.write_text("a = " + "[" * 5000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load(path, environ={})
+
+
+def test_a_certificate_path_the_system_cannot_look_up_is_a_config_error(tmp_path: Path) -> None:
+    """Path.is_file() lets ENAMETOOLONG (and EACCES) through as OSError."""
+    path = tmp_path / "c.toml"
+    path.write_text(f'[smtp]\ntls_cert = "{"a" * 300}"\ntls_key = "k"\n')
+    with pytest.raises(ConfigError, match="smtp.tls_cert: File name too long"):
+        load(path, environ={})
