@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fastmta.config import ConfigError, load
+from fastmta.smtp.address import is_mailbox
 
 # ----- config: only ConfigError escapes load() ------------------------------------------------------
 
@@ -54,3 +55,19 @@ def test_a_certificate_path_the_system_cannot_look_up_is_a_config_error(tmp_path
     path.write_text(f'[smtp]\ntls_cert = "{"a" * 300}"\ntls_key = "k"\n')
     with pytest.raises(ConfigError, match="smtp.tls_cert: File name too long"):
         load(path, environ={})
+
+
+# ----- address: is_mailbox() accepts no control character --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    ['"q\ufffdotedl\\"t"@[IPv6:9::%IPV6\x01\x00\x00\x00\x00\x00\x00#1[]', "a@[IPv6:fe80::1%eth0]", "a@[IPv6:::1%]]"],
+)
+def test_an_ipv6_address_literal_has_no_zone(address: str) -> None:
+    """Found by the address target: ipaddress accepts "%" and any text after it as an IPv6 scope."""
+    assert not is_mailbox(address)
+
+
+def test_ipv6_address_literals_without_a_zone_stay_mailboxes() -> None:
+    assert is_mailbox("a@[IPv6:2001:db8::1]") and is_mailbox("a@[IPv6:::ffff:192.0.2.1]")
