@@ -8,6 +8,7 @@ import pytest
 
 from fastmta.config import ConfigError, load
 from fastmta.smtp.address import is_mailbox
+from fastmta.smtp.proxy import ProxyError, parse_proxy_header
 
 # ----- config: only ConfigError escapes load() ------------------------------------------------------
 
@@ -71,3 +72,14 @@ def test_an_ipv6_address_literal_has_no_zone(address: str) -> None:
 
 def test_ipv6_address_literals_without_a_zone_stay_mailboxes() -> None:
     assert is_mailbox("a@[IPv6:2001:db8::1]") and is_mailbox("a@[IPv6:::ffff:192.0.2.1]")
+
+
+# ----- proxy: the client's address is a plain IP address --------------------------------------------
+
+
+@pytest.mark.parametrize("header", [b"PROXY TCP6 ::%0 :: 1 5\r\n", b"PROXY TCP6 fe80::1%\x01x 2001:db8::2 1 25\r\n"])
+def test_a_proxy_v1_address_with_an_ipv6_zone_is_refused(header: bytes) -> None:
+    """Found by the proxy target: the zone (any text) became part of the client's address, and so of
+    the per-IP limit keys, where a proxy's every zone would count as another client."""
+    with pytest.raises(ProxyError):
+        parse_proxy_header(header)
