@@ -9,6 +9,8 @@ import pytest
 from fastmta.config import ConfigError, load
 from fastmta.smtp.address import is_mailbox
 from fastmta.smtp.proxy import ProxyError, parse_proxy_header
+from fastmta.smtp.session import Session
+from tests.session_driver import Driver, make_settings
 
 # ----- config: only ConfigError escapes load() ------------------------------------------------------
 
@@ -83,3 +85,15 @@ def test_a_proxy_v1_address_with_an_ipv6_zone_is_refused(header: bytes) -> None:
     the per-IP limit keys, where a proxy's every zone would count as another client."""
     with pytest.raises(ProxyError):
         parse_proxy_header(header)
+
+
+# ----- session: every input is answered, no exception escapes -----------------------------------------
+
+
+@pytest.mark.parametrize("line", [b"AUTH PLAIN AGFsaWNl\xc5\xb7JpZ2h0", b"AUTH LOGIN \xc3\xa9"])
+def test_auth_with_non_ascii_base64_is_a_syntax_error(line: bytes) -> None:
+    """Found by the session target: base64 raised ValueError for a str holding non-ASCII characters,
+    out of the session and into the event loop, which dropped the connection without a reply."""
+    driver = Driver(Session(make_settings(require_tls_for_auth=False), "127.0.0.1", 4000))
+    driver.feed(b"EHLO c\r\n")
+    assert driver.feed(line + b"\r\n") == b"501 5.5.4 Syntax: not base64\r\n"
