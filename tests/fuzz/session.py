@@ -37,11 +37,13 @@ AUTH_WITHOUT_TLS = 128
 
 EXPIRE, SHUTDOWN, SHUTDOWN_NOW = 0xFD, 0xFE, 0xFF
 TLS = "TLSv1.3"
-# Small limits, so that inputs of a few KB reach the too-big, too-many and too-long refusals.
+# Small limits, so that inputs of a few KB reach the too-big, too-many and too-long refusals. A
+# message holds a header line of 999 octets (too long) and no more than max_header_size of headers.
 MAX_RECIPIENTS = 5
 SETTINGS_CHANGES: dict[str, object] = {
-    "max_message_size": 2000,
+    "max_message_size": 1100,
     "max_header_size": 1024,
+    "max_line_length": 100,
     "max_recipients": MAX_RECIPIENTS,
     "max_errors": 10,
     "per_client_limits": {"messages": 3, "recipients": 10, "auth_failures": 2},
@@ -87,8 +89,8 @@ def new_driver(flags: int) -> Driver:
         require_tls_for_auth=not flags & AUTH_WITHOUT_TLS,
         **SETTINGS_CHANGES,
     )
-    # Behind PROXY protocol the peer is the (trusted) proxy, and the header names the client.
-    ip = "127.0.0.1" if flags & PROXY_PROTOCOL or not flags & STRANGER else "203.0.113.7"
+    # Behind PROXY protocol the peer is the proxy (a stranger is refused), and the header names the client.
+    ip = "203.0.113.7" if flags & STRANGER else "127.0.0.1"
     listener = SUBMISSION if flags & SUBMISSION_LISTENER else SMTPS if flags & IMPLICIT_TLS else "smtp"
     tls = TLS if flags & IMPLICIT_TLS else ""
     session = Session(settings, ip, 40000, listener, tls=tls, proxy_protocol=bool(flags & PROXY_PROTOCOL))
