@@ -6,7 +6,8 @@ command timeout and calls expire(); 0xFE and 0xFF call shutdown() and shutdown(n
 
 Checked on every input, beyond "no exception": reply lines are well formed; nothing is written
 after the session closed; every committed message has a clean Received header, no bare CR or LF
-when they are rejected, a valid sender and 1..max_recipients valid recipients; and, when neither
+when they are rejected, a valid sender and 1..max_recipients valid recipients, and no control
+character in what a DSN or a trace header will quote (HELO, ENVID, ORCPT); and, when neither
 events nor STARTTLS are involved (STARTTLS drops what was pipelined behind it, so splits differ
 there by design), the same stream fed whole gives the same replies and the same messages.
 """
@@ -142,6 +143,8 @@ def check_commits(driver: Driver) -> None:
         assert 1 <= len(message.recipients) <= MAX_RECIPIENTS
         for recipient in message.recipients:
             assert is_mailbox(recipient.address), recipient.address
+        for quoted in (message.helo, message.envid, *(recipient.orcpt for recipient in message.recipients)):
+            assert not _CONTROL.search(quoted.encode()), f"control character in {quoted!r}"
 
 
 def conversation(driver: Driver) -> tuple[bytes, list[tuple[bytes, str, list[Recipient]]]]:
