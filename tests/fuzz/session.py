@@ -1,6 +1,6 @@
 """Fuzz target: the SMTP session fed arbitrary byte streams in fuzzer-chosen pieces, through the test shell.
 
-Input: one byte of flags (FLAGS below), then a sequence of steps. A step byte below 0xFD is the
+Input: one byte of flags (the bits below), then a sequence of steps. A step byte below 0xFD is the
 length of the piece that follows (shorter if the input ends); 0xFD moves the clock past the
 command timeout and calls expire(); 0xFE and 0xFF call shutdown() and shutdown(now=True).
 
