@@ -24,10 +24,10 @@ NAMES = [
     "SMTP_TIMEOUT_SECONDS", "SMTP_ENABLE_TLS", "SMTP_TLS_CERT", "SMTP_TLS_KEY", "SMTP_ENABLE_AUTH",
     "SMTP_HEALTH_PORT", "SMTP_LOG_LEVEL", "SMTP_DATA_DIR", "FASTMTA_ROUTES_MATCH", "FASTMTA_SMTP_NO_SUCH_KEY",
 ] + [
-    f"FASTMTA_{section}_{key}".upper()
-    for section, keys in msgspec.to_builtins(Config()).items()
-    if isinstance(keys, dict)
-    for key in keys
+    f"FASTMTA_{name}_{key}".upper()
+    for name in Config.__struct_fields__
+    if isinstance(section := getattr(Config(), name), msgspec.Struct)
+    for key in section.__struct_fields__
 ]  # fmt: skip
 
 # Unlinked from the start, so that no run leaves it behind: libFuzzer ends the process without
