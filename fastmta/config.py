@@ -353,7 +353,8 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
             admin_host = parse_hostport(_first_listener(admin.get("listen", AdminConfig().listen)))[0]
         except ValueError as exc:
             raise ConfigError(f"admin.listen: {exc}") from None
-        admin["listen"] = f"{admin_host}:{environ['SMTP_HEALTH_PORT']}"
+        port = environ["SMTP_HEALTH_PORT"]
+        admin["listen"] = f"[{admin_host}]:{port}" if ":" in admin_host else f"{admin_host}:{port}"
     for name in environ:
         if not name.startswith("FASTMTA_") or name in _NOT_SETTINGS:
             continue

@@ -23,6 +23,13 @@ def test_smtp_health_port_with_a_malformed_admin_listen_is_a_config_error(tmp_pa
         load(path, environ={"SMTP_HEALTH_PORT": "9100"})
 
 
+def test_smtp_health_port_keeps_an_ipv6_admin_host(tmp_path: Path) -> None:
+    """Seen running the config target's seeds: '[::1]:8080' became '::1:9100', read back as host '::1:9100'."""
+    path = tmp_path / "c.toml"
+    path.write_text('[admin]\nlisten = "[::1]:8080"\n')
+    assert load(path, environ={"SMTP_HEALTH_PORT": "9100"}).admin.listen == "[::1]:9100"
+
+
 @pytest.mark.parametrize(
     ("text", "environ", "named"),
     [
