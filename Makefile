@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: serve test install dev build bench clean
+.PHONY: serve test install dev build bench fuzz clean
 
 # Debian's python3 comes without venv and without the C headers the extensions build against;
 # as root they are installed (python3-venv, python3-dev), otherwise the message says what to install.
@@ -41,6 +41,13 @@ serve: install
 test: dev
 	$(BIN)/python -m pytest -q
 	FASTMTA_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q tests/ext tests/unit
+
+# Coverage-guided fuzzing (tests/fuzz/README.md): each target, or those named in FUZZ_TARGETS, for
+# FUZZ_SECONDS against its corpus in tests/fuzz/corpus/, which keeps the new inputs a run finds.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: dev
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m tests.fuzz $(FUZZ_TARGETS)
 
 # Postfix is a peer, and its smtp-source and smtp-sink come with it: as root it is installed
 # unconfigured, so no system-wide mail service starts; bench/postfix.py runs a private instance.

@@ -312,29 +312,51 @@ def _env_value(name: str, raw: str, current: Any) -> Any:
     return raw
 
 
+def _table(data: dict[str, Any], section: str) -> dict[str, Any]:
+    """The file's [section], created if absent, for a variable to override a key in."""
+    table = data.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{section}: Expected a table, got `{type(table).__name__}`")
+    return table
+
+
+def _first_listener(value: Any) -> str:
+    """The (first) address of a listen setting as the file has it, for a variable to change half of."""
+    first = value[0] if isinstance(value, list) else value
+    if not isinstance(first, str):
+        raise ValueError(f"Expected `str`, got `{type(first).__name__}`")
+    return first
+
+
 def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     defaults = msgspec.to_builtins(Config(), enc_hook=_encode)
 
     def put(name: str, section: str, key: str) -> None:
         current = defaults.get(section, {}).get(key) if isinstance(defaults.get(section), dict) else None
-        data.setdefault(section, {})[key] = _env_value(name, environ[name], current)
+        _table(data, section)[key] = _env_value(name, environ[name], current)
 
     for name, (section, key) in _SHORT_ENV.items():
         if name in environ:
             put(name, section, key)
     if "SMTP_HOST" in environ or "SMTP_PORT" in environ:
         # Either alone changes only its half of the first listener, as configured or by default.
-        listen = data.get("smtp", {}).get("listen") or SmtpConfig().listen
+        smtp = _table(data, "smtp")
         try:
-            configured_host, configured_port = parse_hostport(listen[0], 2525)
+            first = _first_listener(smtp.get("listen") or SmtpConfig().listen)
+            configured_host, configured_port = parse_hostport(first, 2525)
         except ValueError as exc:
             raise ConfigError(f"smtp.listen: {exc}") from None
         host = environ.get("SMTP_HOST", configured_host)
         port = environ.get("SMTP_PORT", str(configured_port))
-        data.setdefault("smtp", {})["listen"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        smtp["listen"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     if environ.get("SMTP_HEALTH_PORT"):
-        admin_host = parse_hostport(data.get("admin", {}).get("listen", AdminConfig().listen))[0]
-        data.setdefault("admin", {})["listen"] = f"{admin_host}:{environ['SMTP_HEALTH_PORT']}"
+        admin = _table(data, "admin")
+        try:
+            admin_host = parse_hostport(_first_listener(admin.get("listen", AdminConfig().listen)))[0]
+        except ValueError as exc:
+            raise ConfigError(f"admin.listen: {exc}") from None
+        port = environ["SMTP_HEALTH_PORT"]
+        admin["listen"] = f"[{admin_host}]:{port}" if ":" in admin_host else f"{admin_host}:{port}"
     for name in environ:
         if not name.startswith("FASTMTA_") or name in _NOT_SETTINGS:
             continue
@@ -345,8 +367,8 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     # Last, so that a certificate given by any variable counts.
     if "SMTP_ENABLE_TLS" in environ:
         if not _env_value("SMTP_ENABLE_TLS", environ["SMTP_ENABLE_TLS"], False):
-            data.setdefault("smtp", {}).update(tls_cert="", tls_key="")
-        elif not data.get("smtp", {}).get("tls_cert"):
+            _table(data, "smtp").update(tls_cert="", tls_key="")
+        elif not _table(data, "smtp").get("tls_cert"):
             raise ConfigError("SMTP_ENABLE_TLS: TLS needs a certificate: set SMTP_TLS_CERT and SMTP_TLS_KEY")
 
 
@@ -361,7 +383,12 @@ def _validate(config: Config) -> None:
         raise ConfigError("smtp.smtps_listen needs smtp.tls_cert and smtp.tls_key")
     for key in ("tls_cert", "tls_key"):
         path = getattr(smtp, key)
-        if path and not Path(path).is_file():
+        # is_file() is False for what is not there; a name too long or a directory it may not search raise.
+        try:
+            found = not path or Path(path).is_file()
+        except OSError as exc:
+            raise ConfigError(f"smtp.{key}: {exc.strerror}: {path}") from None
+        if not found:
             raise ConfigError(f"smtp.{key}: no such file: {path}")
     for index, route in enumerate(config.routes):
         if route.kind == "smarthost" and not route.host:
@@ -396,6 +423,9 @@ def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | N
             raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {exc.start}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            # tomllib parses nested arrays and inline tables recursively, without a depth limit of its own.
+            raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     _apply_env(data, environ)
     try:
         config = msgspec.convert(data, Config, strict=False, dec_hook=_decode)

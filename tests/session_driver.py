@@ -39,11 +39,15 @@ LIMITS: weakref.WeakKeyDictionary[Session, ClientLimits] = weakref.WeakKeyDictio
 
 class Committed(NamedTuple):
     message: Message
-    body: bytes
+    body: bytes  # as stored: our Received header, then `data`
+    data: bytes  # the message as the session handed it over
 
 
 class Driver:
-    """Feeds a session at a clock the test moves; commits succeed unless told otherwise; "right" is the password."""
+    """Feeds a session at a clock the test moves; commits succeed unless told otherwise; "right" is the password.
+
+    A STARTTLS handshake stays pending unless `tls` is given: then it succeeds with that description.
+    """
 
     def __init__(
         self,
@@ -52,6 +56,7 @@ class Driver:
         user: User = User("alice", ""),
         now: float = 1000.0,
         exempt: bool = False,
+        tls: str = "",
     ) -> None:
         self.session = session
         self.limits = LIMITS.get(session)
@@ -59,6 +64,7 @@ class Driver:
         self.user = user
         self.now = now
         self.exempt = exempt
+        self.tls = tls
         self.out = b""
         self.commits: list[Committed] = []
         self.reservations: list[Reserve] = []
@@ -76,6 +82,11 @@ class Driver:
         self._settle(self.session.expire(now))
         return self.out[before:]
 
+    def shutdown(self, now: bool = False) -> bytes:
+        before = len(self.out)
+        self._settle(self.session.shutdown(now))
+        return self.out[before:]
+
     def _settle(self, step: tuple[bytes, object]) -> None:
         while True:
             out, action = step
@@ -89,12 +100,14 @@ class Driver:
             elif isinstance(action, Commit):
                 message_id = new_message_id(self.now)
                 message, body = queue_record(action.envelope, action.body, message_id, self.now, "mx.test", "smtp-0")
-                self.commits.append(Committed(message, body))
+                self.commits.append(Committed(message, body, action.body))
                 step = self.session.committed(message_id, self.commit_error)
             elif isinstance(action, RecordEtrn):
                 step = self.session.etrn_recorded()
             elif isinstance(action, VerifyAuth):
                 step = self.session.auth_verified(self.user if action.password == "right" else None)
+            elif isinstance(action, StartTls) and self.tls:
+                step = self.session.tls_started(self.tls)
             elif isinstance(action, Close):
                 self.closed = True
                 return

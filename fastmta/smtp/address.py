@@ -87,6 +87,8 @@ def is_mailbox(address: str) -> bool:
 def _is_address_literal(literal: str) -> bool:
     try:
         if literal[:5].upper() == "IPV6:":
+            if "%" in literal:
+                return False  # RFC 5321's IPv6-addr has no zone; ipaddress takes one, with any text in it
             ipaddress.IPv6Address(literal[5:])
         else:
             ipaddress.IPv4Address(literal)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import NamedTuple
 
 from fastmta.smtp import replies as R
@@ -77,5 +76,5 @@ def _credentials(username: str, password: str) -> Credentials:
 def _decode64(text: str) -> str:
     try:
         return base64.b64decode(text, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and a str with non-ASCII characters
         raise R.BadSyntax("Syntax: not base64") from None

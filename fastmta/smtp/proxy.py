@@ -42,6 +42,9 @@ def _parse_v1(data: bytes) -> tuple[int, Address | None] | None:
     if len(fields) != 6 or fields[1] not in ("TCP4", "TCP6"):
         raise ProxyError("malformed PROXY v1 line")
     family = ipaddress.IPv4Address if fields[1] == "TCP4" else ipaddress.IPv6Address
+    if "%" in fields[2] or "%" in fields[3]:
+        # ipaddress takes an IPv6 zone with any text in it; past the proxy a zone means nothing.
+        raise ProxyError("malformed PROXY v1 address: zone index")
     try:
         source = family(fields[2])
         family(fields[3])
