@@ -122,8 +122,9 @@ class Runner:
             except lmdb.Error as exc:  # a full disk, say: attempts under way go on, new ones wait for space
                 self._store_trouble(exc)
                 leased = []
+            sending = set(self._in_flight.values()) if leased else set()
             for message in leased:
-                if message.id in self._in_flight.values():
+                if message.id in sending:
                     # Its lease ran out while its outcome waited to be stored (a full disk): this lease is
                     # a renewal, not a second attempt.
                     continue

@@ -30,8 +30,12 @@ class Outbox:
         self._meta = env.open_db(b"outbox_meta")  # the next sequence number
         self._cursors = env.open_db(b"outbox_cursors")  # sink name -> last sequence number it has
 
+    def wanted(self, txn: lmdb.Transaction) -> bool:
+        """Whether any sink is registered: without one, events need not even be built."""
+        return bool(txn.stat(self._cursors)["entries"])
+
     def append(self, txn: lmdb.Transaction, events: Iterable[Event]) -> None:
-        if not txn.stat(self._cursors)["entries"]:
+        if not self.wanted(txn):
             return
         raw = txn.get(_NEXT, db=self._meta)
         sequence = 1 if raw is None else _SEQUENCE.unpack(raw)[0]

@@ -9,6 +9,7 @@ unknown fields; a new event type is a new tag, and a reader that does not know a
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import msgspec
@@ -121,18 +122,22 @@ AnyEvent = (
 EVENT_ENCODER = msgspec.msgpack.Encoder()
 EVENT_DECODER = msgspec.msgpack.Decoder(AnyEvent)
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
 def new_event_id(now: float | None = None) -> str:
-    """A ULID: 48 bits of milliseconds, then 80 random bits, in 26 Crockford base32 characters.
+    """A UUIDv7 (RFC 9562): 48 bits of milliseconds, the version and variant, 74 random bits.
 
     Random bits rather than a node or process number: ids stay unique across nodes, restarts and
-    forks without any of them being configured, and still sort by time.
+    forks without any of them being configured; they sort by time, and SQL stores them as a uuid.
     """
     millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    value = millis << 80 | int.from_bytes(os.urandom(10), "big")
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    bits = _random.getrandbits(74)
+    value = millis << 80 | 0x7 << 76 | (bits >> 62) << 64 | 0b10 << 62 | (bits & ((1 << 62) - 1))
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+# Seeded from os.urandom in every process: a child must not draw what its parent or siblings draw.
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
 
 
 def received(message: Message, node: str, now: float) -> Received:

@@ -13,4 +13,5 @@ TARGETS = {
     "proxy": "proxy",
     "address": "address",
     "config": "config",
+    "dsn": "dsn",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import lmdb
@@ -53,8 +54,8 @@ def test_every_kind_of_event_round_trips_through_msgpack() -> None:
 
 def test_event_ids_are_unique_and_sort_by_time() -> None:
     ids = [events.new_event_id(1000.0 + n / 1000) for n in range(2000)]
-    assert len(set(ids)) == len(ids) and all(len(i) == 26 for i in ids)
-    assert ids[0] < ids[-1] and [i[:10] for i in ids] == sorted(i[:10] for i in ids)
+    assert len(set(ids)) == len(ids) and all(uuid.UUID(i).version == 7 for i in ids)
+    assert ids[0] < ids[-1] and [i[:13] for i in ids] == sorted(i[:13] for i in ids)
 
 
 def test_a_stored_message_and_the_refusals_that_rode_along(store: QueueStore) -> None:
