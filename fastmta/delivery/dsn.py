@@ -174,14 +174,26 @@ def build(
     return bounce, body
 
 
+# RFC 5322 §2.1.1: the most a line may hold, CRLF excluded.
+_MAX_LINE = 998
+
+
 def _clean(value: str) -> str:
     """Every control character a space: whatever it is, the value stays on its line."""
     return _CONTROL.sub(" ", value)
 
 
 def _field(name: str, value: str) -> str:
-    """A header or delivery-status field: the one place each is written, so the one place that cleans."""
-    return f"{name}: {_clean(value)}"
+    """A header or delivery-status field: the one place each is written, so the one place that cleans.
+
+    A field stays within RFC 5322's 998 octets a line: a longer value (an ENVID or ORCPT stored
+    before the session bounded them) is cut, and says so with "...".
+    """
+    line = f"{name}: {_clean(value)}"
+    encoded = line.encode()
+    if len(encoded) <= _MAX_LINE:
+        return line
+    return encoded[: _MAX_LINE - 3].decode("utf-8", "ignore") + "..."
 
 
 def _as_written(value: str, utf8: bool) -> str:

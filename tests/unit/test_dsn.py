@@ -232,3 +232,18 @@ def test_an_ascii_report_stays_ascii() -> None:
     assert fields["Diagnostic-Code"] == "smtp; 550 5.1.1 M?ller unbekannt, b?cher"
     assert raw_parts(body)[2].isascii() and not report.smtputf8
     assert "bücher" in text.get_payload(decode=True).decode()  # the human-readable part is UTF-8
+
+
+def test_a_field_never_outgrows_a_line() -> None:
+    """Found by fuzzing: an ENVID of 2,261 characters in a stored record made a 2,355-octet line."""
+    recipient = Recipient(address="b@x.test", notify=["FAILURE"], state="failed", last_reply="550 no")
+    original = Message(
+        id="0" * 16, sender="s@example.com", recipients=[recipient], received_at=0.0, size=1, next_attempt=0.0,
+        envid="e\r\nReporting-MTA: x" + "x" * 2261, ret="HDRS",
+    )  # fmt: skip
+    built = dsn.build(original, b"Subject: s\r\n\r\nb\r\n", [recipient], "failed", "mx.test", "M@mx.test", 0.0, size_limit=2000)
+    assert built is not None
+    lines = built[1].split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    (envid,) = [line for line in lines if line.startswith(b"Original-Envelope-Id: ")]
+    assert envid.endswith(b"...") and not any(line.startswith(b"Reporting-MTA: x") for line in lines)
