@@ -90,6 +90,13 @@ def families() -> SimpleNamespace:
         ),
         message_size=histogram("smtp_message_size_bytes", "Size of accepted messages", SIZE_BUCKETS),
         delivery=histogram("smtp_delivery_duration_seconds", "One delivery attempt", DELIVERY_BUCKETS),
+        events_lag=Gauge(
+            "fastmta_events_lag_seconds",
+            "Age of the oldest outbox event a sink does not have yet (0: it has them all)",
+            ["worker", "sink"],
+            registry=None,
+            multiprocess_mode="liveall",
+        ),
     )
 
 
@@ -184,3 +191,15 @@ class DeliveryMetrics:
         found = families()
         _move_counts(self.sent, found.messages_sent, self.worker)
         self.duration.move_to(found.delivery.labels(self.worker))
+
+
+class EventsMetrics:
+    """The events process's readings: how far behind each sink is."""
+
+    def __init__(self, worker: str, enabled: bool = True) -> None:
+        self.worker = worker
+        self.enabled = enabled
+
+    def lag(self, sink: str, seconds: float) -> None:
+        if self.enabled:
+            families().events_lag.labels(self.worker, sink).set(seconds)

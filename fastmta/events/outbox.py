@@ -93,6 +93,14 @@ class Outbox:
                 if txn.get(name, db=self._cursors) is None:
                     txn.put(name, _SEQUENCE.pack(start), db=self._cursors)
 
+    def lag(self, sink: str, now: float) -> float:
+        """How long the oldest event `sink` does not have yet has waited; 0 when it has them all."""
+        waiting = self.read(self.cursor(sink), 1)
+        if not waiting:
+            return 0.0
+        event = waiting[0][1]
+        return max(0.0, now - event.at) if event is not None else 0.0
+
     def pending(self) -> int:
         with self.env.begin(db=self._entries) as txn:
             return int(txn.stat(self._entries)["entries"])

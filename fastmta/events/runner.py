@@ -1,0 +1,115 @@
+"""The events process: the outbox's one reader, handing each sink the events past its cursor.
+
+Each sink moves at its own pace. Its cursor advances only once it took a batch, so an event
+reaches every sink at least once, whatever dies when; a sink that fails is offered the same batch
+again after a pause that doubles up to a minute, and the others go on meanwhile. Ingress never
+waits for any of this: the outbox only grows (on disk) while a sink is behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import uvloop
+
+from fastmta.config import Config
+from fastmta.events.outbox import Outbox
+from fastmta.events.sinks import Sink
+from fastmta.metrics import EventsMetrics
+from fastmta.queue.store import QueueStore
+
+log = logging.getLogger("fastmta.events")
+
+BATCH = 500
+# How often an idle runner looks at the outbox: the lag a quiet sink can show, at most.
+_IDLE_LOOK_SECONDS = 0.2
+_RETRY_FIRST = 1.0
+_RETRY_MAX = 60.0
+
+
+@dataclass
+class _Progress:
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+class EventsRunner:
+    def __init__(self, outbox: Outbox, sinks: list[Sink], metrics: EventsMetrics) -> None:
+        self.outbox = outbox
+        self.sinks = sinks
+        self.metrics = metrics
+        self._progress = {sink.name: _Progress() for sink in sinks}
+        outbox.register([sink.name for sink in sinks])
+
+    def step(self, now: float) -> int:
+        """Offers every sink that is not pausing its next batch; returns how many events were delivered."""
+        delivered = 0
+        for sink in self.sinks:
+            progress = self._progress[sink.name]
+            if now < progress.retry_at:
+                continue
+            batch = self.outbox.read(self.outbox.cursor(sink.name), BATCH)
+            if not batch:
+                continue
+            try:
+                sink.deliver(batch)
+            except Exception as exc:  # any failure of a sink's own: it waits, the others go on
+                progress.failures += 1
+                pause = min(_RETRY_FIRST * 2 ** (progress.failures - 1), _RETRY_MAX)
+                progress.retry_at = now + pause
+                if progress.failures == 1:
+                    log.error("sink %s failed, retrying (pausing up to %.0f s): %s", sink.name, _RETRY_MAX, exc)
+                continue
+            if progress.failures:
+                log.info("sink %s delivers again after %d failures", sink.name, progress.failures)
+            progress.failures, progress.retry_at = 0, 0.0
+            self.outbox.advance(sink.name, batch[-1][0])
+            delivered += len(batch)
+        return delivered
+
+    def lags(self, now: float) -> dict[str, float]:
+        """Per sink: the age of the oldest event it does not have yet, 0 when it has them all."""
+        return {sink.name: self.outbox.lag(sink.name, now) for sink in self.sinks}
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+async def _serve(runner: EventsRunner, stop: asyncio.Event) -> None:
+    last_reading = 0.0
+    while not stop.is_set():
+        delivered = await asyncio.to_thread(runner.step, time.time())
+        now = time.time()
+        if now - last_reading >= 1.0:
+            for sink, lag in runner.lags(now).items():
+                runner.metrics.lag(sink, lag)
+            last_reading = now
+        if delivered < BATCH:
+            try:
+                await asyncio.wait_for(stop.wait(), _IDLE_LOOK_SECONDS)
+            except TimeoutError:
+                pass
+
+
+def run(config: Config, name: str, make_sinks: Callable[[Config], list[Sink]]) -> int:
+    store = QueueStore.opened(config)
+    runner = EventsRunner(store.outbox, make_sinks(config), EventsMetrics(name, config.server.metrics))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        log.info("%s feeding %s", name, ", ".join(sink.name for sink in runner.sinks) or "no sink")
+        await _serve(runner, stop)
+
+    try:
+        uvloop.run(main())
+    finally:
+        runner.close()
+        store.close()
+    return 0
