@@ -93,6 +93,12 @@ class Outbox:
                 if txn.get(name, db=self._cursors) is None:
                     txn.put(name, _SEQUENCE.pack(start), db=self._cursors)
 
+    def lags(self, now: float) -> dict[str, float]:
+        """lag() of every registered sink."""
+        with self.env.begin(db=self._cursors) as txn:
+            sinks = [key.decode() for key, _ in txn.cursor()]
+        return {sink: self.lag(sink, now) for sink in sinks}
+
     def lag(self, sink: str, now: float) -> float:
         """How long the oldest event `sink` does not have yet has waited; 0 when it has them all."""
         waiting = self.read(self.cursor(sink), 1)

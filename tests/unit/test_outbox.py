@@ -141,3 +141,14 @@ def test_an_aborted_transaction_leaves_no_event(store: QueueStore) -> None:
         raise RuntimeError("the change did not commit")
     assert store.outbox.read(0, 10) == [] and store.count() == 0
     assert isinstance(store.env, lmdb.Environment)
+
+
+def test_the_lag_of_each_sink_is_the_age_of_its_oldest_missing_event(store: QueueStore) -> None:
+    store.outbox.register(["history", "webhooks"])
+    assert store.outbox.lags(time.time()) == {"history": 0.0, "webhooks": 0.0}
+    store.insert([(message(), b"1")])
+    (entry,) = store.outbox.read(0, 1)
+    assert entry[1] is not None
+    store.outbox.advance("history", entry[0])
+    lags = store.outbox.lags(entry[1].at + 5)
+    assert lags["history"] == 0.0 and lags["webhooks"] == pytest.approx(5)

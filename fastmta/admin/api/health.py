@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,9 @@ class Health(msgspec.Struct):
     smtp_workers_alive: int
     queue_depth: int | None
     disk_free_percent: float
+    # Per events sink, the age in seconds of the oldest event it does not have yet. A sink behind
+    # does not make the node unhealthy: mail still flows, the outbox keeps the events meanwhile.
+    events_lag_seconds: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 async def health(call: Call) -> Response:
@@ -45,10 +49,14 @@ async def health(call: Call) -> Response:
     except OSError as error:
         free = 0.0
         reasons.append(f"free disk space unknown: {error.strerror}")
+    try:
+        lags = {sink: round(lag, 3) for sink, lag in store.outbox.lags(time.time()).items()}
+    except lmdb.Error:
+        lags = {}
     alive = _smtp_workers_alive(data_dir)
     if not alive:
         reasons.append("no SMTP worker is alive")
-    report = Health("unhealthy" if reasons else "ok", reasons, alive, depth, round(free * 100, 2))
+    report = Health("unhealthy" if reasons else "ok", reasons, alive, depth, round(free * 100, 2), lags)
     return json_response({"success": not reasons, "data": report}, 503 if reasons else 200)
 
 
