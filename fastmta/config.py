@@ -262,6 +262,21 @@ class AdminConfig(_Section):
         _check_address("listen", self.listen)
 
 
+class HistoryConfig(_Section):
+    # Empty: SQLite at data_dir/history.db; otherwise an SQLAlchemy URL such as "postgresql://user@host/db",
+    # which nodes of a cluster share.
+    url: str = ""
+    # Settled messages and their events are kept this long; bodies (once stored) for keep_bodies.
+    keep: Duration = _seconds("30d")
+    keep_bodies: Duration = _seconds("7d")
+
+    def __post_init__(self) -> None:
+        # The history sink writes with the SQLite and PostgreSQL dialects of SQLAlchemy, no other.
+        scheme = self.url.partition("://")[0].partition("+")[0]
+        if self.url and scheme not in ("sqlite", "postgresql"):
+            raise ValueError(f"url: not an sqlite:// or postgresql:// URL: {self.url!r}")
+
+
 def _default_routes() -> list[RouteConfig]:
     return [RouteConfig(match=["*"], kind="mx")]
 
@@ -273,6 +288,7 @@ class Config(_Section):
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     routes: list[RouteConfig] = msgspec.field(default_factory=_default_routes)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
 
     @property
     def data_dir(self) -> Path:
