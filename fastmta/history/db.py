@@ -1,0 +1,56 @@
+"""Opening history: the engine for [history] url (SQLite in data_dir by default) and its migration to the newest schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+
+from fastmta.config import Config
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def url(config: Config) -> str:
+    """The SQLAlchemy URL of history: "postgresql://" means psycopg 3, as "postgresql+psycopg://" would."""
+    if not config.history.url:
+        return f"sqlite:///{(config.data_dir / 'history.db').resolve()}"
+    if config.history.url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + config.history.url[len("postgresql://"):]
+    return config.history.url
+
+
+def engine(address: str) -> sa.Engine:
+    """An engine whose JSON columns are written and read by msgspec, as events are everywhere else."""
+    made = sa.create_engine(
+        address,
+        json_serializer=lambda value: msgspec.json.encode(value).decode(),
+        json_deserializer=msgspec.json.decode,
+    )
+    if made.dialect.name == "sqlite":
+        sa.event.listen(made, "connect", _sqlite_settings)
+    return made
+
+
+def _sqlite_settings(connection: Any, _record: Any) -> None:
+    # WAL: the admin process reads while the events process writes. NORMAL: in WAL mode a crash
+    # loses at most the last transactions, never consistency, and what history loses the outbox
+    # delivers again. No foreign keys: rows of a message are pruned together, and checking costs
+    # every insert. busy_timeout: a writer waits for another (a migration, a cleanup) instead of failing.
+    cursor = connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=OFF", "busy_timeout=10000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def migrate(db: sa.Engine) -> None:
+    """Brings the schema to the newest revision; on a database already there it changes nothing."""
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(MIGRATIONS))
+    with db.begin() as connection:
+        settings.attributes["connection"] = connection
+        command.upgrade(settings, "head")

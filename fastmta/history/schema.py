@@ -1,0 +1,91 @@
+"""The history tables as SQLAlchemy Core sees them, and the rules for changing them.
+
+History outlives upgrades and may be shared by nodes running different versions, so:
+1. Every change of the schema is an Alembic revision in migrations/versions/, and this module is
+   kept equal to the result of all of them (a test compares the two).
+2. A column is never renamed, removed or retyped in place; a new column is nullable or has a
+   server default, so rows written before it, and writers that do not know it, still work.
+3. Times are seconds since the epoch (float), as events carry them: no time zone to get wrong,
+   and the same comparison on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# Message and recipient states in history. "queued" covers deferred mail (its `deferred` count says
+# how often); "rejected" is a refusal in the SMTP session, nothing was queued; "deleted" was removed
+# from the queue by an operator before every recipient was settled.
+QUEUED = "queued"
+SENT = "sent"
+FAILED = "failed"
+REJECTED = "rejected"
+DELETED = "deleted"
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    # The queue id; for a refusal in the session, which has none, the id of its rejected event.
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("node", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("held", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("sender", sa.Text, nullable=False),
+    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("client_ip", sa.String(64), nullable=False),
+    sa.Column("helo", sa.Text, nullable=False),
+    sa.Column("auth_user", sa.Text, nullable=False),
+    sa.Column("listener", sa.String(64), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("header_message_id", sa.Text, nullable=False),
+    sa.Column("header_from", sa.Text, nullable=False),
+    sa.Column("header_to", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.String(255), nullable=False),
+    sa.Column("campaign_id", sa.String(255), nullable=False),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("received_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("settled_at", sa.Double),
+    sa.Column("last_reply", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("deferred", sa.Integer, nullable=False),
+    # The filters of GET /api/v1/messages, and updated_at for retention.
+    sa.Index("messages_status", "status", "received_at"),
+    sa.Index("messages_workspace", "workspace_id", "received_at"),
+    sa.Index("messages_campaign", "campaign_id", "received_at"),
+    sa.Index("messages_sender", "sender", "received_at"),
+    sa.Index("messages_received", "received_at"),
+    sa.Index("messages_updated", "updated_at"),
+)
+
+# One row per distinct recipient address of a message: its outcome decides the message's status.
+recipients = sa.Table(
+    "recipients",
+    metadata,
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("address", sa.Text, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("deferred", sa.Integer, nullable=False),
+    sa.Column("last_reply", sa.Text, nullable=False),
+    sa.Column("remote_host", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),  # the event's UUIDv7, which sinks deduplicate on
+    sa.Column("seq", sa.BigInteger, nullable=False),  # its outbox sequence number on its node
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("node", sa.String(255), nullable=False),
+    sa.Column("message_id", sa.String(64)),  # NULL for events about no message (auth_failed)
+    sa.Column("recipient", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),  # the whole event as the outbox held it
+    sa.Index("events_message", "message_id", "at"),
+    sa.Index("events_at", "at"),
+)
