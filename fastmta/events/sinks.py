@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from fastmta.config import Config
+from fastmta.events.history import HistorySink
 from fastmta.events.records import AnyEvent
 
 
@@ -25,4 +26,4 @@ class Sink(Protocol):
 
 def configured(config: Config) -> list[Sink]:
     """The sinks the config asks for, in the order each batch reaches them."""
-    return []
+    return [HistorySink.configured(config)]

@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from fastmta.config import ConfigError, load
-from fastmta.events import records
+from fastmta.events import records, sinks
 from fastmta.events.history import HistorySink
 from fastmta.events.records import AnyEvent
 from fastmta.history import db
@@ -229,3 +229,9 @@ def test_history_config(tmp_path: Path) -> None:
     assert db.url(config) == "postgresql+psycopg://mta@db.example/history"
     with pytest.raises(ConfigError, match=r"^history\.url: not an sqlite:// or postgresql:// URL"):
         load(environ={"FASTMTA_HISTORY_URL": "mysql://db.example/history"})
+
+
+def test_the_events_process_feeds_history(tmp_path: Path) -> None:
+    [made] = sinks.configured(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path)}))
+    assert isinstance(made, HistorySink) and made.name == "history"
+    made.close()
