@@ -40,6 +40,7 @@ _HEALTHY_AFTER = 30.0
 # closed instead (the others take every new connection meanwhile) and bound afresh for it.
 _KEEP_SOCKETS_FOR = 1.0
 ADMIN = "admin"
+EVENTS = "events"
 
 
 def _admin_role(config: Config, name: str) -> int:
@@ -53,6 +54,12 @@ def _delivery_role(config: Config, name: str) -> int:
     from fastmta.delivery import runner
 
     return runner.run(config, name)
+
+
+def _events_role(config: Config, name: str) -> int:
+    from fastmta.events import runner, sinks
+
+    return runner.run(config, name, sinks.configured)
 
 
 def notify(state: str) -> None:
@@ -97,6 +104,7 @@ class Supervisor:
         for slot, sockets in enumerate(self.listeners.per_slot):
             specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, slot, sockets))
         specs += [ChildSpec(f"delivery-{n}", _delivery_role) for n in range(self.config.delivery.workers)]
+        specs.append(ChildSpec(EVENTS, _events_role))
         return specs
 
     def admin_specs(self) -> list[ChildSpec]:

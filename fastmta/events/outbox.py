@@ -3,8 +3,8 @@
 Entries are keyed by a sequence number kept in the same environment, so the order of keys is the
 order of commits (LMDB has one writer at a time) and a reader that remembers the last number it
 handled never skips a later commit. Each sink keeps such a cursor; an entry is removed once
-every sink's cursor has passed it. With no sink registered (no events process has ever run) there
-is nobody to keep events for, and none are kept.
+every sink's cursor has passed it. Events written before any sink registered (the first start of a
+data directory, before the events process is up) wait for the first one.
 """
 
 from __future__ import annotations
@@ -30,13 +30,7 @@ class Outbox:
         self._meta = env.open_db(b"outbox_meta")  # the next sequence number
         self._cursors = env.open_db(b"outbox_cursors")  # sink name -> last sequence number it has
 
-    def wanted(self, txn: lmdb.Transaction) -> bool:
-        """Whether any sink is registered: without one, events need not even be built."""
-        return bool(txn.stat(self._cursors)["entries"])
-
     def append(self, txn: lmdb.Transaction, events: Iterable[Event]) -> None:
-        if not self.wanted(txn):
-            return
         raw = txn.get(_NEXT, db=self._meta)
         sequence = 1 if raw is None else _SEQUENCE.unpack(raw)[0]
         for event in events:

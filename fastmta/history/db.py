@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def _sqlite_settings(connection: Any, _record: Any) -> None:
 
 def migrate(db: sa.Engine) -> None:
     """Brings the schema to the newest revision; on a database already there it changes nothing."""
+    # Alembic says at INFO what it sets up on every start; the log should say only what changed.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     settings = AlembicConfig()
     settings.set_main_option("script_location", str(MIGRATIONS))
     with db.begin() as connection:

@@ -160,8 +160,7 @@ class QueueStore:
         txn.put(key, body, db=self.bodies)
         if message.state == ACTIVE:
             txn.put(schedule_key(message.next_attempt, message.id), b"", db=self.schedule)
-        if self.outbox.wanted(txn):
-            self.outbox.append(txn, [events.received(message, self.node, time.time())])
+        self.outbox.append(txn, [events.received(message, self.node, time.time())])
 
     def read(self, txn: lmdb.Transaction, message_id: str) -> Message | None:
         """The record, or None when it is missing or corrupt (corrupt ones are for `scan` to report)."""

@@ -121,10 +121,12 @@ def test_a_new_sink_sees_what_is_still_waiting(store: QueueStore) -> None:
     assert store.outbox.cursor("webhooks") == 0 and len(store.outbox.read(0, 10)) == 2
 
 
-def test_nothing_is_kept_while_no_sink_is_registered(tmp_path: Path) -> None:
+def test_events_from_before_the_first_sink_wait_for_it(tmp_path: Path) -> None:
     store = QueueStore(tmp_path, 1 << 24, node="n1")
     store.insert([(message(), b"1")], [rejected()])
-    assert store.outbox.pending() == 0 and store.outbox.last_sequence() == 0
+    assert store.outbox.pending() == 2
+    store.outbox.register(["history"])
+    assert [seq for seq, _ in store.outbox.read(store.outbox.cursor("history"), 10)] == [1, 2]
 
 
 def test_an_undecodable_entry_is_reported_not_skipped(store: QueueStore) -> None:
