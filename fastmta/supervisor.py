@@ -104,7 +104,8 @@ class Supervisor:
         for slot, sockets in enumerate(self.listeners.per_slot):
             specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, slot, sockets))
         specs += [ChildSpec(f"delivery-{n}", _delivery_role) for n in range(self.config.delivery.workers)]
-        specs.append(ChildSpec(EVENTS, _events_role))
+        if self.config.history.enabled:
+            specs.append(ChildSpec(EVENTS, _events_role))
         return specs
 
     def admin_specs(self) -> list[ChildSpec]:

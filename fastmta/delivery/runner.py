@@ -277,8 +277,10 @@ class Runner:
                 if old_enough and not recipient.delay_notified and dsn.wants_notice(recipient, "delayed"):
                     recipient.delay_notified = True
                     delayed_now.append(recipient)
-                    happened.append(events.attempted(events.DelayNotified, message, recipient, node, now, outcome.route))
-            happened.append(events.attempted(kind, message, recipient, node, now, outcome.route))
+                    if self.store.events:
+                        happened.append(events.attempted(events.DelayNotified, message, recipient, node, now, outcome.route))
+            if self.store.events:
+                happened.append(events.attempted(kind, message, recipient, node, now, outcome.route))
             logged.append((recipient, outcome))
         bounces = []
         hostname = self.config.server.hostname

@@ -85,7 +85,8 @@ class Scheduler:
         with store.env.begin(write=True) as txn:
             for settlement in batch:
                 self._settle_one(txn, settlement)
-                store.outbox.append(txn, settlement.events)
+                if store.events:
+                    store.outbox.append(txn, settlement.events)
                 for bounce, body in settlement.bounces:
                     store.put_new(txn, bounce, body)
 
@@ -193,6 +194,7 @@ class Scheduler:
                     if recipient.state == DEFERRED:
                         recipient.next_attempt = now
                 self._put(txn, message)
-                store.outbox.append(txn, [events.about_message(events.Retried, message.id, store.node)])
+                if store.events:
+                    store.outbox.append(txn, [events.about_message(events.Retried, message.id, store.node)])
                 changed += 1
         return changed

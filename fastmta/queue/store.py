@@ -82,8 +82,10 @@ def scheduled_id(key: bytes) -> str:
 class QueueStore:
     """Every change it writes appends its events to the outbox in the same transaction; `node` names this node in them."""
 
-    def __init__(self, data_dir: Path, map_size: int, node: str = "") -> None:
+    def __init__(self, data_dir: Path, map_size: int, node: str = "", events: bool = True) -> None:
         self.node = node
+        # Whether changes write their events: only when something reads the outbox ([history] enabled).
+        self.events = events
         self.env = open_env(data_dir / "queue.lmdb", map_size)
         self.messages = self.env.open_db(b"messages")
         self.bodies = self.env.open_db(b"bodies")
@@ -93,7 +95,7 @@ class QueueStore:
 
     @classmethod
     def opened(cls, config: Config) -> QueueStore:
-        return cls(config.data_dir, config.server.queue_max_bytes, config.server.node_id)
+        return cls(config.data_dir, config.server.queue_max_bytes, config.server.node_id, config.history.enabled)
 
     def close(self) -> None:
         self.env.close()
@@ -112,7 +114,8 @@ class QueueStore:
             with self.env.begin(write=True) as txn:
                 for message, body in batch:
                     self.put_new(txn, message, body)
-                self.outbox.append(txn, session_events)
+                if self.events:
+                    self.outbox.append(txn, session_events)
             return [None] * len(batch)
         except lmdb.MapFullError:
             if len(batch) == 1:
@@ -131,7 +134,8 @@ class QueueStore:
                         outcomes.append(StoreFullError(_MAP_FULL))
                 try:
                     with self.env.begin(write=True, parent=txn) as child:
-                        self.outbox.append(child, session_events)
+                        if self.events:
+                            self.outbox.append(child, session_events)
                 except lmdb.MapFullError:
                     pass  # refusals of a full store: nothing was queued, and there is no room to say so
         except lmdb.MapFullError:  # the commit itself needed pages there were none of: nothing was stored
@@ -160,7 +164,8 @@ class QueueStore:
         txn.put(key, body, db=self.bodies)
         if message.state == ACTIVE:
             txn.put(schedule_key(message.next_attempt, message.id), b"", db=self.schedule)
-        self.outbox.append(txn, [events.received(message, self.node, time.time())])
+        if self.events:
+            self.outbox.append(txn, [events.received(message, self.node, time.time())])
 
     def read(self, txn: lmdb.Transaction, message_id: str) -> Message | None:
         """The record, or None when it is missing or corrupt (corrupt ones are for `scan` to report)."""
@@ -226,7 +231,8 @@ class QueueStore:
             if txn.get(message_id.encode(), db=self.messages) is None:
                 return False
             self.remove(txn, message_id)
-            self.outbox.append(txn, [events.about_message(events.Deleted, message_id, self.node)])
+            if self.events:
+                self.outbox.append(txn, [events.about_message(events.Deleted, message_id, self.node)])
             return True
 
     def set_held(self, message_id: str, held: bool) -> Message | None:
@@ -241,7 +247,8 @@ class QueueStore:
                 return None
             message = self._decode(key, raw)
             txn.delete(schedule_key(message.next_attempt, message_id), db=self.schedule)
-            self.outbox.append(txn, [events.about_message(events.Held if held else events.Released, message_id, self.node)])
+            if self.events:
+                self.outbox.append(txn, [events.about_message(events.Held if held else events.Released, message_id, self.node)])
             if held:
                 message.state = HELD
             else:

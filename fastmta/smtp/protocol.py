@@ -184,9 +184,12 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _record_rejections(self, session: Session) -> None:
         now = time.time()
+        keep = self._worker.store.events
         for rejection in session.rejections:
             if rejection.stage != "connect":
                 self._worker.metrics.received["rejected"] += 1
+            if not keep:
+                continue
             self._worker.record(
                 events.Rejected(
                     id=events.new_event_id(now),
@@ -206,7 +209,7 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _auth_verified(self, result: object) -> None:
         self._worker.metrics.auth["success" if isinstance(result, User) else "failure"] += 1
-        if not isinstance(result, User) and self.session is not None:
+        if not isinstance(result, User) and self.session is not None and self._worker.store.events:
             now = time.time()
             self._worker.record(
                 events.AuthFailed(

@@ -43,6 +43,7 @@ def test_received_rejected_and_delivered_events_with_the_rejected_count(make_ser
             "server": {"node_id": "node-a"},
             "delivery": {"workers": 1},
             "admin": {"enabled": True},
+            "history": {"enabled": True},
             "routes": [{"match": ["*"], "kind": "smarthost", "host": "127.0.0.1", "port": hop.port, "tls": "none"}],
         })  # fmt: skip
         with smtplib.SMTP("127.0.0.1", server.port) as client:
