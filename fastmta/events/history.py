@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
 
 from fastmta.config import Config
 from fastmta.events.records import (
@@ -48,7 +52,12 @@ class HistorySink:
         self.engine = engine
         self.keep = keep
         self.undecodable = 0  # outbox entries skipped because they could not be decoded
-        self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        # The last outbox entry this sink committed. The outbox offers entries in order and again only
+        # after a failure (rolled back here) or a restart, so a batch that starts past it is all new.
+        self._committed_through = -1
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._insert = {table: dialect.insert(table).on_conflict_do_nothing() for table in (events, messages, recipients)}
+        self._compiled: dict[UpdateBase, SQLCompiler] = {}
 
     @classmethod
     def configured(cls, config: Config) -> HistorySink:
@@ -63,19 +72,36 @@ class HistorySink:
         decoded = [(sequence, event) for sequence, event in batch if event is not None]
         self.undecodable += len(batch) - len(decoded)
         with self.engine.begin() as connection:
-            known = self._known(connection, [event.id for _, event in decoded])
+            fresh_only = bool(batch) and self._committed_through >= 0 and batch[0][0] > self._committed_through
+            known = set() if fresh_only else self._known(connection, [event.id for _, event in decoded])
             fresh: list[tuple[int, AnyEvent]] = []
             for sequence, event in decoded:
                 if event.id not in known:
                     known.add(event.id)
                     fresh.append((sequence, event))
-            if not fresh:
-                return
-            connection.execute(
-                self._dialect.insert(events).on_conflict_do_nothing(), [_event_row(seq, event) for seq, event in fresh]
-            )
-            for _, event in fresh:
-                self._apply(connection, event)
+            if fresh:
+                self._write(connection, fresh)
+        if batch:
+            self._committed_through = batch[-1][0]
+
+    def _write(self, connection: sa.Connection, fresh: list[tuple[int, AnyEvent]]) -> None:
+        # One statement per kind of row for the whole batch: per-event statements cost ten times as
+        # much. New rows first (a message's received event precedes its outcomes, so they find it),
+        # then the changes in outbox order, a run of outcomes at a time.
+        self._many(connection, self._insert[events], [_event_row(seq, event) for seq, event in fresh])
+        arrivals = [event for _, event in fresh if isinstance(event, Received | Rejected)]
+        self._many(connection, self._insert[messages], [_arrival_row(event) for event in arrivals])
+        addressed = [row for event in arrivals if isinstance(event, Received) for row in _recipient_rows(event)]
+        self._many(connection, self._insert[recipients], addressed)
+        outcomes: list[Attempted] = []
+        for _, event in fresh:
+            if isinstance(event, Delivered | Failed | Expired | Deferred):
+                outcomes.append(event)
+                continue
+            self._apply_outcomes(connection, outcomes)
+            outcomes = []
+            _apply_change(connection, event)
+        self._apply_outcomes(connection, outcomes)
 
     def prune(self, now: float | None = None) -> int:
         """Removes messages unchanged for `keep`, with their recipients and events; returns the rows removed."""
@@ -92,6 +118,58 @@ class HistorySink:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _many(self, connection: sa.Connection, statement: UpdateBase, rows: list[dict[str, Any]]) -> None:
+        """One statement for many rows, compiled once and handed to the driver's executemany.
+
+        SQLAlchemy's own executemany processes every parameter of every row in Python, which cost
+        more than the database's work (measured: 30 of 66 µs per event); the values here are plain
+        (str, int, float, bool, None, JSON already encoded), so they need none of it.
+        """
+        if not rows:
+            return
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = statement.compile(dialect=self.engine.dialect)
+        # The statement's own values (status == 'queued') join each row's.
+        own = {name: value for name, value in compiled.params.items() if name not in rows[0]}
+        if own:
+            rows = [row | own for row in rows]
+        names = compiled.positiontup
+        parameters: list[Any] = rows
+        if names:
+            values = itemgetter(*names)
+            parameters = [values(row) for row in rows] if len(names) > 1 else [(values(row),) for row in rows]
+        connection.exec_driver_sql(str(compiled), parameters)
+
+    def _apply_outcomes(self, connection: sa.Connection, outcomes: list[Attempted]) -> None:
+        """Delivery outcomes, in order: each recipient's, then the state of each message they touched."""
+        if not outcomes:
+            return
+        self._many(connection, _RECIPIENT_OUTCOME, [
+            {"b_message_id": e.message_id, "b_address": e.recipient, "b_status": _OUTCOME_STATUS[type(e)],
+             "b_attempts": e.attempts, "b_deferred": int(isinstance(e, Deferred)), "b_reply": e.reply,
+             "b_remote_host": e.remote_host, "b_at": e.at}
+            for e in outcomes
+        ])  # fmt: skip
+        latest: dict[str, Attempted] = {}
+        deferrals: dict[str, int] = {}
+        most_attempts: dict[str, int] = {}
+        for e in outcomes:
+            latest[e.message_id] = e
+            deferrals[e.message_id] = deferrals.get(e.message_id, 0) + int(isinstance(e, Deferred))
+            most_attempts[e.message_id] = max(most_attempts.get(e.message_id, 0), e.attempts)
+        # The message is settled when no recipient is left queued: failed if any failed, sent otherwise.
+        queued, failed = _open_and_failed(connection, list(latest))
+        changes = []
+        for message_id, last in latest.items():
+            status = QUEUED if message_id in queued else FAILED if message_id in failed else SENT
+            changes.append({
+                "b_id": message_id, "b_status": status, "b_settled_at": None if status == QUEUED else last.at,
+                "b_at": last.at, "b_reply": last.reply, "b_deferred": deferrals[message_id],
+                "b_attempts": most_attempts[message_id],
+            })  # fmt: skip
+        self._many(connection, _MESSAGE_OUTCOME, changes)
+
     def _known(self, connection: sa.Connection, ids: list[str]) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(ids), _LOOKUP_CHUNK):
@@ -99,106 +177,111 @@ class HistorySink:
             found.update(connection.scalars(sa.select(events.c.id).where(events.c.id.in_(chunk))))
         return found
 
-    def _apply(self, connection: sa.Connection, event: AnyEvent) -> None:
-        match event:
-            case Received():
-                self._received(connection, event)
-            case Rejected():
-                self._rejected(connection, event)
-            case Delivered() | Failed() | Expired() | Deferred():
-                self._attempted(connection, event)
-            case Deleted():
-                self._deleted(connection, event)
-            case Held() | Released():
-                _touch(connection, event, held=isinstance(event, Held))
-            case DelayNotified() | Retried():
-                _touch(connection, event)
-            case AuthFailed():
-                pass  # about a client, not a message: the timeline has it
+# The statements run once per batch with a list of parameters: bound names differ from column names,
+# which SQLAlchemy reserves for the SET clause.
+_RECIPIENT_OUTCOME = (
+    sa.update(recipients)
+    .where(recipients.c.message_id == sa.bindparam("b_message_id"), recipients.c.address == sa.bindparam("b_address"))
+    .values(
+        status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
+        deferred=recipients.c.deferred + sa.bindparam("b_deferred"), last_reply=sa.bindparam("b_reply"),
+        remote_host=sa.bindparam("b_remote_host"), updated_at=sa.bindparam("b_at"),
+    )
+)
+# A deleted message stays deleted whatever attempt finishes after the delete.
+_MESSAGE_OUTCOME = (
+    sa.update(messages)
+    .where(messages.c.id == sa.bindparam("b_id"), messages.c.status == QUEUED)
+    .values(
+        status=sa.bindparam("b_status"), settled_at=sa.bindparam("b_settled_at"), updated_at=sa.bindparam("b_at"),
+        last_reply=sa.bindparam("b_reply"), deferred=messages.c.deferred + sa.bindparam("b_deferred"),
+        attempts=sa.case(
+            (messages.c.attempts < sa.bindparam("b_attempts"), sa.bindparam("b_attempts")), else_=messages.c.attempts
+        ),
+    )
+)
 
-    def _received(self, connection: sa.Connection, event: Received) -> None:
-        addresses = list(dict.fromkeys(event.recipients))
-        connection.execute(
-            self._dialect.insert(messages).on_conflict_do_nothing(),
-            _message_row(event, QUEUED, sender=event.sender, recipients=len(addresses), size=event.size,
-                         client_ip=event.client_ip, helo=event.helo, auth_user=event.auth_user, listener=event.listener,
-                         subject=event.subject, header_message_id=event.header_message_id,
-                         header_from=event.header_from, header_to=event.header_to, workspace_id=event.workspace_id,
-                         campaign_id=event.campaign_id, user_id=event.user_id),
+
+_OUTCOME_STATUS: dict[type[Attempted], str] = {Delivered: SENT, Deferred: QUEUED, Failed: FAILED, Expired: FAILED}
+
+
+def _open_and_failed(connection: sa.Connection, message_ids: list[str]) -> tuple[set[str], set[str]]:
+    """Of these messages, those with a recipient still queued, and those with one failed."""
+    queued: set[str] = set()
+    failed: set[str] = set()
+    for start in range(0, len(message_ids), _LOOKUP_CHUNK):
+        chunk = message_ids[start:start + _LOOKUP_CHUNK]
+        found = connection.execute(
+            sa.select(recipients.c.message_id, recipients.c.status)
+            .where(recipients.c.message_id.in_(chunk), recipients.c.status.in_((QUEUED, FAILED)))
+            .distinct()
         )
-        if addresses:
+        for message_id, status in found:
+            (queued if status == QUEUED else failed).add(message_id)
+    return queued, failed
+
+
+def _apply_change(connection: sa.Connection, event: AnyEvent) -> None:
+    """A change that is not a delivery outcome: rare (operators' actions, notices), so one statement each."""
+    match event:
+        case Deleted():
+            # Kept, not removed: what an operator did to a message is what history is asked about, and
+            # the recipients still queued were never delivered (a removed row would read as never sent).
             connection.execute(
-                self._dialect.insert(recipients).on_conflict_do_nothing(),
-                [
-                    {"message_id": event.message_id, "address": address, "status": QUEUED, "attempts": 0,
-                     "deferred": 0, "last_reply": "", "remote_host": "", "updated_at": event.at}
-                    for address in addresses
-                ],
+                sa.update(recipients)
+                .where(recipients.c.message_id == event.message_id, recipients.c.status == QUEUED)
+                .values(status=DELETED, updated_at=event.at)
             )
-
-    def _rejected(self, connection: sa.Connection, event: Rejected) -> None:
-        # A refusal queued nothing, yet GET /api/v1/messages?status=rejected lists it among messages with
-        # the same filters (sender, client, time): so it is a messages row too, keyed by its event id,
-        # settled at once, with the refused recipient (if the refusal was of one) counted.
-        connection.execute(
-            self._dialect.insert(messages).on_conflict_do_nothing(),
-            _message_row(event, REJECTED, message_id=event.id, settled_at=event.at, last_reply=event.reply,
-                         sender=event.sender, recipients=int(bool(event.recipient)), client_ip=event.client_ip,
-                         helo=event.helo, auth_user=event.auth_user, listener=event.listener),
-        )
-
-    def _attempted(self, connection: sa.Connection, event: Attempted) -> None:
-        deferred = isinstance(event, Deferred)
-        status = QUEUED if deferred else SENT if isinstance(event, Delivered) else FAILED
-        this = (recipients.c.message_id == event.message_id) & (recipients.c.address == event.recipient)
-        connection.execute(
-            sa.update(recipients).where(this).values(
-                status=status, attempts=event.attempts, deferred=recipients.c.deferred + int(deferred),
-                last_reply=event.reply, remote_host=event.remote_host, updated_at=event.at,
+            connection.execute(
+                sa.update(messages).where(messages.c.id == event.message_id, messages.c.status == QUEUED)
+                .values(status=DELETED, settled_at=event.at, updated_at=event.at)
             )
-        )
-        # The message is settled when no recipient is left queued: failed if any failed, sent otherwise.
-        counts = {
-            status: count
-            for status, count in connection.execute(
-                sa.select(recipients.c.status, sa.func.count())
-                .where(recipients.c.message_id == event.message_id)
-                .group_by(recipients.c.status)
-            )
-        }
-        settled = QUEUED if counts.get(QUEUED) else FAILED if counts.get(FAILED) else SENT
-        connection.execute(
-            sa.update(messages).where(messages.c.id == event.message_id, messages.c.status == QUEUED).values(
-                status=settled, settled_at=None if settled == QUEUED else event.at, updated_at=event.at,
-                last_reply=event.reply, deferred=messages.c.deferred + int(deferred),
-                attempts=sa.case((messages.c.attempts < event.attempts, event.attempts), else_=messages.c.attempts),
-            )
-        )
-
-    def _deleted(self, connection: sa.Connection, event: Deleted) -> None:
-        # Kept, not removed: what an operator did to a message is what history is asked about, and the
-        # recipients still queued were never delivered (a removed row would read as never sent at all).
-        connection.execute(
-            sa.update(recipients)
-            .where(recipients.c.message_id == event.message_id, recipients.c.status == QUEUED)
-            .values(status=DELETED, updated_at=event.at)
-        )
-        connection.execute(
-            sa.update(messages).where(messages.c.id == event.message_id, messages.c.status == QUEUED)
-            .values(status=DELETED, settled_at=event.at, updated_at=event.at)
-        )
+        case Held() | Released():
+            _touch(connection, event, held=isinstance(event, Held))
+        case DelayNotified() | Retried():
+            _touch(connection, event)
+        case Received() | Rejected() | AuthFailed():
+            pass  # rows of their own (inserted with the batch), or about a client, not a message
 
 
 def _touch(connection: sa.Connection, event: Event, **values: Any) -> None:
     connection.execute(sa.update(messages).where(messages.c.id == event.message_id).values(updated_at=event.at, **values))
 
 
+def _arrival_row(event: Received | Rejected) -> dict[str, Any]:
+    if isinstance(event, Received):
+        return _message_row(
+            event, QUEUED, sender=event.sender, recipients=len(set(event.recipients)), size=event.size,
+            client_ip=event.client_ip, helo=event.helo, auth_user=event.auth_user, listener=event.listener,
+            subject=event.subject, header_message_id=event.header_message_id, header_from=event.header_from,
+            header_to=event.header_to, workspace_id=event.workspace_id, campaign_id=event.campaign_id,
+            user_id=event.user_id,
+        )
+    # A refusal queued nothing, yet GET /api/v1/messages?status=rejected lists it among messages with the
+    # same filters (sender, client, time): so it is a messages row too, keyed by its event id, settled
+    # at once, with the refused recipient (if the refusal was of one) counted.
+    return _message_row(
+        event, REJECTED, message_id=event.id, settled_at=event.at, last_reply=event.reply, sender=event.sender,
+        recipients=int(bool(event.recipient)), client_ip=event.client_ip, helo=event.helo,
+        auth_user=event.auth_user, listener=event.listener,
+    )
+
+
+def _recipient_rows(event: Received) -> list[dict[str, Any]]:
+    return [
+        {"message_id": event.message_id, "address": address, "status": QUEUED, "attempts": 0, "deferred": 0,
+         "last_reply": "", "remote_host": "", "updated_at": event.at}
+        for address in dict.fromkeys(event.recipients)
+    ]  # fmt: skip
+
+
 def _event_row(sequence: int, event: AnyEvent) -> dict[str, Any]:
-    # A refusal's own messages row is keyed by its event id (see _rejected).
+    # A refusal's own messages row is keyed by its event id (see _arrival_row).
     message_id = event.id if isinstance(event, Rejected) else event.message_id or None
     return {
         "id": event.id, "seq": sequence, "type": type(event).__struct_config__.tag, "at": event.at, "node": event.node,
-        "message_id": message_id, "recipient": event.recipient, "data": event,
+        "message_id": message_id, "recipient": event.recipient,
+        "data": msgspec.json.encode(event).decode(),
     }
 
 

@@ -60,12 +60,12 @@ class Outbox:
             raw = txn.get(sink.encode())
             return 0 if raw is None else _SEQUENCE.unpack(raw)[0]
 
-    def advance(self, sink: str, sequence: int) -> None:
-        """`sink` has every entry up to `sequence`; entries every sink has are removed in the same transaction."""
+    def advance(self, cursors: dict[str, int]) -> None:
+        """Each named sink has every entry up to its number; entries every sink has are removed, all in one transaction."""
         with self.env.begin(write=True) as txn:
-            txn.put(sink.encode(), _SEQUENCE.pack(sequence), db=self._cursors)
-            cursors = [_SEQUENCE.unpack(raw)[0] for _, raw in txn.cursor(db=self._cursors)]
-            done = min(cursors)
+            for sink, sequence in cursors.items():
+                txn.put(sink.encode(), _SEQUENCE.pack(sequence), db=self._cursors)
+            done = min(_SEQUENCE.unpack(raw)[0] for _, raw in txn.cursor(db=self._cursors))
             entries = txn.cursor(db=self._entries)
             while entries.first() and _SEQUENCE.unpack(entries.key())[0] <= done:
                 entries.delete()
@@ -88,14 +88,14 @@ class Outbox:
                     txn.put(name, _SEQUENCE.pack(start), db=self._cursors)
 
     def lags(self, now: float) -> dict[str, float]:
-        """lag() of every registered sink."""
+        """lag() of every registered sink, at the cursor it last saved."""
         with self.env.begin(db=self._cursors) as txn:
-            sinks = [key.decode() for key, _ in txn.cursor()]
-        return {sink: self.lag(sink, now) for sink in sinks}
+            cursors = {key.decode(): _SEQUENCE.unpack(raw)[0] for key, raw in txn.cursor()}
+        return {sink: self.lag(after, now) for sink, after in cursors.items()}
 
-    def lag(self, sink: str, now: float) -> float:
-        """How long the oldest event `sink` does not have yet has waited; 0 when it has them all."""
-        waiting = self.read(self.cursor(sink), 1)
+    def lag(self, after: int, now: float) -> float:
+        """How long the oldest event past `after` has waited; 0 when there is none."""
+        waiting = self.read(after, 1)
         if not waiting:
             return 0.0
         event = waiting[0][1]

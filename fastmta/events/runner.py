@@ -4,6 +4,11 @@ Each sink moves at its own pace. Its cursor advances only once it took a batch, 
 reaches every sink at least once, whatever dies when; a sink that fails is offered the same batch
 again after a pause that doubles up to a minute, and the others go on meanwhile. Ingress never
 waits for any of this: the outbox only grows (on disk) while a sink is behind.
+
+The cursors are saved (and what every sink has leaves the outbox) once a second and at a clean
+stop, not after every batch: each save is a durable write on the queue's environment, which
+ingress commits queue behind. A runner killed between saves offers up to a second of events again,
+which at-least-once delivery allows and the sinks deduplicate.
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ BATCH = 500
 _IDLE_LOOK_SECONDS = 0.2
 _RETRY_FIRST = 1.0
 _RETRY_MAX = 60.0
+_SAVE_SECONDS = 1.0
 
 
 @dataclass
 class _Progress:
+    cursor: int  # the last entry the sink has
+    saved: int  # the cursor as the outbox has it
     failures: int = 0
     retry_at: float = 0.0
 
@@ -43,8 +51,9 @@ class EventsRunner:
         self.outbox = outbox
         self.sinks = sinks
         self.metrics = metrics
-        self._progress = {sink.name: _Progress() for sink in sinks}
         outbox.register([sink.name for sink in sinks])
+        self._progress = {sink.name: _Progress(outbox.cursor(sink.name), outbox.cursor(sink.name)) for sink in sinks}
+        self._saved_at = 0.0
 
     def step(self, now: float) -> int:
         """Offers every sink that is not pausing its next batch; returns how many events were delivered."""
@@ -53,7 +62,7 @@ class EventsRunner:
             progress = self._progress[sink.name]
             if now < progress.retry_at:
                 continue
-            batch = self.outbox.read(self.outbox.cursor(sink.name), BATCH)
+            batch = self.outbox.read(progress.cursor, BATCH)
             if not batch:
                 continue
             try:
@@ -68,15 +77,27 @@ class EventsRunner:
             if progress.failures:
                 log.info("sink %s delivers again after %d failures", sink.name, progress.failures)
             progress.failures, progress.retry_at = 0, 0.0
-            self.outbox.advance(sink.name, batch[-1][0])
+            progress.cursor = batch[-1][0]
             delivered += len(batch)
+        if now - self._saved_at >= _SAVE_SECONDS:
+            self.save(now)
         return delivered
+
+    def save(self, now: float) -> None:
+        """Writes the cursors that moved, removing from the outbox what every sink has."""
+        moved = {name: p.cursor for name, p in self._progress.items() if p.cursor != p.saved}
+        if moved:
+            self.outbox.advance(moved)
+            for name, cursor in moved.items():
+                self._progress[name].saved = cursor
+        self._saved_at = now
 
     def lags(self, now: float) -> dict[str, float]:
         """Per sink: the age of the oldest event it does not have yet, 0 when it has them all."""
-        return {sink.name: self.outbox.lag(sink.name, now) for sink in self.sinks}
+        return {name: self.outbox.lag(p.cursor, now) for name, p in self._progress.items()}
 
     def close(self) -> None:
+        self.save(time.time())
         for sink in self.sinks:
             sink.close()
 

@@ -60,6 +60,7 @@ def test_every_sink_gets_every_event_in_order_and_a_failing_one_catches_up(tmp_p
     assert runner.step(now + 3.1) == 3
     assert webhooks.offered == [[1, 2, 3]] * 3  # the same batch again, not a later one
     assert [e.message_id for e in webhooks.kept if e is not None] == ids
+    assert runner.step(now + 4) == 0  # a second after the last save: saved, and the outbox emptied
     assert store.outbox.pending() == 0 and runner.lags(now + 4) == {"history": 0.0, "webhooks": 0.0}
     runner.close()
     assert history.closed and webhooks.closed
@@ -86,3 +87,23 @@ def test_a_restarted_runner_resumes_after_the_last_batch_a_sink_took(tmp_path: P
     again = RecordingSink("history")
     EventsRunner(store.outbox, [again], EventsMetrics("events", enabled=False)).step(time.time())
     assert first.offered == [[1, 2]] and again.offered == [[3, 4]]
+
+
+def test_cursors_are_saved_once_a_second_and_a_killed_runner_offers_the_unsaved_again(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 26, node="n1")
+    first = RecordingSink("history")
+    runner = EventsRunner(store.outbox, [first], EventsMetrics("events", enabled=False))
+    now = time.time()
+    queue(store, 2)
+    runner.step(now)  # the first step saves
+    queue(store, 2)
+    runner.step(now + 0.5)  # taken, not yet saved: the outbox still holds them
+    assert first.offered == [[1, 2], [3, 4]] and store.outbox.cursor("history") == 2 and store.outbox.pending() == 2
+    assert runner.lags(now + 0.5) == {"history": 0.0}  # the runner's own view is current
+    # Killed here (no close): the next runner offers what was never saved.
+    again = RecordingSink("history")
+    restarted = EventsRunner(store.outbox, [again], EventsMetrics("events", enabled=False))
+    restarted.step(now + 0.6)
+    assert again.offered == [[3, 4]]
+    restarted.close()  # a clean stop saves
+    assert store.outbox.cursor("history") == 4 and store.outbox.pending() == 0

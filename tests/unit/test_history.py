@@ -87,7 +87,7 @@ def test_migrations_create_the_schema_of_schema_py_and_run_twice(sink: HistorySi
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
         if sink.engine.dialect.name == "sqlite":
             assert connection.scalar(sa.text("PRAGMA journal_mode")) == "wal"
-            assert connection.scalar(sa.text("PRAGMA synchronous")) == 1  # NORMAL
+            assert connection.scalar(sa.text("PRAGMA synchronous")) == 2  # FULL
 
 
 def test_a_message_received_then_delivered_and_failed(sink: HistorySink) -> None:
@@ -235,3 +235,31 @@ def test_the_events_process_feeds_history(tmp_path: Path) -> None:
     [made] = sinks.configured(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path)}))
     assert isinstance(made, HistorySink) and made.name == "history"
     made.close()
+
+
+def test_one_batch_of_many_messages_with_changes_between_their_outcomes(sink: HistorySink) -> None:
+    # The sink writes a batch a statement per kind of row; the result must be what event-by-event gives.
+    first, second, third = (message(f"b{n}", "x@example.com", "y@example.com") for n in range(3))
+    batch = [records.received(m, NODE, T0) for m in (first, second, third)] + [
+        outcome(records.Deferred, first, "x@example.com", T0 + 1, "451 later", 1),
+        outcome(records.Delivered, second, "x@example.com", T0 + 2, "250 ok", 1),
+        records.about_message(records.Deleted, "b1", NODE),  # second: y was still queued
+        outcome(records.Delivered, second, "y@example.com", T0 + 3, "250 late", 1),  # finished after the delete
+        outcome(records.Delivered, first, "x@example.com", T0 + 4, "250 ok", 2),
+        outcome(records.Delivered, first, "y@example.com", T0 + 5, "250 ok", 1),
+        outcome(records.Failed, third, "x@example.com", T0 + 6, "550 no", 1),
+        outcome(records.Delivered, third, "y@example.com", T0 + 7, "250 ok", 1),
+    ]
+    sink.deliver(numbered(batch))
+    found = by_id(sink)
+    assert (found["b0"]["status"], found["b0"]["deferred"], found["b0"]["attempts"], found["b0"]["settled_at"]) == (
+        "sent", 1, 2, T0 + 5
+    )
+    assert found["b1"]["status"] == "deleted"
+    assert (found["b2"]["status"], found["b2"]["last_reply"]) == ("failed", "250 ok")
+    statuses = {(r["message_id"], r["address"]): r["status"] for r in rows(sink, recipients)}
+    assert statuses[("b1", "x@example.com")] == "sent" and statuses[("b1", "y@example.com")] == "sent"
+    assert statuses[("b2", "x@example.com")] == "failed"
+    # A later batch past this one skips the lookup of known ids; a batch offered again does not.
+    sink.deliver(numbered(batch))
+    assert by_id(sink) == found

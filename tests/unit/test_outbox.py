@@ -102,13 +102,13 @@ def test_entries_leave_only_when_every_sink_has_them(store: QueueStore) -> None:
     outbox = store.outbox
     outbox.register(["history", "webhooks"])
     store.insert([(message(), b"1"), (message(), b"2"), (message(), b"3")])
-    outbox.advance("history", 3)
+    outbox.advance({"history": 3})
     assert outbox.pending() == 3
-    outbox.advance("webhooks", 2)
+    outbox.advance({"webhooks": 2})
     assert outbox.pending() == 1 and [seq for seq, _ in outbox.read(0, 10)] == [3]
     assert outbox.cursor("history") == 3 and outbox.cursor("webhooks") == 2
     outbox.register(["history"])  # a sink no longer configured holds nothing back
-    outbox.advance("history", 3)
+    outbox.advance({"history": 3})
     assert outbox.pending() == 0
     store.insert([(message(), b"4")])
     assert [seq for seq, _ in outbox.read(outbox.cursor("history"), 10)] == [4]  # numbers never start over
@@ -149,6 +149,6 @@ def test_the_lag_of_each_sink_is_the_age_of_its_oldest_missing_event(store: Queu
     store.insert([(message(), b"1")])
     (entry,) = store.outbox.read(0, 1)
     assert entry[1] is not None
-    store.outbox.advance("history", entry[0])
+    store.outbox.advance({"history": entry[0]})
     lags = store.outbox.lags(entry[1].at + 5)
     assert lags["history"] == 0.0 and lags["webhooks"] == pytest.approx(5)
