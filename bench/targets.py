@@ -105,6 +105,7 @@ class FastMTA(Target):
     durability = "fsync before 250"
     relays = True
     server_settings: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()  # further config lines after the others, whole sections
 
     def executable(self) -> str | None:
         beside_python = Path(sys.executable).parent / "fastmta"
@@ -135,7 +136,7 @@ class FastMTA(Target):
                 f"port = {relay_port}",
                 'tls = "none"',
             ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + list(self.sections)) + "\n"
 
     def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
         executable = self.executable()
@@ -153,6 +154,14 @@ class FastMTAWithoutMetrics(FastMTA):
     name = "fastmta-nometrics"
     durability = "fsync before 250; metrics off"
     server_settings = ("metrics = false",)
+
+
+class FastMTAWithoutHistory(FastMTA):
+    """fastmta with `[history] enabled = false`: beside `fastmta`, what the outbox and the events process cost."""
+
+    name = "fastmta-nohistory"
+    durability = "fsync before 250; no events"
+    sections = ("[history]", "enabled = false")
 
 
 class FastMTABaseline(FastMTA):
@@ -223,7 +232,8 @@ class SmtpSink(Target):
 
 
 TARGETS: dict[str, Target] = {
-    t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTABaseline())
+    t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTAWithoutHistory(),
+                           FastMTABaseline())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")

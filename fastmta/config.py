@@ -263,9 +263,9 @@ class AdminConfig(_Section):
 
 
 class HistoryConfig(_Section):
-    # Off until the events process meets its cost target (measured: ingress at 0.58x with it on).
-    # On, every queue change writes its events to the outbox and the events process feeds history.
-    enabled: bool = False
+    # Every queue change writes its events to the outbox and the events process feeds history.
+    # Off: no events are written (nothing would read them), and history.db is not kept.
+    enabled: bool = True
     # Empty: SQLite at data_dir/history.db; otherwise an SQLAlchemy URL such as "postgresql://user@host/db",
     # which nodes of a cluster share.
     url: str = ""

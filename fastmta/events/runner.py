@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ _IDLE_LOOK_SECONDS = 0.2
 _RETRY_FIRST = 1.0
 _RETRY_MAX = 60.0
 _SAVE_SECONDS = 1.0
+_NICENESS = 19
 
 
 @dataclass
@@ -119,6 +121,9 @@ async def _serve(runner: EventsRunner, stop: asyncio.Event) -> None:
 
 
 def run(config: Config, name: str, make_sinks: Callable[[Config], list[Sink]]) -> int:
+    # Accepting mail comes first: when SMTP and delivery keep every CPU busy, the sinks fall behind
+    # (the outbox holds their events, on disk) and catch up when there is time again.
+    os.nice(_NICENESS)
     store = QueueStore.opened(config)
     runner = EventsRunner(store.outbox, make_sinks(config), EventsMetrics(name, config.server.metrics))
 
