@@ -221,6 +221,11 @@ class DeliveryConfig(_Section):
     command_timeout: Duration = _seconds("5m")
     # "host" or "host:port"; empty means the system resolver (/etc/resolv.conf).
     dns_servers: list[str] = msgspec.field(default_factory=list)
+    # data_dir/delivery.log starts again as delivery.log.1 (… .<log_keep>, the oldest dropped) once it
+    # reaches log_max_bytes (0: no limit), and at local midnight when log_daily is on.
+    log_max_bytes: NonNegative = 100 << 20
+    log_daily: bool = False
+    log_keep: NonNegative = 7
 
     def __post_init__(self) -> None:
         _check_addresses("dns_servers", self.dns_servers)

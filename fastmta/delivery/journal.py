@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import msgspec
 
 from fastmta.queue.records import Message, Recipient
+from fastmta.rotation import SharedLog
 
 
 class Entry(msgspec.Struct):
@@ -33,11 +33,10 @@ log = logging.getLogger("fastmta.delivery")
 
 
 class DeliveryLog:
-    def __init__(self, path: Path, runner: str = "") -> None:
+    def __init__(self, path: Path, runner: str = "", max_bytes: int = 0, daily: bool = False, keep: int = 7) -> None:
         self._runner = runner
         self.failing = False
-        # O_APPEND: lines from several runners interleave whole, never mixed within a line.
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._file = SharedLog(path, max_bytes, daily, keep)
 
     def write(
         self, message: Message, recipient: Recipient, host: str, seconds: float, route: str = "", source_ip: str = ""
@@ -59,7 +58,7 @@ class DeliveryLog:
             runner=self._runner,
         )
         try:
-            os.write(self._fd, _encoder.encode(entry) + b"\n")
+            self._file.append(_encoder.encode(entry) + b"\n")
         except OSError as exc:
             # The queue holds the outcome; a log line lost to a full disk must not lose the attempt too.
             if not self.failing:
@@ -71,4 +70,4 @@ class DeliveryLog:
             log.info("delivery.log is written again")
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._file.close()

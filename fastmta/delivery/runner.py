@@ -80,7 +80,10 @@ class Runner:
         self.resolver = MxResolver(delivery.dns_servers, delivery.connect_timeout)
         self.pools = Pools(self._open)
         self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
-        self.journal = DeliveryLog(config.data_dir / "delivery.log", name)
+        self.journal = DeliveryLog(
+            config.data_dir / "delivery.log", name, config.delivery.log_max_bytes, config.delivery.log_daily,
+            config.delivery.log_keep,
+        )
         self.metrics = DeliveryMetrics(name, config.server.metrics)
         self.retry_schedule: list[float] = list(delivery.retry_schedule)
         self.max_age = delivery.max_age
