@@ -344,9 +344,8 @@ class EventsConfig(_Section):
         seen: dict[str, int] = {}
         for index, hook in enumerate(self.webhooks):
             if hook.sink_name in seen:
-                raise ValueError(
-                    f"webhooks[{index}]: the same name as webhooks[{seen[hook.sink_name]}] ({hook.sink_name}); give each its own name"
-                )
+                first = seen[hook.sink_name]
+                raise ValueError(f"webhooks[{index}]: the same name as webhooks[{first}] ({hook.sink_name}); name them apart")
             seen[hook.sink_name] = index
 
 
