@@ -232,6 +232,6 @@ def test_history_config(tmp_path: Path) -> None:
 
 
 def test_the_events_process_feeds_history(tmp_path: Path) -> None:
-    [made] = sinks.configured(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path)}))
+    [made] = sinks.configured(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_ENABLED": "true"}))
     assert isinstance(made, HistorySink) and made.name == "history"
     made.close()
