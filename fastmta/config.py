@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from fastmta.events.names import WEBHOOK_EVENTS
 
 
 class ConfigError(Exception):
@@ -127,6 +130,12 @@ def _check_networks(key: str, values: list[str]) -> None:
             ipaddress.ip_network(value, strict=False)
         except ValueError:
             raise ValueError(f"{key}[{index}]: not a network: {value!r}") from None
+
+
+def _check_http_url(key: str, value: str) -> None:
+    scheme, _, rest = value.partition("://")
+    if scheme not in ("http", "https") or not rest.split("/", 1)[0]:
+        raise ValueError(f"{key}: not an http:// or https:// URL: {value!r}")
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -285,6 +294,66 @@ class HistoryConfig(_Section):
             raise ValueError(f"url: not an sqlite:// or postgresql:// URL: {self.url!r}")
 
 
+class WebhookConfig(_Section):
+    url: str
+    # The events it is sent (message.received, message.sent, ...); empty or ["*"]: every event.
+    events: list[str] = msgspec.field(default_factory=list)
+    # Signs every request (X-Fastmta-Signature, HMAC-SHA256); empty: requests go unsigned.
+    secret: str = ""
+    # Events per request: 1 posts each event as a JSON object, more post a JSON array of up to this many.
+    batch: Annotated[int, msgspec.Meta(ge=1, le=500)] = 1
+    # Names its outbox cursor and its dead letters (webhook:<name>), so it may change url and keep
+    # its place; by default a digest of url names it.
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{0,64}$")] = ""
+
+    def __post_init__(self) -> None:
+        _check_http_url("url", self.url)
+        for index, event in enumerate(self.events):
+            if event != "*" and event not in WEBHOOK_EVENTS:
+                raise ValueError(f"events[{index}]: no such event: {event!r} (one of {', '.join(WEBHOOK_EVENTS)}, or *)")
+
+    @property
+    def sink_name(self) -> str:
+        """Its cursor's name: stable across restarts and reorderings of the list."""
+        return f"webhook:{self.name or hashlib.sha256(self.url.encode()).hexdigest()[:12]}"
+
+    def wants(self, event: str) -> bool:
+        return not self.events or "*" in self.events or event in self.events
+
+
+class EventsConfig(_Section):
+    """What the events process sends out besides history: webhooks and the delivery report."""
+
+    webhooks: list[WebhookConfig] = msgspec.field(default_factory=list)
+    # A receiver that keeps failing (network, timeout, 408, 429, 5xx) is retried this long; then the
+    # events it did not take go to the dead letters and the next ones are tried.
+    retry_for: Duration = _seconds("8h")
+    # The pause between retries doubles from 1 s up to this.
+    max_pause: Duration = _seconds("10m")
+    connect_timeout: Duration = _seconds("5s")
+    # How long a receiver may take to answer a request.
+    timeout: Duration = _seconds("10s")
+    # The delivery report: outcomes of delivery attempts, posted in batches of report_batch.
+    report_url: str = ""
+    report_secret: str = ""
+    report_batch: Positive = 500
+    # Entries the receiver keeps rejecting go to the dead letters after this many attempts.
+    report_max_attempts: Positive = 10
+
+    def __post_init__(self) -> None:
+        for key in ("max_pause", "connect_timeout", "timeout"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: must be more than 0s")
+        if self.report_url:
+            _check_http_url("report_url", self.report_url)
+        seen: dict[str, int] = {}
+        for index, hook in enumerate(self.webhooks):
+            if hook.sink_name in seen:
+                first = seen[hook.sink_name]
+                raise ValueError(f"webhooks[{index}]: the same name as webhooks[{first}] ({hook.sink_name}); name them apart")
+            seen[hook.sink_name] = index
+
+
 def _default_routes() -> list[RouteConfig]:
     return [RouteConfig(match=["*"], kind="mx")]
 
@@ -297,6 +366,12 @@ class Config(_Section):
     routes: list[RouteConfig] = msgspec.field(default_factory=_default_routes)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+
+    @property
+    def events_wanted(self) -> bool:
+        """Whether anything reads the outbox: then queue changes write their events and the events process runs."""
+        return self.history.enabled or bool(self.events.webhooks) or bool(self.events.report_url)
 
     @property
     def data_dir(self) -> Path:
@@ -352,6 +427,19 @@ def _first_listener(value: Any) -> str:
     return first
 
 
+def _add_webhook(data: dict[str, Any], environ: dict[str, str]) -> None:
+    """SMTP_WEBHOOK_URL (with SMTP_WEBHOOK_EVENTS, comma-separated, and SMTP_WEBHOOK_SECRET): one more webhook."""
+    hook: dict[str, Any] = {"url": environ["SMTP_WEBHOOK_URL"]}
+    if "SMTP_WEBHOOK_EVENTS" in environ:
+        hook["events"] = _env_value("SMTP_WEBHOOK_EVENTS", environ["SMTP_WEBHOOK_EVENTS"], [])
+    if "SMTP_WEBHOOK_SECRET" in environ:
+        hook["secret"] = environ["SMTP_WEBHOOK_SECRET"]
+    hooks = _table(data, "events").setdefault("webhooks", [])
+    if not isinstance(hooks, list):
+        raise ConfigError(f"events.webhooks: Expected an array, got `{type(hooks).__name__}`")
+    hooks.append(hook)
+
+
 def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     defaults = msgspec.to_builtins(Config(), enc_hook=_encode)
 
@@ -373,6 +461,10 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
         host = environ.get("SMTP_HOST", configured_host)
         port = environ.get("SMTP_PORT", str(configured_port))
         smtp["listen"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if environ.get("SMTP_WEBHOOK_URL"):
+        _add_webhook(data, environ)
+    elif "SMTP_WEBHOOK_EVENTS" in environ or "SMTP_WEBHOOK_SECRET" in environ:
+        raise ConfigError("SMTP_WEBHOOK_EVENTS and SMTP_WEBHOOK_SECRET describe the webhook of SMTP_WEBHOOK_URL: set it too")
     if environ.get("SMTP_HEALTH_PORT"):
         admin = _table(data, "admin")
         try:

@@ -97,6 +97,14 @@ def families() -> SimpleNamespace:
             registry=None,
             multiprocess_mode="liveall",
         ),
+        events_sent=counter(
+            "fastmta_events_sent",
+            "Events sent to a webhook or the delivery report, by result"
+            " (delivered, failed and retried, refused, rejected by the report, replayed, replay_failed)",
+            "sink",
+            "result",
+        ),
+        dead_letters=counter("fastmta_dead_letters", "Events a sink gave up on, kept as dead letters", "sink"),
     )
 
 
@@ -194,7 +202,10 @@ class DeliveryMetrics:
 
 
 class EventsMetrics:
-    """The events process's readings: how far behind each sink is."""
+    """The events process's readings: how far behind each sink is, what webhooks and the report did.
+
+    Counted as they happen: a request to a receiver costs far more than a write to the files.
+    """
 
     def __init__(self, worker: str, enabled: bool = True) -> None:
         self.worker = worker
@@ -203,3 +214,11 @@ class EventsMetrics:
     def lag(self, sink: str, seconds: float) -> None:
         if self.enabled:
             families().events_lag.labels(self.worker, sink).set(seconds)
+
+    def sent(self, sink: str, result: str, events: int) -> None:
+        if self.enabled and events:
+            families().events_sent.labels(self.worker, sink, result).inc(events)
+
+    def dead_lettered(self, sink: str, events: int) -> None:
+        if self.enabled and events:
+            families().dead_letters.labels(self.worker, sink).inc(events)

@@ -104,7 +104,7 @@ class Supervisor:
         for slot, sockets in enumerate(self.listeners.per_slot):
             specs.append(ChildSpec(f"smtp-{slot}", smtp_worker.run, slot, sockets))
         specs += [ChildSpec(f"delivery-{n}", _delivery_role) for n in range(self.config.delivery.workers)]
-        if self.config.history.enabled:
+        if self.config.events_wanted:
             specs.append(ChildSpec(EVENTS, _events_role))
         return specs
 

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fastmta.admin.api import audit, delivery, docs, health, metrics, queue, realtime, stats, tokens, users
+from fastmta.admin.api import audit, delivery, docs, health, metrics, queue, realtime, stats, tokens, users, webhooks
 from fastmta.admin.endpoint import REQUEST_ID, Endpoint, error_response, route
 from fastmta.admin.errors import ApiError, MethodNotAllowed, NotFound
 from fastmta.admin.guard import Guard
@@ -36,7 +36,7 @@ def endpoints(feed: realtime.Feed | None = None) -> list[Endpoint]:
     """Every endpoint; `feed` is the event stream's, and a new one does where the endpoints are only described."""
     described = [
         endpoint
-        for module in (health, metrics, stats, queue, delivery, users, tokens, audit)
+        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, webhooks)
         for endpoint in module.ENDPOINTS
     ] + realtime.endpoints(feed or realtime.Feed())
     return described + docs.endpoints(described)

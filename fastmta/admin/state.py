@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
 
 from fastmta.accounts import Accounts
 from fastmta.admin.audit import AuditLog
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
 from fastmta.config import Config
+from fastmta.history import db
 from fastmta.limits import ClientLimits
 from fastmta.queue.control import DeliveryControl
 from fastmta.queue.schedule import Scheduler
@@ -29,6 +32,7 @@ class AdminState:
     poker: Poker
     limiter: RateLimiter
     limits: ClientLimits  # SMTP's per-address limits, for HTTP Basic logins
+    _history: sa.Engine | None = field(default=None, init=False)
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
@@ -53,10 +57,21 @@ class AdminState:
         self.wake_runners()
         return changed
 
+    def history(self) -> sa.Engine | None:
+        """History's engine, made on first use; None while SQLite history has no file (the events process
+        makes and migrates it): reading must not leave an empty database behind."""
+        if self._history is None:
+            if not self.config.history.url and not (self.config.data_dir / "history.db").exists():
+                return None
+            self._history = db.engine(db.url(self.config))
+        return self._history
+
     def wake_runners(self) -> None:
         self.poker.poke()
 
     def close(self) -> None:
+        if self._history is not None:
+            self._history.dispose()
         self.poker.close()
         self.limiter.close()
         self.store.close()

@@ -65,21 +65,23 @@ class EventsRunner:
             if now < progress.retry_at:
                 continue
             batch = self.outbox.read(progress.cursor, BATCH)
-            if not batch:
+            if not batch and not getattr(sink, "idle_calls", False):  # see Sink
                 continue
             try:
                 sink.deliver(batch)
             except Exception as exc:  # any failure of a sink's own: it waits, the others go on
                 progress.failures += 1
-                pause = min(_RETRY_FIRST * 2 ** (progress.failures - 1), _RETRY_MAX)
+                longest = getattr(sink, "max_pause", _RETRY_MAX)  # see Sink
+                pause = min(_RETRY_FIRST * 2 ** (progress.failures - 1), longest)
                 progress.retry_at = now + pause
                 if progress.failures == 1:
-                    log.error("sink %s failed, retrying (pausing up to %.0f s): %s", sink.name, _RETRY_MAX, exc)
+                    log.error("sink %s failed, retrying (pausing up to %.0f s): %s", sink.name, longest, exc)
                 continue
             if progress.failures:
                 log.info("sink %s delivers again after %d failures", sink.name, progress.failures)
             progress.failures, progress.retry_at = 0, 0.0
-            progress.cursor = batch[-1][0]
+            if batch:
+                progress.cursor = batch[-1][0]
             delivered += len(batch)
         if now - self._saved_at >= _SAVE_SECONDS:
             self.save(now)

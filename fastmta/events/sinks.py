@@ -7,6 +7,10 @@ from typing import Protocol
 from fastmta.config import Config
 from fastmta.events.history import HistorySink
 from fastmta.events.records import AnyEvent
+from fastmta.events.report import ReportSink
+from fastmta.events.webhooks import WebhookSink
+from fastmta.history import db
+from fastmta.metrics import EventsMetrics
 
 
 class Sink(Protocol):
@@ -15,6 +19,10 @@ class Sink(Protocol):
     deliver() takes a batch in outbox order (an entry that could not be decoded comes as None) and
     raises when it could not take it all; the same batch is then offered again later, so delivering
     it twice must leave the same result (events carry ids to deduplicate on).
+
+    Two attributes are optional, read by the runner: `max_pause`, the longest pause in seconds
+    between offers of a batch that failed (a minute without it), and `idle_calls`, true for a sink
+    that has work of its own (replays, retries) and wants deliver() called with no events too.
     """
 
     name: str
@@ -25,5 +33,16 @@ class Sink(Protocol):
 
 
 def configured(config: Config) -> list[Sink]:
-    """The sinks the config asks for, in the order each batch reaches them."""
-    return [HistorySink.configured(config)]
+    """The sinks the config asks for, in the order each batch reaches them: history, the webhooks, the report."""
+    made: list[Sink] = []
+    if config.history.enabled:
+        made.append(HistorySink.configured(config))
+    settings = config.events
+    if settings.webhooks or settings.report_url:
+        # Dead letters and report retries live beside history, whether history itself is kept or not.
+        engine = db.opened(config)
+        metrics = EventsMetrics("events", config.server.metrics)
+        made += [WebhookSink(hook, settings, engine, metrics) for hook in settings.webhooks]
+        if settings.report_url:
+            made.append(ReportSink(settings, engine, metrics))
+    return made

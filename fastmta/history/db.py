@@ -10,6 +10,7 @@ import msgspec
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from sqlalchemy.dialects import postgresql, sqlite
 
 from fastmta.config import Config
 
@@ -59,3 +60,18 @@ def migrate(db: sa.Engine) -> None:
     with db.begin() as connection:
         settings.attributes["connection"] = connection
         command.upgrade(settings, "head")
+
+
+def opened(config: Config) -> sa.Engine:
+    """The engine of [history] with its schema at the newest revision: what the events process writes with."""
+    if not config.history.url:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    made = engine(url(config))
+    migrate(made)
+    return made
+
+
+def insert(connection: sa.Connection, table: sa.Table) -> Any:
+    """INSERT in the connection's own dialect, which offers ON CONFLICT (SQLite's and PostgreSQL's alike)."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)

@@ -89,3 +89,38 @@ events = sa.Table(
     sa.Index("events_message", "message_id", "at"),
     sa.Index("events_at", "at"),
 )
+
+# Events a sink gave up on (a webhook receiver refused them or kept failing past [events] retry_for;
+# delivery report entries rejected report_max_attempts times), kept until an operator replays them.
+# A replay is asked for through the admin API (replay_requested_at) and done by the sink itself.
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sink", sa.String(255), nullable=False),  # "webhook:<name>", "report"
+    sa.Column("event_id", sa.String(36), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),  # the name the receiver knows it by (message.sent, ...)
+    sa.Column("payload", sa.JSON, nullable=False),  # what the receiver is sent, less the signature
+    sa.Column("reason", sa.Text, nullable=False),  # the last failure
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("replay_requested_at", sa.Double),
+    sa.Column("replayed_at", sa.Double),
+    # One row per event and sink: a batch dead-lettered twice (the outbox offers it again after a
+    # crash) leaves one row, and a replay that fails again updates the row it came from.
+    sa.Index("dead_letters_event", "sink", "event_id", unique=True),
+    sa.Index("dead_letters_replay", "sink", "replay_requested_at"),
+)
+
+# Delivery report entries the receiver answered as rejected: sent again with a later report.
+report_retries = sa.Table(
+    "report_retries",
+    metadata,
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("entry", sa.JSON, nullable=False),  # as it goes in the report's delivery_report list
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("retry_at", sa.Double, nullable=False),
+    sa.Index("report_retries_due", "retry_at"),
+)

@@ -84,7 +84,7 @@ class QueueStore:
 
     def __init__(self, data_dir: Path, map_size: int, node: str = "", events: bool = True) -> None:
         self.node = node
-        # Whether changes write their events: only when something reads the outbox ([history] enabled).
+        # Whether changes write their events: only when something reads the outbox (Config.events_wanted).
         self.events = events
         self.env = open_env(data_dir / "queue.lmdb", map_size)
         self.messages = self.env.open_db(b"messages")
@@ -95,7 +95,7 @@ class QueueStore:
 
     @classmethod
     def opened(cls, config: Config) -> QueueStore:
-        return cls(config.data_dir, config.server.queue_max_bytes, config.server.node_id, config.history.enabled)
+        return cls(config.data_dir, config.server.queue_max_bytes, config.server.node_id, config.events_wanted)
 
     def close(self) -> None:
         self.env.close()

@@ -65,6 +65,7 @@ INVALID = [
     ("PUT", "/api/v1/users/{username}", {"json": {"enabeld": True}}, "enabeld"),
     ("POST", "/api/v1/tokens", {"json": {"name": "x", "role": "root"}}, "role"),
     ("POST", "/api/v1/tokens", {"json": {"name": "has space", "role": "viewer"}}, "name"),
+    ("GET", "/api/v1/webhooks/dead-letters", {"params": {"limit": "1001"}}, "limit"),
 ]
 
 

@@ -1,0 +1,152 @@
+"""The webhooks sink: a webhook's receiver gets the events it asked for as (signed) JSON POSTs, in outbox order.
+
+At least once: events a request carried are sent again until a 2xx says the receiver has them, so
+receivers deduplicate on the event id (`id`, and the X-Fastmta-Event-Id header). A receiver that
+fails (no answer, 408, 429, 5xx) holds its webhook's later events back: the runner offers the same
+batch again after a pause that doubles up to [events] max_pause. Once the receiver has been failing
+for [events] retry_for, the events of the batch go to the dead letters and the next batch is tried,
+one request per batch while it stays down. A receiver that refuses (any other status) has the
+refused events dead-lettered at once, and the rest follow. Letters an operator asked to replay
+(admin API) are sent again on the sink's next step; if that fails they wait for another request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from fastmta.config import EventsConfig, WebhookConfig, format_duration
+from fastmta.events.names import WEBHOOK_NAMES
+from fastmta.events.posting import EVENT_ID_HEADER, Poster, Unreachable
+from fastmta.events.records import AnyEvent
+from fastmta.history import dead_letters
+from fastmta.history.dead_letters import Letter
+from fastmta.metrics import EventsMetrics
+
+_JSON = msgspec.json.Encoder()
+# Letters to replay are looked for at most this often: a query per idle look (0.2 s) is not worth it.
+LOOK_EVERY = 1.0
+_REPLAY_BATCH = 100
+
+
+class ReceiverFailing(Exception):
+    """The receiver did not take the events, and they are still within [events] retry_for."""
+
+
+def payload(event: AnyEvent) -> dict[str, Any]:
+    """What a receiver is sent for one event; `data` is the whole event, its outbox type included."""
+    data = {"type": _kind(event), **msgspec.structs.asdict(event)}
+    del data["id"]
+    return {"id": event.id, "event": _name(event), "timestamp": int(event.at), "data": data}
+
+
+class WebhookSink:
+    # The runner calls deliver() with no events too, so replays go out while the outbox is quiet.
+    idle_calls = True
+
+    def __init__(
+        self, hook: WebhookConfig, settings: EventsConfig, engine: sa.Engine, metrics: EventsMetrics,
+        look_every: float = LOOK_EVERY,
+    ) -> None:  # fmt: skip
+        self.name = hook.sink_name
+        self.hook = hook
+        self.retry_for = settings.retry_for
+        self.max_pause = settings.max_pause  # for the runner: receivers may be down for hours
+        self.engine = engine
+        self.metrics = metrics
+        self.look_every = look_every
+        self._poster = Poster(settings.connect_timeout, settings.timeout)
+        # The runner offers a failed batch again whole; what this process already settled of it is skipped.
+        self._settled_through = 0
+        self._failing_since: float | None = None
+        self._attempts = 0  # failed requests for the events at the head of the line
+        self._next_look = 0.0
+
+    def deliver(self, batch: Sequence[tuple[int, AnyEvent | None]]) -> None:
+        if time.time() >= self._next_look:
+            self._replay()
+            self._next_look = time.time() + self.look_every
+        wanted = [
+            (sequence, event)
+            for sequence, event in batch
+            if event is not None and sequence > self._settled_through and self.hook.wants(_name(event))
+        ]
+        given_up = ""
+        for start in range(0, len(wanted), self.hook.batch):
+            chunk = [event for _, event in wanted[start:start + self.hook.batch]]
+            if given_up:  # the receiver failed past retry_for just now: no request per chunk
+                self._dead_letter(chunk, given_up, 0)
+            else:
+                given_up = self._send(chunk)
+            self._settled_through = wanted[start:start + self.hook.batch][-1][0]
+
+    def close(self) -> None:
+        self._poster.close()
+        self.engine.dispose()
+
+    def _send(self, chunk: list[AnyEvent]) -> str:
+        """Delivers or dead-letters the chunk, or raises to be offered it again; says why it gave up on the receiver."""
+        problem, transient = self._post([payload(event) for event in chunk])
+        if not problem:
+            self._failing_since, self._attempts = None, 0
+            self.metrics.sent(self.name, "delivered", len(chunk))
+            return ""
+        self._attempts += 1
+        if not transient:
+            self._dead_letter(chunk, f"refused: {problem}", self._attempts)
+            self._failing_since, self._attempts = None, 0  # it answers: it is not down
+            self.metrics.sent(self.name, "refused", len(chunk))
+            return ""
+        now = time.time()
+        if self._failing_since is None:
+            self._failing_since = now
+        self.metrics.sent(self.name, "failed", len(chunk))
+        if now - self._failing_since < self.retry_for:
+            raise ReceiverFailing(f"{self.hook.url}: {problem}")
+        # _failing_since stays: until a request succeeds, each later batch gets one request.
+        reason = f"failing for {format_duration(self.retry_for)}: {problem}"
+        self._dead_letter(chunk, reason, self._attempts)
+        self._attempts = 0
+        return reason
+
+    def _post(self, payloads: list[dict[str, Any]]) -> tuple[str, bool]:
+        """One request; the problem ("" if none) and whether it is worth retrying."""
+        body = _JSON.encode(payloads[0] if self.hook.batch == 1 else payloads)
+        ids = ",".join(str(item["id"]) for item in payloads)
+        try:
+            answer = self._poster.post(self.hook.url, body, self.hook.secret, {EVENT_ID_HEADER: ids})
+        except Unreachable as exc:
+            return str(exc), True
+        return ("", False) if answer.ok else (answer.summary(), answer.transient)
+
+    def _dead_letter(self, chunk: list[AnyEvent], reason: str, attempts: int) -> None:
+        letters = [Letter(event.id, _name(event), payload(event)) for event in chunk]
+        with self.engine.begin() as connection:
+            dead_letters.add(connection, self.name, letters, reason, attempts, time.time())
+        self.metrics.dead_lettered(self.name, len(letters))
+
+    def _replay(self) -> None:
+        with self.engine.begin() as connection:
+            letters = dead_letters.due(connection, self.name, _REPLAY_BATCH)
+        for start in range(0, len(letters), self.hook.batch):
+            chunk = letters[start:start + self.hook.batch]
+            problem, _ = self._post([letter.payload for letter in chunk])
+            ids = [letter.id for letter in chunk]
+            with self.engine.begin() as connection:
+                if problem:
+                    dead_letters.failed_again(connection, ids, f"replay: {problem}", time.time())
+                else:
+                    dead_letters.replayed(connection, ids, time.time())
+            self.metrics.sent(self.name, "replay_failed" if problem else "replayed", len(chunk))
+
+
+def _kind(event: AnyEvent) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+def _name(event: AnyEvent) -> str:
+    return WEBHOOK_NAMES[_kind(event)]
