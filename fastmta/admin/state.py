@@ -1,14 +1,17 @@
-"""What the admin process opens once, after fork: its own LMDB environment and the stores on it."""
+"""What the admin process opens once, after fork: its own LMDB environment, the stores on it, and history's engine."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import sqlalchemy as sa
 
 from fastmta.accounts import Accounts
 from fastmta.admin.audit import AuditLog
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
 from fastmta.config import Config
+from fastmta.history import db
 from fastmta.limits import ClientLimits
 from fastmta.queue.control import DeliveryControl
 from fastmta.queue.schedule import Scheduler
@@ -29,6 +32,8 @@ class AdminState:
     poker: Poker
     limiter: RateLimiter
     limits: ClientLimits  # SMTP's per-address limits, for HTTP Basic logins
+    # None when [history] is off. Read only: the events process creates and migrates the schema.
+    history: sa.Engine | None
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
@@ -45,6 +50,7 @@ class AdminState:
             Poker(config.data_dir),
             limiter,
             ClientLimits.configured(limiter, config),
+            db.engine(db.url(config)) if config.history.enabled else None,
         )
 
     def make_due(self, message_ids: list[str] | None) -> int:
@@ -57,6 +63,8 @@ class AdminState:
         self.poker.poke()
 
     def close(self) -> None:
+        if self.history is not None:
+            self.history.dispose()
         self.poker.close()
         self.limiter.close()
         self.store.close()
