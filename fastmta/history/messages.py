@@ -123,5 +123,6 @@ def one(connection: sa.Connection, message_id: str) -> tuple[MessageRow, list[Re
 
 
 def _row(row: sa.RowMapping, shape: type[T]) -> T:
-    # Not strict: SQLite hands booleans back as 0 and 1.
-    return msgspec.convert(dict(row), shape, strict=False)
+    # Column names come as a str subclass, which msgspec does not take as keys. Not strict: SQLite hands
+    # booleans back as 0 and 1.
+    return msgspec.convert({str(name): value for name, value in row.items()}, shape, strict=False)

@@ -106,8 +106,14 @@ async def list_messages(call: Call) -> Response:
     return json_response({"success": True, "data": found}, headers=paging.headers(call.request, total, query.limit, query.offset))
 
 
+# The longest id history stores; LMDB would refuse a key much longer than this with an error, not a miss.
+_ID_LIMIT = 64
+
+
 async def show(call: Call) -> MessageDetail:
     state, message_id = call.state, call.path("id")
+    if len(message_id.encode()) > _ID_LIMIT:
+        raise NotFound(f"no message {message_id[:_ID_LIMIT]}…: longer than any message id")
     queued, body = await anyio.to_thread.run_sync(_from_queue, state, message_id)
     leased = {message_id} if queued is not None and queued.lease_until > time.time() else set()
     recorded = None
