@@ -23,7 +23,7 @@ class Header(msgspec.Struct):
     value: str
 
 
-class Part(msgspec.Struct, omit_defaults=True):
+class Part(msgspec.Struct):
     content_type: str
     size: int  # bytes, after the transfer encoding is undone
     charset: str | None = None

@@ -11,7 +11,6 @@ from fastmta.events import records
 from fastmta.events.history import HistorySink
 from fastmta.history import cleanup, events, messages
 from fastmta.history.messages import Filter
-from fastmta.queue.records import Message
 from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
 from tests.unit.test_history import NODE, T0, message, numbered, outcome, postgres_url, sink  # noqa: F401 (fixtures)
@@ -19,28 +18,27 @@ from tests.unit.test_history import NODE, T0, message, numbered, outcome, postgr
 LATER = T0 + 10_000  # every event's id is older than SETTLE at this time
 
 
-def populate(sink: HistorySink) -> dict[str, Message]:
-    """Five messages received a minute apart: sent, failed, queued (deferred), a refusal, and one deleted."""
+def populate(sink: HistorySink, t0: float = T0, prefix: str = "m") -> list[records.Event]:
+    """Five messages received a minute apart from `t0`, with ids from `prefix`: sent, failed, queued
+    (deferred), one deleted, and a refusal; returns the events, ten, in the order they were fed."""
     made = {
-        "sent": message("m-sent", "bob@example.com", workspace_id="ws1", campaign_id="spring"),
-        "failed": message("m-failed", "carol@example.net", "bob@example.com", workspace_id="ws1", campaign_id="summer"),
-        "queued": message("m-queued", "dave@example.com", workspace_id="ws2"),
-        "deleted": msgspec.structs.replace(message("m-deleted", "erin@example.com"), sender="zed@example.org"),
+        "sent": message(f"{prefix}-sent", "bob@example.com", workspace_id="ws1", campaign_id="spring"),
+        "failed": message(f"{prefix}-failed", "carol@example.net", "bob@example.com", workspace_id="ws1", campaign_id="summer"),
+        "queued": message(f"{prefix}-queued", "dave@example.com", workspace_id="ws2"),
+        "deleted": msgspec.structs.replace(message(f"{prefix}-deleted", "erin@example.com"), sender="zed@example.org"),
     }
-    batch: list[records.Event] = []
-    for minute, msg in enumerate(made.values()):
-        batch.append(records.received(msg, NODE, T0 + 60 * minute))
+    batch: list[records.Event] = [records.received(msg, NODE, t0 + 60 * minute) for minute, msg in enumerate(made.values())]
     batch += [
-        outcome(records.Delivered, made["sent"], "bob@example.com", T0 + 300, "250 ok", 1),
-        outcome(records.Delivered, made["failed"], "bob@example.com", T0 + 301, "250 ok", 1),
-        outcome(records.Failed, made["failed"], "carol@example.net", T0 + 302, "550 5.1.1 unknown", 1),
-        outcome(records.Deferred, made["queued"], "dave@example.com", T0 + 303, "451 later", 1),
-        records.Deleted(id=records.new_event_id(T0 + 304), at=T0 + 304, node=NODE, message_id="m-deleted"),
-        records.Rejected(id=records.new_event_id(T0 + 305), at=T0 + 305, node=NODE, reply="554 5.7.1 relay denied",
+        outcome(records.Delivered, made["sent"], "bob@example.com", t0 + 300, "250 ok", 1),
+        outcome(records.Delivered, made["failed"], "bob@example.com", t0 + 301, "250 ok", 1),
+        outcome(records.Failed, made["failed"], "carol@example.net", t0 + 302, "550 5.1.1 unknown", 1),
+        outcome(records.Deferred, made["queued"], "dave@example.com", t0 + 303, "451 later", 1),
+        records.Deleted(id=records.new_event_id(t0 + 304), at=t0 + 304, node=NODE, message_id=f"{prefix}-deleted"),
+        records.Rejected(id=records.new_event_id(t0 + 305), at=t0 + 305, node=NODE, reply="554 5.7.1 relay denied",
                          stage="rcpt", recipient="x@elsewhere.test", sender="mallory@example.org"),
     ]
     sink.deliver(numbered(batch))
-    return made
+    return batch
 
 
 def ids(sink: HistorySink, chosen: Filter, limit: int = 50, offset: int = 0) -> tuple[list[str], int]:
