@@ -45,7 +45,8 @@ class MessagesQuery(msgspec.Struct):
     date_from: When | None = None  # received at or after
     date_to: When | None = None  # received at or before
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
-    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Within the 64-bit integers SQL takes, with room to spare: no history holds a billion messages.
+    offset: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] = 0
 
 
 class MessagePage(msgspec.Struct):
