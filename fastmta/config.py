@@ -267,7 +267,7 @@ class AdminConfig(_Section):
     enabled: bool = True
     listen: str = "127.0.0.1:8080"
     basic_auth: bool = True
-    # Clients of the event stream (/api/v1/stats/realtime) at once; the next one gets 503.
+    # Clients of the event streams (/api/v1/stats/realtime, /api/v1/events/stream) at once; the next one gets 503.
     max_stream_clients: Positive = 64
     # A request body larger than this gets 413 before it is read (Content-Length) or while it is (chunked).
     max_body_bytes: Positive = 1 << 20

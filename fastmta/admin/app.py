@@ -20,7 +20,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fastmta.admin.api import audit, delivery, docs, health, metrics, queue, realtime, stats, tokens, users, webhooks
+from fastmta.admin.api import (
+    audit,
+    delivery,
+    docs,
+    events,
+    health,
+    maintenance,
+    messages,
+    metrics,
+    queue,
+    realtime,
+    stats,
+    tokens,
+    users,
+    webhooks,
+)
 from fastmta.admin.endpoint import REQUEST_ID, Endpoint, error_response, route
 from fastmta.admin.errors import ApiError, MethodNotAllowed, NotFound
 from fastmta.admin.guard import Guard
@@ -33,12 +48,13 @@ _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def endpoints(feed: realtime.Feed | None = None) -> list[Endpoint]:
-    """Every endpoint; `feed` is the event stream's, and a new one does where the endpoints are only described."""
+    """Every endpoint; `feed` is the event streams', and a new one does where the endpoints are only described."""
+    feed = feed or realtime.Feed()
     described = [
         endpoint
-        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, webhooks)
+        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, messages, maintenance, webhooks)
         for endpoint in module.ENDPOINTS
-    ] + realtime.endpoints(feed or realtime.Feed())
+    ] + realtime.endpoints(feed) + events.endpoints(feed)
     return described + docs.endpoints(described)
 
 

@@ -66,6 +66,10 @@ class TooManyStreams(ApiError):
     status, code = 503, "TOO_MANY_STREAMS"
 
 
+class HistoryDisabled(ApiError):
+    status, code = 503, "HISTORY_DISABLED"
+
+
 def validation_failed(error: msgspec.ValidationError | msgspec.DecodeError, where: str) -> ValidationFailed:
     """msgspec says '... - at `$.limit`'; the field named there is the one the client must fix."""
     text = str(error)

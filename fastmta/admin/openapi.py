@@ -19,7 +19,8 @@ _ERROR_TEXT = {
     413: "The body is larger than [admin] max_body_bytes (PAYLOAD_TOO_LARGE)",
     422: "Invalid input; error.field names it (VALIDATION_ERROR)",
     429: "Too many failed HTTP Basic logins from this address (RATE_LIMITED)",
-    503: "As many clients as [admin] max_stream_clients are on the event stream (TOO_MANY_STREAMS)",
+    503: "As many clients as [admin] max_stream_clients are on the event streams (TOO_MANY_STREAMS), "
+    "or history is off, [history] enabled = false (HISTORY_DISABLED)",
 }
 
 

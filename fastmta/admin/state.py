@@ -1,4 +1,4 @@
-"""What the admin process opens once, after fork: its own LMDB environment and the stores on it."""
+"""What the admin process opens once, after fork: its own LMDB environment, the stores on it, and history's engine."""
 
 from __future__ import annotations
 
@@ -57,9 +57,10 @@ class AdminState:
         self.wake_runners()
         return changed
 
-    def history(self) -> sa.Engine | None:
-        """History's engine, made on first use; None while SQLite history has no file (the events process
-        makes and migrates it): reading must not leave an empty database behind."""
+    def database(self) -> sa.Engine | None:
+        """The engine of history's database (history, dead letters), made on first use; None while SQLite
+        has no file yet (the events process makes and migrates it): reading must not leave an empty
+        database behind. Read only here: the schema is the events process's to create and migrate."""
         if self._history is None:
             if not self.config.history.url and not (self.config.data_dir / "history.db").exists():
                 return None

@@ -198,3 +198,22 @@ class Scheduler:
                     store.outbox.append(txn, [events.about_message(events.Retried, message.id, store.node)])
                 changed += 1
         return changed
+
+    def leased(self, lease_seconds: float, now: float | None = None) -> set[str]:
+        """Ids of messages a runner holds now: a lease put each one's schedule entry at its end, at most
+        `lease_seconds` ahead, so only that stretch of the schedule is read, never the whole queue."""
+        now = time.time() if now is None else now
+        store = self.store
+        found: set[str] = set()
+        with store.env.begin() as txn:
+            cursor = txn.cursor(db=store.schedule)
+            if not cursor.set_range(schedule_key(now, "")):
+                return found
+            last = schedule_key(now + lease_seconds, "\xff")
+            for key in cursor.iternext(values=False):
+                if key > last:
+                    break
+                message = store.read(txn, scheduled_id(key))
+                if message is not None and message.lease_until > now:
+                    found.add(message.id)
+        return found

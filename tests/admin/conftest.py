@@ -46,7 +46,9 @@ class Admin:
 
 @pytest.fixture(scope="package")
 def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
-    server = Server(tmp_path_factory.mktemp("admin"), {"smtp": {"workers": 2}, "admin": {"enabled": True}})
+    # Without history: the endpoints that read it have a server of their own (test_history_api.py).
+    settings = {"smtp": {"workers": 2}, "admin": {"enabled": True}, "history": {"enabled": False}}
+    server = Server(tmp_path_factory.mktemp("admin"), settings)
     server.start()
     try:
         yield Admin(server)

@@ -18,12 +18,12 @@ CAP = 50
 
 
 class Stream:
-    """One HTTP/1.1 client of /api/v1/stats/realtime on a raw socket, so the test decides when it leaves."""
+    """One HTTP/1.1 client of an event stream on a raw socket, so the test decides when it leaves."""
 
-    def __init__(self, port: int, token: str) -> None:
+    def __init__(self, port: int, token: str, path: str = "/api/v1/stats/realtime", headers: str = "") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock.sendall(
-            f"GET /api/v1/stats/realtime HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+            f"GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n{headers}\r\n".encode()
         )
         self.buffer = b""
         head = self._read_until(b"\r\n\r\n")

@@ -1,7 +1,9 @@
-"""GET /api/v1/stats/realtime: Server-Sent Events, one `metrics` event a second, to at most [admin] max_stream_clients.
+"""GET /api/v1/stats/realtime: Server-Sent Events, one `metrics` event a second; and what every event stream shares.
 
 One reading a second serves every client: a client costs a one-slot queue, not its own snapshot of
 every worker's metrics, and the admin process does the same work for one client or for sixty.
+The feed also holds the places of every event stream of the admin process (this one and
+/api/v1/events/stream), at most [admin] max_stream_clients in all, and ends them all when it stops.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import anyio
@@ -49,11 +51,25 @@ class Feed:
         self._reader: asyncio.Task[None] | None = None
         self._latest: bytes | None = None
         self._closed = False
+        self._clients = 0  # of every event stream
+
+    @property
+    def closed(self) -> bool:
+        """The admin process is stopping: streams polling on their own end when they see it."""
+        return self._closed
+
+    def admit(self, state: AdminState) -> None:
+        """A place for one more client of an event stream, given back by release(); or TooManyStreams."""
+        limit = state.config.admin.max_stream_clients
+        if self._clients >= limit:
+            raise TooManyStreams(f"{limit} clients are on the event streams, [admin] max_stream_clients; try again later")
+        self._clients += 1
+
+    def release(self) -> None:
+        self._clients -= 1
 
     def join(self, state: AdminState) -> asyncio.Queue[bytes]:
-        limit = state.config.admin.max_stream_clients
-        if len(self._queues) >= limit:
-            raise TooManyStreams(f"{limit} clients are on the event stream, [admin] max_stream_clients; try again later")
+        self.admit(state)
         # One slot: a client that reads slowly gets the newest reading, never a backlog.
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
         if self._closed:
@@ -67,6 +83,7 @@ class Feed:
         return queue
 
     def leave(self, queue: asyncio.Queue[bytes]) -> None:
+        self.release()
         self._queues.discard(queue)
         if not self._queues:
             self._stop_reading()
@@ -120,14 +137,13 @@ def _reading(state: AdminState, previous: tuple[float, float] | None) -> tuple[R
     return event, (now, received)
 
 
-class _Stream(StreamingResponse):
-    """The stream of one client, which gives up its place in the feed however the response ends."""
+class Stream(StreamingResponse):
+    """The event stream of one client, which gives up its place (`on_end`) however the response ends."""
 
-    def __init__(self, feed: Feed, queue: asyncio.Queue[bytes], limit: int | None) -> None:
+    def __init__(self, events: AsyncIterator[bytes], on_end: Callable[[], None]) -> None:
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        super().__init__(_relay(queue, limit), media_type="text/event-stream", headers=headers)
-        self._feed = feed
-        self._queue = queue
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Not in the generator's own finally: a client that leaves while a chunk is being sent
@@ -135,7 +151,7 @@ class _Stream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._feed.leave(self._queue)
+            self._on_end()
 
 
 async def _relay(queue: asyncio.Queue[bytes], limit: int | None) -> AsyncIterator[bytes]:
@@ -152,7 +168,8 @@ def endpoints(feed: Feed) -> list[Endpoint]:
     """The stream's endpoint, serving from `feed`: one per admin process."""
 
     async def realtime(call: Call) -> Response:
-        return _Stream(feed, feed.join(call.state), call.query.events)
+        queue = feed.join(call.state)
+        return Stream(_relay(queue, call.query.events), lambda: feed.leave(queue))
 
     return [
         Endpoint(

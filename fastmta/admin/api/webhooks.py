@@ -33,7 +33,7 @@ class DeadLetterPage(msgspec.Struct):
 
 
 def _page(state: AdminState, query: DeadLetterQuery) -> DeadLetterPage:
-    engine = state.history()
+    engine = state.database()
     if engine is None:
         return DeadLetterPage([], 0, query.limit, query.offset)
     with engine.connect() as connection:
@@ -42,7 +42,7 @@ def _page(state: AdminState, query: DeadLetterQuery) -> DeadLetterPage:
 
 
 def _request_replay(state: AdminState, letter_id: int) -> DeadLetter | None:
-    engine = state.history()
+    engine = state.database()
     if engine is None:
         return None
     with engine.begin() as connection:
