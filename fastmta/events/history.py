@@ -61,14 +61,11 @@ class HistorySink:
 
     @classmethod
     def configured(cls, config: Config) -> HistorySink:
-        """Opens [history] and migrates it to the newest schema."""
-        if not config.history.url:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = db.engine(db.url(config))
-        db.migrate(engine)
-        return cls(engine, config.history.keep)
+        """[history], migrated to the newest schema before the first batch is written."""
+        return cls(db.for_writing(config), config.history.keep)
 
     def deliver(self, batch: Sequence[tuple[int, AnyEvent | None]]) -> None:
+        db.ready(self.engine)
         decoded = [(sequence, event) for sequence, event in batch if event is not None]
         self.undecodable += len(batch) - len(decoded)
         with self.engine.begin() as connection:

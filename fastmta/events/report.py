@@ -22,7 +22,7 @@ from fastmta.config import EventsConfig
 from fastmta.events.posting import Poster, Unreachable
 from fastmta.events.records import AnyEvent, Deferred, Delivered, Expired, Failed
 from fastmta.events.webhooks import LOOK_EVERY
-from fastmta.history import dead_letters, report_retries
+from fastmta.history import db, dead_letters, report_retries
 from fastmta.history.dead_letters import Letter
 from fastmta.history.report_retries import Retry
 from fastmta.metrics import EventsMetrics
@@ -82,6 +82,7 @@ class ReportSink:
         self._next_look = 0.0
 
     def deliver(self, batch: Sequence[tuple[int, AnyEvent | None]]) -> None:
+        db.ready(self.engine)  # dead letters and retries live there
         now = time.time()
         retries: list[Retry] = []
         if now >= self._next_look:

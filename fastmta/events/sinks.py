@@ -40,7 +40,7 @@ def configured(config: Config) -> list[Sink]:
     settings = config.events
     if settings.webhooks or settings.report_url:
         # Dead letters and report retries live beside history, whether history itself is kept or not.
-        engine = db.opened(config)
+        engine = db.for_writing(config)
         metrics = EventsMetrics("events", config.server.metrics)
         made += [WebhookSink(hook, settings, engine, metrics) for hook in settings.webhooks]
         if settings.report_url:

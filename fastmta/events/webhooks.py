@@ -23,7 +23,7 @@ from fastmta.config import EventsConfig, WebhookConfig, format_duration
 from fastmta.events.names import WEBHOOK_NAMES
 from fastmta.events.posting import EVENT_ID_HEADER, Poster, Unreachable
 from fastmta.events.records import AnyEvent
-from fastmta.history import dead_letters
+from fastmta.history import db, dead_letters
 from fastmta.history.dead_letters import Letter
 from fastmta.metrics import EventsMetrics
 
@@ -67,6 +67,7 @@ class WebhookSink:
         self._next_look = 0.0
 
     def deliver(self, batch: Sequence[tuple[int, AnyEvent | None]]) -> None:
+        db.ready(self.engine)  # dead letters and retries live there
         if time.time() >= self._next_look:
             self._replay()
             self._next_look = time.time() + self.look_every

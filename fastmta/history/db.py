@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,31 @@ def migrate(db: sa.Engine) -> None:
         command.upgrade(settings, "head")
 
 
-def opened(config: Config) -> sa.Engine:
-    """The engine of [history] with its schema at the newest revision: what the events process writes with."""
+def for_writing(config: Config) -> sa.Engine:
+    """The engine of [history] for the events process, which calls ready() before its first write.
+
+    Nothing connects yet: a database that is down when the events process starts makes its sinks
+    wait and retry (their lag shows it), not the process fail.
+    """
     if not config.history.url:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-    made = engine(url(config))
-    migrate(made)
+    return engine(url(config))
+
+
+_migrated: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def ready(db: sa.Engine) -> None:
+    """Migrates the engine's database on its first use in this process; raises while it cannot."""
+    if db not in _migrated:
+        migrate(db)
+        _migrated.add(db)
+
+
+def opened(config: Config) -> sa.Engine:
+    """The engine of [history] with its schema at the newest revision, now."""
+    made = for_writing(config)
+    ready(made)
     return made
 
 

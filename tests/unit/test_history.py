@@ -47,6 +47,7 @@ def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistorySink
         admin.dispose()
         environ["FASTMTA_HISTORY_URL"] = server.rsplit("/", 1)[0] + "/" + name
     made = HistorySink.configured(load(environ=environ))
+    db.ready(made.engine)  # as the first batch would
     yield made
     made.close()
 
@@ -263,3 +264,17 @@ def test_one_batch_of_many_messages_with_changes_between_their_outcomes(sink: Hi
     # A later batch past this one skips the lookup of known ids; a batch offered again does not.
     sink.deliver(numbered(batch))
     assert by_id(sink) == found
+
+
+def test_a_database_down_at_start_fails_deliveries_not_the_start(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environ = {"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": f"postgresql://fastmta@127.0.0.1:{port}/h"}
+    made = HistorySink.configured(load(environ=environ))  # no connection yet
+    with pytest.raises(sa.exc.OperationalError):
+        made.deliver(numbered([records.received(message("m9", "x@example.com"), NODE, T0)]))
+    made.close()

@@ -283,6 +283,8 @@ def test_configured_sinks_history_then_webhooks_then_report_and_the_database_wit
                "FASTMTA_EVENTS_REPORT_URL": "http://r.example/", "FASTMTA_HISTORY_ENABLED": "false"}  # fmt: skip
     made = sinks.configured(load(environ=environ))
     assert [type(sink) for sink in made] == [WebhookSink, ReportSink] and made[1].name == "report"
+    assert not (tmp_path / "history.db").exists()  # made at the first delivery, so a database down at start is waited for
+    made[0].deliver([])
     assert (tmp_path / "history.db").exists()  # dead letters need it though history is off
     for sink in made:
         sink.close()
