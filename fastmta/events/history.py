@@ -10,7 +10,7 @@ stay in the timeline only.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -52,6 +52,7 @@ class HistorySink:
         self.engine = engine
         self.keep = keep
         self.undecodable = 0  # outbox entries skipped because they could not be decoded
+        self.clock: Callable[[], float] = time.time  # the time events are stored at (events.stored_at)
         # The last outbox entry this sink committed. The outbox offers entries in order and again only
         # after a failure (rolled back here) or a restart, so a batch that starts past it is all new.
         self._committed_through = -1
@@ -85,7 +86,8 @@ class HistorySink:
         # One statement per kind of row for the whole batch: per-event statements cost ten times as
         # much. New rows first (a message's received event precedes its outcomes, so they find it),
         # then the changes in outbox order, a run of outcomes at a time.
-        self._many(connection, self._insert[events], [_event_row(seq, event) for seq, event in fresh])
+        stored_at = int(self.clock() * 1_000_000)
+        self._many(connection, self._insert[events], [_event_row(seq, event, stored_at) for seq, event in fresh])
         arrivals = [event for _, event in fresh if isinstance(event, Received | Rejected)]
         self._many(connection, self._insert[messages], [_arrival_row(event) for event in arrivals])
         addressed = [row for event in arrivals if isinstance(event, Received) for row in _recipient_rows(event)]
@@ -272,13 +274,13 @@ def _recipient_rows(event: Received) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _event_row(sequence: int, event: AnyEvent) -> dict[str, Any]:
+def _event_row(sequence: int, event: AnyEvent, stored_at: int) -> dict[str, Any]:
     # A refusal's own messages row is keyed by its event id (see _arrival_row).
     message_id = event.id if isinstance(event, Rejected) else event.message_id or None
     return {
         "id": event.id, "seq": sequence, "type": type(event).__struct_config__.tag, "at": event.at, "node": event.node,
         "message_id": message_id, "recipient": event.recipient,
-        "data": msgspec.json.encode(event).decode(),
+        "data": msgspec.json.encode(event).decode(), "stored_at": stored_at,
     }
 
 

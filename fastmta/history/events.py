@@ -1,13 +1,13 @@
-"""Queries of the event timeline: pulling events in id order past a cursor, and one message's events.
+"""Queries of the event timeline: pulling events in the order history stored them past a cursor, and one message's events.
 
-The cursor is an event id. Ids are UUIDv7 written as lowercase hex, so their text order is their
-time order on every node and in every database, and the primary key index walks it. An event is
-served only once its id is SETTLE seconds old: ids are made before the transaction that stores
-the event commits (a session's refusal waits for the next group commit, a runner's outcome for its
-settlement), so a newer id can reach history a moment before an older one, and a follower that
-had read past the older one would never see it. History written much later than its events
-(an events process that was down) can still land behind a follower's cursor: the timeline of
-GET /api/v1/messages/{id} has those, a follower does not.
+A follower must never pass over an event, and events reach history late: an events process that
+was down, or a node behind the others, writes events that happened long ago. So followers read in
+the order of `stored_at`, the time history stored each event (its writer's clock), not of the time
+it happened or of its id. The cursor is the pair (stored_at, id), written "<microseconds>_<id>". A
+row is served once its stored_at is SETTLE seconds old: it is set when its transaction begins, and
+that transaction commits well within SETTLE, so a row committed later than one already served
+cannot sort before it. Nodes sharing PostgreSQL must keep their clocks within SETTLE of each other
+(NTP does far better), or a follower may pass over the events of the one that runs behind.
 """
 
 from __future__ import annotations
@@ -28,10 +28,17 @@ TYPES = frozenset(kind.__struct_config__.tag for kind in typing.get_args(AnyEven
 SETTLE = 2.0
 
 
-def id_floor(at: float) -> str:
-    """The lowest event id of the millisecond `at` falls in: every id made at or after `at` sorts above it."""
-    text = f"{int(at * 1000):012x}" + "0" * 20
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+ZERO_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def cursor_at(at: float) -> str:
+    """The cursor before every event history stores at or after `at`."""
+    return f"{int(at * 1_000_000)}_{ZERO_ID}"
+
+
+def parse_cursor(cursor: str) -> tuple[int, str]:
+    stored_at, _, event_id = cursor.partition("_")
+    return int(stored_at), event_id
 
 
 def after(
@@ -41,24 +48,31 @@ def after(
     types: Collection[str] = (),
     message_id: str | None = None,
     now: float | None = None,
-) -> tuple[list[AnyEvent], str | None, bool]:
-    """Up to `limit` events past `cursor` (from the first without one), oldest first, with the cursor
-    to continue from and whether more are there already. An event of a type this version does not
-    know is skipped, its id still moves the cursor on."""
-    settled = id_floor((time.time() if now is None else now) - SETTLE)
-    conditions = [events.c.id < settled]
+) -> tuple[list[tuple[str, AnyEvent]], str | None, bool]:
+    """Up to `limit` events past `cursor` (from the first without one) in the order history stored
+    them, each with its own cursor, then the cursor to continue from and whether more are there
+    already. An event of a type this version does not know is skipped; its cursor still moves on."""
+    settled = int(((time.time() if now is None else now) - SETTLE) * 1_000_000)
+    conditions = [events.c.stored_at < settled]
     if cursor is not None:
-        conditions.append(events.c.id > cursor)
+        stored_at, event_id = parse_cursor(cursor)
+        conditions.append(
+            sa.or_(events.c.stored_at > stored_at, sa.and_(events.c.stored_at == stored_at, events.c.id > event_id))
+        )
     if types:
         conditions.append(events.c.type.in_(list(types)))
     if message_id is not None:
         conditions.append(events.c.message_id == message_id)
     rows = connection.execute(
-        sa.select(events.c.id, events.c.data).where(*conditions).order_by(events.c.id).limit(limit + 1)
+        sa.select(events.c.stored_at, events.c.id, events.c.data)
+        .where(*conditions)
+        .order_by(events.c.stored_at, events.c.id)
+        .limit(limit + 1)
     ).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    return _known([row.data for row in rows]), rows[-1].id if rows else cursor, more
+    found = [(f"{row.stored_at}_{row.id}", event) for row in rows if (event := _decoded(row.data)) is not None]
+    return found, f"{rows[-1].stored_at}_{rows[-1].id}" if rows else cursor, more
 
 
 def timeline(connection: sa.Connection, message_id: str) -> list[AnyEvent]:
@@ -66,14 +80,13 @@ def timeline(connection: sa.Connection, message_id: str) -> list[AnyEvent]:
     rows = connection.scalars(
         sa.select(events.c.data).where(events.c.message_id == message_id).order_by(events.c.at, events.c.id)
     )
-    return _known(list(rows))
+    return [event for data in rows if (event := _decoded(data)) is not None]
 
 
-def _known(stored: list[dict[str, typing.Any]]) -> list[AnyEvent]:
-    found: list[AnyEvent] = []
-    for data in stored:
-        try:
-            found.append(msgspec.convert(data, AnyEvent))
-        except msgspec.ValidationError:
-            continue  # written by a newer version: a reader skips tags it does not know
-    return found
+def _decoded(data: dict[str, typing.Any]) -> AnyEvent | None:
+    """None for an event written by a newer version: a reader skips tags it does not know."""
+    try:
+        event: AnyEvent = msgspec.convert(data, AnyEvent)
+    except msgspec.ValidationError:
+        return None
+    return event

@@ -86,8 +86,12 @@ events = sa.Table(
     sa.Column("message_id", sa.String(64)),  # NULL for events about no message (auth_failed)
     sa.Column("recipient", sa.Text, nullable=False),
     sa.Column("data", sa.JSON, nullable=False),  # the whole event as the outbox held it
+    # When history stored it (microseconds since the epoch, the writer's clock): followers of the
+    # event stream read in this order (history/events.py says why not in the order of `at` or `id`).
+    sa.Column("stored_at", sa.BigInteger),
     sa.Index("events_message", "message_id", "at"),
     sa.Index("events_at", "at"),
+    sa.Index("events_stored", "stored_at", "id"),
 )
 
 # Events a sink gave up on (a webhook receiver refused them or kept failing past [events] retry_for;

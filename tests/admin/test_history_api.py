@@ -25,7 +25,7 @@ from tests.admin.conftest import Admin, wait_until
 from tests.admin.test_realtime import Stream
 from tests.admin.test_schema import CHECKS, HISTORY
 from tests.conftest import Server
-from tests.unit.test_history_queries import T0, populate
+from tests.unit.test_history_queries import T0, populate, stored_cursor
 
 OLD = T0 - 20 * 365 * 86400  # 2003: what the cleanup test removes, well before T0's history
 
@@ -194,13 +194,14 @@ def failed_events(history: History) -> list[Event]:
 
 
 def test_events_pulled_in_pages_past_a_cursor(history: History) -> None:
-    expected = [e.id for e in failed_events(history)]
+    failed = failed_events(history)
+    expected = [e.id for e in failed]
     first = history.get("/api/v1/events", message_id="m-failed", limit=2).json()["data"]
     assert [e["id"] for e in first["items"]] == expected[:2] and first["has_more"] is True
-    assert first["next_cursor"] == expected[1]
+    assert first["next_cursor"] == stored_cursor(failed[1])
     rest = history.get("/api/v1/events", message_id="m-failed", after=first["next_cursor"]).json()["data"]
     assert [e["id"] for e in rest["items"]] == expected[2:] and rest["has_more"] is False
-    assert rest["next_cursor"] == expected[2]
+    assert rest["next_cursor"] == stored_cursor(failed[2])
     chosen = history.get("/api/v1/events", message_id="m-failed", type="received,failed").json()["data"]["items"]
     assert [(e["type"], e.get("reply")) for e in chosen] == [("received", None), ("failed", "550 5.1.1 unknown")]
     # Without a filter, from the oldest: the story of T0 before anything sent today.
@@ -216,7 +217,7 @@ def stream_ids(stream: Stream, count: int) -> list[str]:
 
 
 def test_the_stream_resumes_after_last_event_id(history: History) -> None:
-    expected = [e.id for e in failed_events(history)]
+    expected = [stored_cursor(e) for e in failed_events(history)]
     token, port = history.tokens["viewer"], history.server.admin_port
     path = "/api/v1/events/stream?message_id=m-failed"
     stream = Stream(port, token, path, f"Last-Event-ID: {expected[0]}\r\n")

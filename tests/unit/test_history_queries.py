@@ -16,6 +16,12 @@ from fastmta.queue.store import QueueStore
 from tests.unit.test_history import NODE, T0, message, numbered, outcome, postgres_url, sink  # noqa: F401 (fixtures)
 
 LATER = T0 + 10_000  # every event's id is older than SETTLE at this time
+STORED = 400  # seconds after t0: when populate() has history store its events
+
+
+def stored_cursor(event: records.Event, t0: float = T0) -> str:
+    """The cursor of an event populate() stored."""
+    return f"{int((t0 + STORED) * 1_000_000)}_{event.id}"
 
 
 def populate(sink: HistorySink, t0: float = T0, prefix: str = "m") -> list[records.Event]:
@@ -37,6 +43,7 @@ def populate(sink: HistorySink, t0: float = T0, prefix: str = "m") -> list[recor
         records.Rejected(id=records.new_event_id(t0 + 305), at=t0 + 305, node=NODE, reply="554 5.7.1 relay denied",
                          stage="rcpt", recipient="x@elsewhere.test", sender="mallory@example.org"),
     ]
+    sink.clock = lambda: t0 + STORED
     sink.deliver(numbered(batch))
     return batch
 
@@ -84,16 +91,17 @@ def test_one_message_with_its_recipients_and_timeline(sink: HistorySink) -> None
     assert [type(e).__name__ for e in timeline] == ["Received", "Delivered", "Failed"]
 
 
-def test_events_past_a_cursor_in_id_order(sink: HistorySink) -> None:
+def test_events_past_a_cursor_in_the_order_history_stored_them(sink: HistorySink) -> None:
     populate(sink)
 
-    def pull(cursor: str | None, limit: int, **filters: object) -> tuple[list[records.AnyEvent], str | None, bool]:
+    def pull(cursor: str | None, limit: int, now: float = LATER, **filters: object) -> tuple[list[records.AnyEvent], str | None, bool]:
         with sink.engine.connect() as connection:
-            return events.after(connection, cursor, limit, now=LATER, **filters)  # type: ignore[arg-type]
+            found, cursor, more = events.after(connection, cursor, limit, now=now, **filters)  # type: ignore[arg-type]
+        return [event for _, event in found], cursor, more
 
     everything, last, more = pull(None, 100)
-    assert len(everything) == 10 and not more and last == everything[-1].id
-    assert [e.id for e in everything] == sorted(e.id for e in everything)
+    assert len(everything) == 10 and not more and last == stored_cursor(everything[-1])
+    assert [e.id for e in everything] == sorted(e.id for e in everything)  # one batch: by id within it
     paged: list[records.AnyEvent] = []
     cursor = None
     while True:
@@ -106,9 +114,14 @@ def test_events_past_a_cursor_in_id_order(sink: HistorySink) -> None:
     delivered, _, _ = pull(None, 10, types={"delivered", "failed"})
     assert [type(e).__name__ for e in delivered] == ["Delivered", "Delivered", "Failed"]
     assert [e.message_id for e in pull(None, 10, message_id="m-queued")[0]] == ["m-queued", "m-queued"]
-    # Events not yet SETTLE seconds old wait: a newer id may still be behind an older one on its way.
-    with sink.engine.connect() as connection:
-        assert events.after(connection, None, 100, now=T0 + 300 + events.SETTLE / 2)[0] == everything[:4]
+    # Events that happened long ago but reach history now (an events process that was down) come after
+    # what a follower has read, not before it, and only once stored SETTLE seconds ago.
+    late = message("m-late", "late@example.com")
+    sink.clock = lambda: LATER
+    sink.deliver(numbered([records.received(late, NODE, T0 - 86400)], 11))
+    assert pull(last, 10, now=LATER + events.SETTLE / 2)[0] == []
+    [arrived], _, _ = pull(last, 10, now=LATER + events.SETTLE * 2)
+    assert arrived.message_id == "m-late"
 
 
 def test_cleanup_counts_then_removes_only_settled_messages(sink: HistorySink) -> None:

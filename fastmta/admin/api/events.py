@@ -1,7 +1,7 @@
 """GET /api/v1/events and /api/v1/events/stream: the event timeline pulled past a cursor, or followed as Server-Sent Events.
 
-The cursor is an event id (history/events.py says why it is safe to resume from, on any node
-sharing history): `next_cursor` of a page, or the SSE `id:` of the last event read, which a client
+The cursor is the place of an event in the order history stored them (history/events.py says why
+it is safe to resume from, on any node sharing history): `next_cursor` of a page, or the SSE `id:` of the last event read, which a client
 sends back as Last-Event-ID when it reconnects. Without one, a pull starts at the oldest event and
 a stream at the newest. A stream polls history every POLL seconds, each client with its own
 cursor, and holds one of the [admin] max_stream_clients places the realtime stream also counts.
@@ -32,10 +32,10 @@ log = logging.getLogger("fastmta.admin")
 POLL = 0.5
 KEEP_ALIVE = 15.0  # seconds of silence after which a comment line keeps proxies from closing the stream
 _BATCH = 500  # events per poll of a stream
-_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_CURSOR = r"^[0-9]{1,19}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _json = msgspec.json.Encoder()
 
-Cursor = Annotated[str, msgspec.Meta(pattern=_ID, description="an event id: next_cursor, or an SSE id")]
+Cursor = Annotated[str, msgspec.Meta(pattern=_CURSOR, description="next_cursor of a page, or the SSE id of an event")]
 Types = Annotated[str, msgspec.Meta(description="event types, comma-separated: " + ", ".join(sorted(events.TYPES)))]
 
 
@@ -50,7 +50,7 @@ class EventsQuery(StreamQuery):
 
 
 class EventPage(msgspec.Struct):
-    items: list[AnyEvent]  # oldest first
+    items: list[AnyEvent]  # in the order history stored them
     next_cursor: str | None  # `after` for the next page; the same as given when nothing came
     has_more: bool  # more events are there already: ask again now rather than after a pause
 
@@ -66,17 +66,18 @@ def _types(value: str | None) -> frozenset[str]:
 async def pull(call: Call) -> EventPage:
     query: EventsQuery = call.query
     read = functools.partial(events.after, cursor=query.after, limit=query.limit, types=_types(query.type), message_id=query.message_id)
-    return EventPage(*await history.read(call.state, read))
+    found, cursor, more = await history.read(call.state, read)
+    return EventPage([event for _, event in found], cursor, more)
 
 
 def _resumed(call: Call) -> str | None:
     resumed = call.request.headers.get("last-event-id")
     if resumed is None:
-        return call.query.after or events.id_floor(time.time())
+        return call.query.after or events.cursor_at(time.time())
     try:
         return msgspec.convert(resumed, Cursor)
     except msgspec.ValidationError:
-        raise ValidationFailed(f"Last-Event-ID: not an event id: {resumed!r}", "Last-Event-ID") from None
+        raise ValidationFailed(f"Last-Event-ID: not an event cursor: {resumed!r}", "Last-Event-ID") from None
 
 
 async def _follow(state: AdminState, feed: Feed, cursor: str | None, types: frozenset[str], message_id: str | None) -> AsyncIterator[bytes]:
@@ -87,9 +88,9 @@ async def _follow(state: AdminState, feed: Feed, cursor: str | None, types: froz
         while not feed.closed:
             read = functools.partial(events.after, cursor=cursor, limit=_BATCH, types=types, message_id=message_id)
             found, cursor, more = await history.read(state, read)
-            for event in found:
+            for event_cursor, event in found:
                 kind = type(event).__struct_config__.tag
-                yield b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), str(kind).encode(), _json.encode(event))
+                yield b"id: %s\nevent: %s\ndata: %s\n\n" % (event_cursor.encode(), str(kind).encode(), _json.encode(event))
             quiet = 0.0 if found else quiet + POLL
             if quiet >= KEEP_ALIVE:
                 yield b": keep-alive\n\n"
