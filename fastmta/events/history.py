@@ -38,9 +38,11 @@ from fastmta.events.records import (
     Released,
     Retried,
 )
-from fastmta.history import db
+from fastmta.history import cleanup, db, dead_letters
 from fastmta.history.schema import DELETED, FAILED, QUEUED, REJECTED, SENT, events, messages, recipients
 
+# How often retention ([history] keep) runs: each run removes about this much time's worth of rows.
+_PRUNE_SECONDS = 3600.0
 # Ids per IN (...) lookup: well under SQLite's limit on bound parameters.
 _LOOKUP_CHUNK = 500
 
@@ -53,6 +55,7 @@ class HistorySink:
         self.keep = keep
         self.undecodable = 0  # outbox entries skipped because they could not be decoded
         self.clock: Callable[[], float] = time.time  # the time events are stored at (events.stored_at)
+        self._prune_at = 0.0  # retention runs with the first batch, then hourly
         # The last outbox entry this sink committed. The outbox offers entries in order and again only
         # after a failure (rolled back here) or a restart, so a batch that starts past it is all new.
         self._committed_through = -1
@@ -81,6 +84,9 @@ class HistorySink:
                 self._write(connection, fresh)
         if batch:
             self._committed_through = batch[-1][0]
+        if self.clock() >= self._prune_at:
+            self.prune()
+            self._prune_at = self.clock() + _PRUNE_SECONDS
 
     def _write(self, connection: sa.Connection, fresh: list[tuple[int, AnyEvent]]) -> None:
         # One statement per kind of row for the whole batch: per-event statements cost ten times as
@@ -103,15 +109,14 @@ class HistorySink:
         self._apply_outcomes(connection, outcomes)
 
     def prune(self, now: float | None = None) -> int:
-        """Removes messages unchanged for `keep`, with their recipients and events; returns the rows removed."""
-        cutoff = (time.time() if now is None else now) - self.keep
-        old = sa.select(messages.c.id).where(messages.c.updated_at < cutoff)
+        """Removes what is older than `keep`: settled messages unchanged since, with their recipients and
+        events, events of no message, dead letters; returns the rows removed. Queued (and held) mail stays."""
+        cutoff = (self.clock() if now is None else now) - self.keep
         with self.engine.begin() as connection:
-            removed = connection.execute(sa.delete(recipients).where(recipients.c.message_id.in_(old))).rowcount
-            removed += connection.execute(sa.delete(messages).where(messages.c.updated_at < cutoff)).rowcount
-            # A kept message keeps its whole timeline, however old its first events are.
-            orphan = ~sa.exists().where(messages.c.id == events.c.message_id)
-            removed += connection.execute(sa.delete(events).where(events.c.at < cutoff, orphan)).rowcount
+            settled = cleanup.remove_settled(connection, cleanup.SETTLED, cutoff, dry_run=False)
+            removed = settled.messages + settled.recipients + settled.events
+            removed += cleanup.remove_orphan_events(connection, cutoff)
+            removed += dead_letters.remove_older(connection, cutoff)
         return removed
 
     def close(self) -> None:

@@ -38,6 +38,13 @@ def remove_settled(connection: sa.Connection, statuses: Collection[str], before:
     return Removed(**counts)
 
 
+def remove_orphan_events(connection: sa.Connection, before: float) -> int:
+    """Events older than `before` of no message history keeps (auth failures, outcomes of mail queued
+    before history began); a kept message keeps its whole timeline, however old its first events."""
+    orphan = ~sa.exists().where(messages.c.id == events.c.message_id)
+    return connection.execute(sa.delete(events).where(events.c.at < before, orphan)).rowcount
+
+
 def _count(connection: sa.Connection, table: sa.Table, where: sa.ColumnElement[bool]) -> int:
     return connection.scalar(sa.select(sa.func.count()).select_from(table).where(where)) or 0
 

@@ -100,6 +100,11 @@ def failed_again(connection: sa.Connection, ids: Sequence[int], reason: str, now
     )
 
 
+def remove_older(connection: sa.Connection, before: float) -> int:
+    """Letters untouched since `before` ([history] keep): a receiver gone that long will not ask for them."""
+    return connection.execute(sa.delete(dead_letters).where(dead_letters.c.updated_at < before)).rowcount
+
+
 def _exists(connection: sa.Connection) -> bool:
     return sa.inspect(connection).has_table(dead_letters.name)
 

@@ -48,6 +48,7 @@ def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistorySink
         environ["FASTMTA_HISTORY_URL"] = server.rsplit("/", 1)[0] + "/" + name
     made = HistorySink.configured(load(environ=environ))
     db.ready(made.engine)  # as the first batch would
+    made.clock = lambda: T0 + 3600  # the events here happen at T0: retention must not find them old
     yield made
     made.close()
 
@@ -278,3 +279,16 @@ def test_a_database_down_at_start_fails_deliveries_not_the_start(tmp_path: Path)
     with pytest.raises(sa.exc.OperationalError):
         made.deliver(numbered([records.received(message("m9", "x@example.com"), NODE, T0)]))
     made.close()
+
+
+def test_retention_runs_with_the_first_batch_then_hourly(sink: HistorySink) -> None:
+    old = message("old", "a@example.com")
+    sink.clock = lambda: T0 + sink.keep - 600
+    sink.deliver(numbered([records.received(old, NODE, T0), outcome(records.Delivered, old, "a@example.com", T0, "250", 1)]))
+    assert list(by_id(sink)) == ["old"]  # the first batch ran retention: nothing was old yet
+    sink.clock = lambda: T0 + sink.keep + 1800  # old is now past keep, but the hour is not over
+    sink.deliver(numbered([records.about_message(records.Retried, "other", NODE)], 3))
+    assert list(by_id(sink)) == ["old"]
+    sink.clock = lambda: T0 + sink.keep + 3600 * 2
+    sink.deliver(numbered([records.about_message(records.Retried, "other", NODE)], 4))
+    assert by_id(sink) == {}
