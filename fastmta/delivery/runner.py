@@ -24,11 +24,12 @@ from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
 from fastmta.events import records as events
 from fastmta.events.records import Event
+from fastmta.kept_bodies import KeptBodies
 from fastmta.metrics import DeliveryMetrics
 from fastmta.processes import alive
 from fastmta.queue.commit import GroupCommit
 from fastmta.queue.control import DeliveryControl
-from fastmta.queue.records import DEFERRED, DELIVERED, FAILED, QUEUED, Message, Recipient
+from fastmta.queue.records import DEFERRED, DELIVERED, FAILED, QUEUED, SETTLED, Message, Recipient
 from fastmta.queue.schedule import Scheduler, Settlement
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker, Waiter
@@ -85,6 +86,7 @@ class Runner:
             config.delivery.log_keep,
         )
         self.metrics = DeliveryMetrics(name, config.server.metrics)
+        self.kept = KeptBodies.configured(config)
         self.retry_schedule: list[float] = list(delivery.retry_schedule)
         self.max_age = delivery.max_age
         self.delay_warning = delivery.delay_warning
@@ -145,6 +147,7 @@ class Runner:
                     self._store_trouble(exc)
             if time.monotonic() - last_sweep > _SWEEP_SECONDS:
                 await self.pools.sweep()
+                self.kept.prune()
                 last_sweep = time.monotonic()
             if leased and free > len(leased):
                 continue
@@ -309,6 +312,8 @@ class Runner:
         # Written once the outcome is stored, so the log never tells of one the queue does not hold.
         for recipient, outcome in logged:
             self.journal.write(message, recipient, outcome.host, now - started, outcome.route, outcome.source_ip)
+        if all(r.state in SETTLED for r in message.recipients):
+            self.kept.put(message.id, body, now)
         attempted = [r for r in message.recipients if r.address in outcomes]
         for recipient in attempted:
             self.metrics.sent[recipient.state] += 1

@@ -11,7 +11,7 @@ from tests.admin.conftest import wait_until
 from tests.integration.nexthop import NextHop
 
 
-def test_a_delivered_message_is_sent_in_history_with_its_timeline(make_server: Any) -> None:
+def test_a_delivered_message_is_sent_in_history_with_its_timeline_and_kept_body(make_server: Any) -> None:
     hop = NextHop().start()
     try:
         server = make_server({
@@ -43,7 +43,8 @@ def test_a_delivered_message_is_sent_in_history_with_its_timeline(make_server: A
         assert [e["type"] for e in detail["events"]] == ["received", "delivered"]
         [recipient] = detail["recipients"]
         assert recipient["status"] == "sent" and recipient["last_reply"].startswith("250") and recipient["remote_host"]
-        assert detail["body"] is None  # delivered: it left the queue, and no body is kept yet
+        # Delivered, it left the queue; its body is kept for [history] keep_bodies, parts and all.
+        assert detail["body"]["parts"][0]["content"].rstrip() == "hi"
         api.close()
         assert server.stop() == 0
     finally:
