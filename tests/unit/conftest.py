@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from fastmta.config import Config, load
+from fastmta.events.history import HistorySink
 from fastmta.history import db
 from tests import postgres
 
@@ -43,3 +44,17 @@ def engine(history_config: Config) -> Iterator[sa.Engine]:
     made = db.opened(history_config)
     yield made
     made.dispose()
+
+
+# The time the sink tests' events happen at.
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def sink(history_config: Config) -> Iterator[HistorySink]:
+    """A history sink on SQLite and on PostgreSQL (tests/unit/conftest.py)."""
+    made = HistorySink.configured(history_config)
+    db.ready(made.engine)  # as the first batch would
+    made.clock = lambda: T0 + 3600  # the tests' events happen at T0: retention must not find them old
+    yield made
+    made.close()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,38 +18,9 @@ from fastmta.events.records import AnyEvent
 from fastmta.history import db
 from fastmta.history.schema import events, messages, metadata, recipients
 from fastmta.queue.records import Message, Recipient
-from tests import postgres
+from tests.unit.conftest import T0
 
 NODE = "node-a"
-T0 = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if postgres.binaries() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
-    with postgres.server(tmp_path_factory.mktemp("postgres")) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistorySink]:
-    environ = {"FASTMTA_SERVER_DATA_DIR": str(tmp_path / "var")}
-    if request.param == "postgresql":
-        # A database of its own for each test, in the module's one server.
-        server: str = request.getfixturevalue("postgres_url")
-        name = f"history_{uuid.uuid4().hex}"
-        admin = sa.create_engine(db.url(load(environ={"FASTMTA_HISTORY_URL": server})), isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        environ["FASTMTA_HISTORY_URL"] = server.rsplit("/", 1)[0] + "/" + name
-    made = HistorySink.configured(load(environ=environ))
-    db.ready(made.engine)  # as the first batch would
-    made.clock = lambda: T0 + 3600  # the events here happen at T0: retention must not find them old
-    yield made
-    made.close()
 
 
 def message(id: str, *addresses: str, **fields: Any) -> Message:

@@ -13,7 +13,7 @@ from fastmta.history import cleanup, events, messages
 from fastmta.history.messages import Filter
 from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
-from tests.unit.test_history import NODE, T0, message, numbered, outcome, postgres_url, sink  # noqa: F401 (fixtures)
+from tests.unit.test_history import NODE, T0, message, numbered, outcome
 
 LATER = T0 + 10_000  # every event's id is older than SETTLE at this time
 STORED = 400  # seconds after t0: when populate() has history store its events
@@ -94,7 +94,9 @@ def test_one_message_with_its_recipients_and_timeline(sink: HistorySink) -> None
 def test_events_past_a_cursor_in_the_order_history_stored_them(sink: HistorySink) -> None:
     populate(sink)
 
-    def pull(cursor: str | None, limit: int, now: float = LATER, **filters: object) -> tuple[list[records.AnyEvent], str | None, bool]:
+    def pull(
+        cursor: str | None, limit: int, now: float = LATER, **filters: object
+    ) -> tuple[list[records.AnyEvent], str | None, bool]:
         with sink.engine.connect() as connection:
             found, cursor, more = events.after(connection, cursor, limit, now=now, **filters)  # type: ignore[arg-type]
         return [event for _, event in found], cursor, more
