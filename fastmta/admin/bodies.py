@@ -7,6 +7,12 @@ from fastmta.kept_bodies import KeptBodies
 
 
 def body_of(state: AdminState, message_id: str) -> bytes | None:
-    """The body as received, or None when none is kept; runs in a thread (it reads LMDB and files)."""
+    """The body as received, or None when none is kept; runs in a thread (it reads LMDB and SQLite)."""
     body = state.store.body(message_id)
-    return body if body is not None else KeptBodies.configured(state.config).get(message_id)
+    if body is not None:
+        return body
+    kept = KeptBodies.configured(state.config)
+    try:
+        return kept.get(message_id)
+    finally:
+        kept.close()

@@ -42,6 +42,7 @@ _IDLE_LOOK_SECONDS = 1.0
 _RECORD_RETRY_FIRST = 0.1
 _RECORD_RETRY_MAX = 5.0
 _SWEEP_SECONDS = 5.0
+_PRUNE_SECONDS = 3600.0  # how often kept bodies older than keep_bodies go
 _NO_ROUTE = Reply(550, "5.4.4 No route is configured for this domain")
 _NO_MAILBOX = Reply(550, "5.1.1 No such mailbox")
 _DISCARDED = Reply(250, "2.0.0 Discarded by route")
@@ -60,6 +61,10 @@ class Outcome:
     # The report a NOTIFY=SUCCESS sender gets when this delivery succeeds: "delivered" where the
     # mail ends here, "relayed" to a next hop without DSN, none where the next hop reports itself.
     success_notice: str = ""
+
+
+def _kept_or_not(_error: BaseException | None) -> None:
+    """Nothing waits for a body to be kept (put_many logs its own failures)."""
 
 
 def owner_alive(owner: str) -> bool:
@@ -87,6 +92,7 @@ class Runner:
         )
         self.metrics = DeliveryMetrics(name, config.server.metrics)
         self.kept = KeptBodies.configured(config)
+        self.keeper: GroupCommit[tuple[str, bytes]] = GroupCommit(self.kept.put_many, loop)
         self.retry_schedule: list[float] = list(delivery.retry_schedule)
         self.max_age = delivery.max_age
         self.delay_warning = delivery.delay_warning
@@ -119,6 +125,7 @@ class Runner:
         log.info("%s delivering", self.name)
         flusher = asyncio.ensure_future(self._flush_metrics())
         last_sweep = last_renewal = time.monotonic()
+        last_prune = 0.0
         while not stop.is_set():
             free = self.config.delivery.concurrency - len(self._in_flight)
             limit = min(self.config.delivery.batch_size, free)
@@ -147,8 +154,10 @@ class Runner:
                     self._store_trouble(exc)
             if time.monotonic() - last_sweep > _SWEEP_SECONDS:
                 await self.pools.sweep()
-                self.kept.prune()
                 last_sweep = time.monotonic()
+            if time.monotonic() - last_prune > _PRUNE_SECONDS:
+                await asyncio.to_thread(self.kept.prune)
+                last_prune = time.monotonic()
             if leased and free > len(leased):
                 continue
             try:
@@ -197,11 +206,14 @@ class Runner:
         for task in self._in_flight:
             task.cancel()
         await self.settler.wait_idle()
+        await self.keeper.wait_idle()
         await self.pools.close()
         log.info("%s stopped after %d deliveries", self.name, self.delivered)
 
     def close(self) -> None:
         self.settler.close()
+        self.keeper.close()
+        self.kept.close()
         self._waiter.close()
         self._poker.close()
         self.journal.close()
@@ -313,7 +325,7 @@ class Runner:
         for recipient, outcome in logged:
             self.journal.write(message, recipient, outcome.host, now - started, outcome.route, outcome.source_ip)
         if all(r.state in SETTLED for r in message.recipients):
-            self.kept.put(message.id, body, now)
+            self.keeper.submit((message.id, body), _kept_or_not)
         attempted = [r for r in message.recipients if r.address in outcomes]
         for recipient in attempted:
             self.metrics.sent[recipient.state] += 1
