@@ -283,8 +283,8 @@ class HistoryConfig(_Section):
     # Empty: SQLite at data_dir/history.db; otherwise an SQLAlchemy URL such as "postgresql://user@host/db",
     # which nodes of a cluster share.
     url: str = ""
-    # Settled messages and their events are kept this long; the bodies of settled mail, as files in
-    # data_dir/kept/ for GET /api/v1/messages/{id}, for keep_bodies ("0s": none).
+    # Settled messages and their events are kept this long; the bodies of settled mail (in
+    # data_dir/kept.db, for GET /api/v1/messages/{id}) for keep_bodies ("0s": none).
     keep: Duration = _seconds("30d")
     keep_bodies: Duration = _seconds("7d")
 
