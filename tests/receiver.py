@@ -19,10 +19,11 @@ from typing import Any
 
 
 class Received:
-    def __init__(self, path: str, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, path: str, headers: dict[str, str], body: bytes, answer: str = "ok") -> None:
         self.path = path
         self.headers = headers  # names in lower case
         self.body = body
+        self.answer = answer  # what the receiver answered: only "ok" tells the sender it has the events
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -76,9 +77,10 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver._lock:
-                    receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 answer = receiver._next_answer()
+                with receiver._lock:
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    receiver.requests.append(Received(self.path, headers, body, answer))
                 if answer == "hang":
                     receiver._released.wait(30)
                     return
