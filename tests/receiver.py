@@ -76,7 +76,11 @@ class Receiver:
                 pass
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender went away mid-request (killed): nothing was sent
+                    self.close_connection = True
+                    return
                 answer = receiver._next_answer()
                 with receiver._lock:
                     headers = {k.lower(): v for k, v in self.headers.items()}
@@ -96,11 +100,14 @@ class Receiver:
                     "not-ok": (200, json.dumps({"ok": False})),
                 }[answer]
                 data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the sender was killed waiting for the answer
+                    self.close_connection = True
 
         return Handler
 

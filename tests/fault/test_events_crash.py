@@ -180,7 +180,7 @@ def test_sigkill_events_and_whole_server_under_load_loses_no_event(make_server, 
     try:
         for kill in range(1, KILLS + 1):
             # A random number of events (posted to the receiver) later; each is also a history write.
-            target = len(receiver.requests) + rng.randint(1, 300)
+            target = len(receiver.requests) + rng.randint(1, 100)
             wait_for(lambda target=target: len(receiver.requests) >= target, 60, f"{target} events at the receiver")
             victim = server.children()["events"]
             os.kill(victim, signal.SIGKILL)
@@ -199,6 +199,117 @@ def test_sigkill_events_and_whole_server_under_load_loses_no_event(make_server, 
             "events sigkill", events_kills=KILLS, server_kills=server_kills, **tally.figures, lost=tally.lost(),
             refused=load.refused, seconds=round(elapsed, 1),
         )
+        tally.check()
+        assert server.stop() == 0
+    finally:
+        load.stop()
+        receiver.stop()
+        hop.stop()
+
+
+class Watch:
+    """Reads /health while a fault lasts: the most lag each sink showed, and every status it answered with."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.most_lag: dict[str, float] = dict.fromkeys(SINKS, 0.0)
+        self.statuses: Counter[str] = Counter()
+
+    def lag(self, sink: str) -> float:
+        """Reads /health once; the sink's lag now (infinite while /health does not answer)."""
+        answer = health(self.server)
+        if answer is None:
+            return float("inf")
+        status, data = answer
+        self.statuses[f"{status} {data['status']}"] += 1
+        found = data["events_lag_seconds"]
+        for name, seconds in found.items():
+            self.most_lag[name] = max(self.most_lag.get(name, 0.0), seconds)
+        return found.get(sink, float("inf"))
+
+
+def unbounded_by_events(load: Load, hop: NextHop) -> None:
+    """The load waits only for the next hop: the sink held up must not hold ingress back."""
+    load.may_send = lambda: len(load.acked) - len(hop.recorder.arrivals) < BACKLOG
+
+
+# How far the history sink falls behind while PostgreSQL is down: the outage, measured on the lag itself.
+HISTORY_DOWN_SECONDS = 10.0
+
+
+def test_history_database_down_under_load(make_server, cluster: postgres.Cluster) -> None:
+    rng = random.Random(seed("history down"))
+    hop, receiver = NextHop().start(), Receiver().start()
+    server: Server = make_server(config(hop, cluster.url, receiver))
+    load = Load(server.port, clients=4, seed=rng.randrange(1 << 30))
+    unbounded_by_events(load, hop)
+    load.start()
+    try:
+        wait_for(lambda: len(receiver.requests) >= 100, 30, "events to flow")
+        watch = Watch(server)
+        cluster.stop(fast=True)  # as `pg_ctl stop -m fast`: the events process's connections are cut
+        stopped, acked_before = time.monotonic(), len(load.acked)
+        wait_for(lambda: watch.lag("history") >= HISTORY_DOWN_SECONDS, 60, "the history sink to fall behind", every=0.2)
+        down = time.monotonic() - stopped
+        acked_while_down = len(load.acked) - acked_before
+        cluster.start()
+        back = time.monotonic()
+        backlog_bound(load, hop, receiver)  # the load goes on at the pace the events process keeps
+        wait_for(lambda: watch.lag("history") < 1, 90, "the history sink to catch up", every=0.2)
+        caught_up_after = time.monotonic() - back
+        load.stop()
+        wait_for(lambda: caught_up(server), 90, "the queue to drain and every sink to catch up", every=0.5)
+        tally = Tally(cluster.url, receiver, set(load.acked))
+        report(
+            "history database down", down_seconds=round(down, 1), acked_while_down=acked_while_down,
+            most_lag={sink: round(lag, 1) for sink, lag in watch.most_lag.items()}, health=dict(watch.statuses),
+            caught_up_seconds=round(caught_up_after, 1), **tally.figures, lost=tally.lost(), refused=load.refused,
+        )
+        assert acked_while_down > 0 and not load.refused, load.refusals
+        tally.check()
+        assert server.stop() == 0
+    finally:
+        load.stop()
+        receiver.stop()
+        hop.stop()
+
+
+# How far the webhook falls behind while its receiver fails, then hangs.
+RECEIVER_FAILING_SECONDS = 5.0
+HANGS = 2
+
+
+def test_webhook_receiver_failing_then_hanging_under_load(make_server, cluster: postgres.Cluster) -> None:
+    rng = random.Random(seed("receiver failing"))
+    hop, receiver = NextHop().start(), Receiver().start()
+    # Short pauses and timeout, so the outage is seconds long and the catch-up quick.
+    server: Server = make_server(config(hop, cluster.url, receiver, max_pause="2s", timeout="1s"))
+    load = Load(server.port, clients=4, seed=rng.randrange(1 << 30))
+    unbounded_by_events(load, hop)
+    load.start()
+    try:
+        wait_for(lambda: len(receiver.requests) >= 100, 30, "events to flow")
+        watch = Watch(server)
+        failing, acked_before = time.monotonic(), len(load.acked)
+        receiver.answer = "fail"
+        wait_for(lambda: watch.lag(HOOK) >= RECEIVER_FAILING_SECONDS, 60, "the webhook to fall behind", every=0.2)
+        receiver.answer = "hang"
+        wait_for(lambda: sum(r.answer == "hang" for r in receiver.requests) >= HANGS, 60, f"{HANGS} requests hanging")
+        receiver.answer = "ok"
+        back = time.monotonic()
+        acked_while_failing = len(load.acked) - acked_before
+        # A request per event is the receiver's pace, slower than ingress here: the catch-up is timed without load.
+        load.stop()
+        wait_for(lambda: watch.lag(HOOK) < 1, 90, "the webhook to catch up", every=0.2)
+        caught_up_after = time.monotonic() - back
+        wait_for(lambda: caught_up(server), 90, "the queue to drain and every sink to catch up", every=0.5)
+        tally = Tally(cluster.url, receiver, set(load.acked))
+        report(
+            "webhook receiver failing", failing_seconds=round(back - failing, 1), acked_while_failing=acked_while_failing,
+            most_lag={sink: round(lag, 1) for sink, lag in watch.most_lag.items()}, health=dict(watch.statuses),
+            caught_up_seconds=round(caught_up_after, 1), **tally.figures, lost=tally.lost(), refused=load.refused,
+        )
+        assert acked_while_failing > 0 and not load.refused, load.refusals
         tally.check()
         assert server.stop() == 0
     finally:
