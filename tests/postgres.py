@@ -1,7 +1,8 @@
 """A private PostgreSQL for tests: initdb in a temporary directory, the server on an ephemeral port, gone afterwards.
 
 Uses the Debian `postgresql` package (its binaries under /usr/lib/postgresql/*/bin). PostgreSQL
-refuses to run as root, so as root the cluster belongs to `nobody`.
+refuses to run as root, so as root the cluster belongs to `nobody`. A fault test may stop the
+server and start it again on the same port and data (`Cluster.stop`, `Cluster.start`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,43 +29,70 @@ def binaries() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
+class Cluster:
+    """One cluster in `directory`: its `postgres` database, user postgres, no password, at `url`."""
+
+    def __init__(self, directory: Path) -> None:
+        bin_dir = binaries()
+        assert bin_dir is not None, "PostgreSQL is not installed (apt-get install postgresql)"
+        self.bin_dir = bin_dir
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            self.as_user = ["runuser", "-u", "nobody", "--"]
+            directory.chmod(0o777)  # nobody must reach its cluster's directory under root's temporary one
+            for parent in directory.parents:
+                if parent == Path(parent.anchor) or parent.stat().st_mode & 0o001:
+                    break
+                parent.chmod(parent.stat().st_mode | 0o001)
+        self.data, self.sockets = directory / "data", directory / "sockets"
+        self.sockets.mkdir()
+        self.sockets.chmod(0o777)
+        self.log = directory / "postgres.log"  # a file, not a pipe nobody reads, which would fill and stall the server
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.process: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            [*self.as_user, str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+             "--no-sync"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Starts the server and returns once it accepts connections."""
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [*self.as_user, str(self.bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                 "-k", str(self.sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                 "-c", "full_page_writes=off"],
+                stdout=output, stderr=output,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not self.accepting():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start: {self.log.read_text(errors='replace')}")
+            time.sleep(0.1)
+
+    def accepting(self) -> bool:
+        probe = [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(probe, timeout=10).returncode == 0
+
+    def stop(self, fast: bool = False) -> None:
+        """SIGTERM waits for clients to leave (smart); fast (SIGINT, as `pg_ctl stop -m fast`) ends their sessions."""
+        assert self.process is not None
+        # To the postmaster itself: as root, `process` is runuser, in front of it.
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGINT if fast else signal.SIGTERM)
+        self.process.wait(timeout=60)
+        self.process = None
+
+
 @contextmanager
 def server(directory: Path) -> Iterator[str]:
     """Runs a cluster in `directory`; yields the URL of its `postgres` database, user postgres, no password."""
-    bin_dir = binaries()
-    assert bin_dir is not None, "PostgreSQL is not installed (apt-get install postgresql)"
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "nobody", "--"]
-        directory.chmod(0o777)  # nobody must reach its cluster's directory under root's temporary one
-        for parent in directory.parents:
-            if parent == Path(parent.anchor) or parent.stat().st_mode & 0o001:
-                break
-            parent.chmod(parent.stat().st_mode | 0o001)
-    data, sockets = directory / "data", directory / "sockets"
-    sockets.mkdir()
-    sockets.chmod(0o777)
-    subprocess.run(
-        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True, timeout=120,
-    )
-    port = free_port()
-    log = directory / "postgres.log"  # a file, not a pipe nobody reads, which would fill and stall the server
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"],
-            stdout=output, stderr=output,
-        )
+    cluster = Cluster(directory)
+    cluster.start()
     try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(
-            [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)], timeout=10
-        ).returncode != 0:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"postgres did not start: {log.read_text(errors='replace')}")
-            time.sleep(0.1)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield cluster.url
     finally:
-        process.terminate()  # SIGTERM: smart shutdown, and no client is left
-        process.wait(timeout=60)
+        if cluster.process is not None:
+            cluster.stop()  # no client is left

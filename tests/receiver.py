@@ -19,10 +19,11 @@ from typing import Any
 
 
 class Received:
-    def __init__(self, path: str, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, path: str, headers: dict[str, str], body: bytes, answer: str = "ok") -> None:
         self.path = path
         self.headers = headers  # names in lower case
         self.body = body
+        self.answer = answer  # what the receiver answered: only "ok" tells the sender it has the events
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -75,10 +76,15 @@ class Receiver:
                 pass
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver._lock:
-                    receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender went away mid-request (killed): nothing was sent
+                    self.close_connection = True
+                    return
                 answer = receiver._next_answer()
+                with receiver._lock:
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    receiver.requests.append(Received(self.path, headers, body, answer))
                 if answer == "hang":
                     receiver._released.wait(30)
                     return
@@ -94,11 +100,14 @@ class Receiver:
                     "not-ok": (200, json.dumps({"ok": False})),
                 }[answer]
                 data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the sender was killed waiting for the answer
+                    self.close_connection = True
 
         return Handler
 

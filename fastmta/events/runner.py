@@ -56,15 +56,21 @@ class EventsRunner:
         outbox.register([sink.name for sink in sinks])
         self._progress = {sink.name: _Progress(outbox.cursor(sink.name), outbox.cursor(sink.name)) for sink in sinks}
         self._saved_at = 0.0
+        self.behind = False
 
     def step(self, now: float) -> int:
-        """Offers every sink that is not pausing its next batch; returns how many events were delivered."""
+        """Offers every sink that is not pausing its next batch; returns how many events were delivered.
+
+        Afterwards `behind` says whether a sink took a whole batch, so more may be waiting for it.
+        """
         delivered = 0
+        self.behind = False
         for sink in self.sinks:
             progress = self._progress[sink.name]
             if now < progress.retry_at:
                 continue
-            batch = self.outbox.read(progress.cursor, BATCH)
+            limit = min(getattr(sink, "batch_limit", BATCH), BATCH)  # see Sink
+            batch = self.outbox.read(progress.cursor, limit)
             if not batch and not getattr(sink, "idle_calls", False):  # see Sink
                 continue
             try:
@@ -83,6 +89,7 @@ class EventsRunner:
             if batch:
                 progress.cursor = batch[-1][0]
             delivered += len(batch)
+            self.behind = self.behind or len(batch) == limit
         if now - self._saved_at >= _SAVE_SECONDS:
             self.save(now)
         return delivered
@@ -109,13 +116,13 @@ class EventsRunner:
 async def _serve(runner: EventsRunner, stop: asyncio.Event) -> None:
     last_reading = 0.0
     while not stop.is_set():
-        delivered = await asyncio.to_thread(runner.step, time.time())
+        await asyncio.to_thread(runner.step, time.time())
         now = time.time()
         if now - last_reading >= 1.0:
             for sink, lag in runner.lags(now).items():
                 runner.metrics.lag(sink, lag)
             last_reading = now
-        if delivered < BATCH:
+        if not runner.behind:
             try:
                 await asyncio.wait_for(stop.wait(), _IDLE_LOOK_SECONDS)
             except TimeoutError:

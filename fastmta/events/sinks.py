@@ -20,9 +20,13 @@ class Sink(Protocol):
     raises when it could not take it all; the same batch is then offered again later, so delivering
     it twice must leave the same result (events carry ids to deduplicate on).
 
-    Two attributes are optional, read by the runner: `max_pause`, the longest pause in seconds
-    between offers of a batch that failed (a minute without it), and `idle_calls`, true for a sink
-    that has work of its own (replays, retries) and wants deliver() called with no events too.
+    Three attributes are optional, read by the runner: `max_pause`, the longest pause in seconds
+    between offers of a batch that failed (a minute without it); `idle_calls`, true for a sink
+    that has work of its own (replays, retries) and wants deliver() called with no events too; and
+    `batch_limit`, the most events offered at once (500 at most). The runner offers the sinks
+    their batches one after the other and saves cursors between offers, so a sink whose batch takes
+    long (a request per event) keeps it small: the others are not held to its pace, and a crash
+    offers again less of what it had already sent.
     """
 
     name: str

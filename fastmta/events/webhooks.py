@@ -12,6 +12,7 @@ refused events dead-lettered at once, and the rest follow. Letters an operator a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,10 +28,15 @@ from fastmta.history import db, dead_letters
 from fastmta.history.dead_letters import Letter
 from fastmta.metrics import EventsMetrics
 
+log = logging.getLogger("fastmta.events")
+
 _JSON = msgspec.json.Encoder()
 # Letters to replay are looked for at most this often: a query per idle look (0.2 s) is not worth it.
 LOOK_EVERY = 1.0
 _REPLAY_BATCH = 100
+# Requests per offer from the runner (see Sink.batch_limit): at a receiver's usual few milliseconds
+# each, well under the second between cursor saves.
+_REQUESTS_PER_OFFER = 20
 
 
 class ReceiverFailing(Exception):
@@ -56,6 +62,7 @@ class WebhookSink:
         self.hook = hook
         self.retry_for = settings.retry_for
         self.max_pause = settings.max_pause  # for the runner: receivers may be down for hours
+        self.batch_limit = hook.batch * _REQUESTS_PER_OFFER
         self.engine = engine
         self.metrics = metrics
         self.look_every = look_every
@@ -65,11 +72,11 @@ class WebhookSink:
         self._failing_since: float | None = None
         self._attempts = 0  # failed requests for the events at the head of the line
         self._next_look = 0.0
+        self._database_down = False  # said once in the log, not on every look
 
     def deliver(self, batch: Sequence[tuple[int, AnyEvent | None]]) -> None:
-        db.ready(self.engine)  # dead letters and retries live there
         if time.time() >= self._next_look:
-            self._replay()
+            self._look_for_replays()
             self._next_look = time.time() + self.look_every
         wanted = [
             (sequence, event)
@@ -124,7 +131,22 @@ class WebhookSink:
             return str(exc), True
         return ("", False) if answer.ok else (answer.summary(), answer.transient)
 
+    def _look_for_replays(self) -> None:
+        """Sends the letters an operator asked to replay; with the database unreachable, the events go on without."""
+        try:
+            db.ready(self.engine)  # dead letters live there
+            self._replay()
+        except sa.exc.OperationalError as exc:
+            # History's database being down is no reason to hold back a receiver that is up: only
+            # dead-lettering needs it, and that raises (the batch is offered again) while it is down.
+            if not self._database_down:
+                log.warning("%s: no replays while the database is unreachable: %s", self.name, exc.orig or exc)
+            self._database_down = True
+            return
+        self._database_down = False
+
     def _dead_letter(self, chunk: list[AnyEvent], reason: str, attempts: int) -> None:
+        db.ready(self.engine)
         letters = [Letter(event.id, _name(event), payload(event)) for event in chunk]
         with self.engine.begin() as connection:
             dead_letters.add(connection, self.name, letters, reason, attempts, time.time())

@@ -107,3 +107,18 @@ def test_cursors_are_saved_once_a_second_and_a_killed_runner_offers_the_unsaved_
     assert again.offered == [[3, 4]]
     restarted.close()  # a clean stop saves
     assert store.outbox.cursor("history") == 4 and store.outbox.pending() == 0
+
+
+def test_a_sink_with_a_batch_limit_takes_small_batches_and_the_others_keep_their_pace(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 26, node="n1")
+    history, webhook = RecordingSink("history"), RecordingSink("webhook")
+    webhook.batch_limit = 20  # type: ignore[attr-defined]
+    runner = EventsRunner(store.outbox, [history, webhook], EventsMetrics("events", enabled=False))
+    queue(store, 50)
+    runner.step(time.time())
+    assert (len(history.kept), len(webhook.kept)) == (50, 20) and runner.behind  # more waits for the webhook
+    runner.step(time.time())
+    runner.step(time.time())
+    assert webhook.offered[1:] == [list(range(21, 41)), list(range(41, 51))] and not runner.behind
+    assert len(history.offered) == 1  # nothing new for history: not offered
+    store.close()

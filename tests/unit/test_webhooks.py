@@ -304,3 +304,21 @@ def test_payload_data_is_the_whole_event() -> None:
     assert body["data"] == {"type": "auth_failed", "at": 1_700_000_000.5, "node": NODE, "message_id": "", "recipient": "",
                             "client_ip": "192.0.2.1", "username": "eve", "listener": ""}  # fmt: skip
     assert msgspec.json.decode(msgspec.json.encode(body)) == body
+
+
+def test_events_reach_a_receiver_while_the_database_is_unreachable(receiver: Receiver) -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = sa.create_engine(f"postgresql+psycopg://fastmta@127.0.0.1:{port}/h")
+    sink = webhook(down, settings(receiver.url))
+    msg = message()
+    sink.deliver(numbered([records.received(msg, NODE, time.time())]))  # no replays looked for, and no failure
+    assert [body["event"] for body in receiver.bodies()] == ["message.received"]
+    receiver.answer = "refuse"  # a refusal needs the database for its dead letter: offered again later
+    with pytest.raises(sa.exc.OperationalError):
+        sink.deliver(numbered([outcome(records.Delivered, msg, "250 ok")], start=2))
+    sink.close()
