@@ -303,6 +303,8 @@ class WebhookConfig(_Section):
     secret: str = ""
     # Events per request: 1 posts each event as a JSON object, more post a JSON array of up to this many.
     batch: Annotated[int, msgspec.Meta(ge=1, le=500)] = 1
+    # Requests under way at once: one at a time, a receiver's round trip bounds the events per second.
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     # Names its outbox cursor and its dead letters (webhook:<name>), so it may change url and keep
     # its place; by default a digest of url names it.
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{0,64}$")] = ""

@@ -40,3 +40,5 @@ def setup(level: str, fmt: str, process_name: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx says every request at INFO (a line per webhook POST); the events sinks log what matters.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

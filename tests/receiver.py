@@ -35,6 +35,7 @@ class Receiver:
         self.script: list[str] = []
         self.answer = "ok"
         self.rejected: list[str] = []  # the report's rejected queue ids, in every "ok" answer
+        self.delay = 0.0  # seconds each answer takes, as a slow receiver's would
         self._released = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -72,6 +73,8 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # connections kept open between requests, as real receivers do
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -87,7 +90,10 @@ class Receiver:
                     receiver.requests.append(Received(self.path, headers, body, answer))
                 if answer == "hang":
                     receiver._released.wait(30)
+                    self.close_connection = True
                     return
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 if answer == "garbage":
                     self.wfile.write(b"\x00\x01 this is no HTTP\r\n\r\n")
                     self.close_connection = True

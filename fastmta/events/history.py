@@ -72,16 +72,22 @@ class HistorySink:
         db.ready(self.engine)
         decoded = [(sequence, event) for sequence, event in batch if event is not None]
         self.undecodable += len(batch) - len(decoded)
-        with self.engine.begin() as connection:
-            fresh_only = bool(batch) and self._committed_through >= 0 and batch[0][0] > self._committed_through
-            known = set() if fresh_only else self._known(connection, [event.id for _, event in decoded])
-            fresh: list[tuple[int, AnyEvent]] = []
-            for sequence, event in decoded:
-                if event.id not in known:
-                    known.add(event.id)
-                    fresh.append((sequence, event))
-            if fresh:
-                self._write(connection, fresh)
+        fresh_only = bool(batch) and self._committed_through >= 0 and batch[0][0] > self._committed_through
+        try:
+            with self.engine.begin() as connection:
+                known = set() if fresh_only else self._known(connection, [event.id for _, event in decoded])
+                fresh: list[tuple[int, AnyEvent]] = []
+                for sequence, event in decoded:
+                    if event.id not in known:
+                        known.add(event.id)
+                        fresh.append((sequence, event))
+                if fresh:
+                    self._write(connection, fresh)
+        except Exception:
+            # The commit may have reached the database before the failure reached us: the batch
+            # offered again is looked up, not taken for new (its counters would count twice).
+            self._committed_through = -1
+            raise
         if batch:
             self._committed_through = batch[-1][0]
         if self.clock() >= self._prune_at:

@@ -1,4 +1,7 @@
-"""The webhooks sink: a webhook's receiver gets the events it asked for as (signed) JSON POSTs, in outbox order.
+"""The webhooks sink: a webhook's receiver gets the events it asked for as (signed) JSON POSTs.
+
+Requests go in outbox order, up to `concurrency` of them under way at once (so within that window
+a receiver may see a later event first; concurrency = 1 keeps strict order).
 
 At least once: events a request carried are sent again until a 2xx says the receiver has them, so
 receivers deduplicate on the event id (`id`, and the X-Fastmta-Event-Id header). A receiver that
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -34,8 +38,8 @@ _JSON = msgspec.json.Encoder()
 # Letters to replay are looked for at most this often: a query per idle look (0.2 s) is not worth it.
 LOOK_EVERY = 1.0
 _REPLAY_BATCH = 100
-# Requests per offer from the runner (see Sink.batch_limit): at a receiver's usual few milliseconds
-# each, well under the second between cursor saves.
+# Requests per offer from the runner (see Sink.batch_limit), per request under way at once: at a
+# receiver's usual few milliseconds each, well under the second between cursor saves.
 _REQUESTS_PER_OFFER = 20
 
 
@@ -62,11 +66,12 @@ class WebhookSink:
         self.hook = hook
         self.retry_for = settings.retry_for
         self.max_pause = settings.max_pause  # for the runner: receivers may be down for hours
-        self.batch_limit = hook.batch * _REQUESTS_PER_OFFER
+        self.batch_limit = hook.batch * hook.concurrency * _REQUESTS_PER_OFFER
         self.engine = engine
         self.metrics = metrics
         self.look_every = look_every
         self._poster = Poster(settings.connect_timeout, settings.timeout)
+        self._requests = ThreadPoolExecutor(hook.concurrency, thread_name_prefix=self.name)
         # The runner offers a failed batch again whole; what this process already settled of it is skipped.
         self._settled_through = 0
         self._failing_since: float | None = None
@@ -83,22 +88,32 @@ class WebhookSink:
             for sequence, event in batch
             if event is not None and sequence > self._settled_through and self.hook.wants(_name(event))
         ]
+        chunks = [wanted[start:start + self.hook.batch] for start in range(0, len(wanted), self.hook.batch)]
         given_up = ""
-        for start in range(0, len(wanted), self.hook.batch):
-            chunk = [event for _, event in wanted[start:start + self.hook.batch]]
+        while chunks:
+            # A receiver that is failing gets one request at a time, not a burst.
+            at_once = 1 if self._failing_since is not None else self.hook.concurrency
+            group, chunks = chunks[:at_once], chunks[at_once:]
             if given_up:  # the receiver failed past retry_for just now: no request per chunk
-                self._dead_letter(chunk, given_up, 0)
-            else:
-                given_up = self._send(chunk)
-            self._settled_through = wanted[start:start + self.hook.batch][-1][0]
+                for chunk in group:
+                    self._dead_letter([event for _, event in chunk], given_up, 0)
+                    self._settled_through = chunk[-1][0]
+                continue
+            answers = self._requests.map(self._post, [[payload(event) for _, event in chunk] for chunk in group])
+            # In order: a chunk after one that must be sent again is sent again too (at least once).
+            for chunk, answer in zip(group, answers, strict=True):
+                given_up = self._settle([event for _, event in chunk], answer)
+                self._settled_through = chunk[-1][0]
 
     def close(self) -> None:
+        self._requests.shutdown()
         self._poster.close()
         self.engine.dispose()
 
-    def _send(self, chunk: list[AnyEvent]) -> str:
-        """Delivers or dead-letters the chunk, or raises to be offered it again; says why it gave up on the receiver."""
-        problem, transient = self._post([payload(event) for event in chunk])
+    def _settle(self, chunk: list[AnyEvent], answer: tuple[str, bool]) -> str:
+        """After the chunk's request: delivered, or dead-lettered, or raises to be offered it again; says why it
+        gave up on the receiver."""
+        problem, transient = answer
         if not problem:
             self._failing_since, self._attempts = None, 0
             self.metrics.sent(self.name, "delivered", len(chunk))

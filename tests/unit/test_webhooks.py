@@ -39,6 +39,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def settings(url: str, retry_for: float = 3600, timeout: float = 2.0, **hook: Any) -> EventsConfig:
+    hook.setdefault("concurrency", 1)  # requests in order, one at a time, unless a test asks for more
     return EventsConfig(
         webhooks=[WebhookConfig(url=url, secret=SECRET, **hook)],
         retry_for=Duration(retry_for),
@@ -321,4 +322,16 @@ def test_events_reach_a_receiver_while_the_database_is_unreachable(receiver: Rec
     receiver.answer = "refuse"  # a refusal needs the database for its dead letter: offered again later
     with pytest.raises(sa.exc.OperationalError):
         sink.deliver(numbered([outcome(records.Delivered, msg, "250 ok")], start=2))
+    sink.close()
+
+
+def test_requests_go_several_at_once_and_every_event_arrives(engine: sa.Engine, receiver: Receiver) -> None:
+    receiver.delay = 0.1
+    sink = webhook(engine, settings(receiver.url, concurrency=8))
+    msgs = [message(f"m{n}") for n in range(16)]
+    started = time.monotonic()
+    sink.deliver(numbered([records.received(m, NODE, time.time()) for m in msgs]))
+    elapsed = time.monotonic() - started
+    assert sorted(body["data"]["message_id"] for body in receiver.bodies()) == sorted(m.id for m in msgs)
+    assert elapsed < 16 * 0.1 / 2  # one at a time would take 1.6 s; eight at once about 0.2 s
     sink.close()
