@@ -7,6 +7,7 @@ import getpass
 import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 
 import msgspec
 
@@ -24,6 +25,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fastmta import supervisor
 
     return supervisor.run(args.config)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Read from data_dir, as the admin's /health is: it answers with the admin down and needs no token."""
+    from fastmta import overview, status_text
+
+    config = _load(args)
+    now = overview.read(config.data_dir, _store(args))
+    if args.json:
+        document = {**msgspec.to_builtins(now), "healthy": now.healthy, "listeners": status_text.listeners(config)}
+        sys.stdout.write(_json.encode(document).decode() + "\n")
+    else:
+        sys.stdout.write(status_text.render(config, now))
+    return 0 if now.healthy else 1
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -259,6 +281,19 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_import(args: argparse.Namespace) -> int:
+    from fastmta.admin.tokens import TokenExists
+
+    text = sys.stdin.readline().strip()
+    try:
+        token, added = _tokens(args).adopt(text, args.name, args.role, created_by="cli")
+    except (TokenExists, ValueError) as exc:
+        print(f"{args.name}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'imported' if added else 'already present:'} {token.role} token {token.name} (id {token.id})")
+    return 0
+
+
 def cmd_token_list(args: argparse.Namespace) -> int:
     tokens = _tokens(args).list()
     if args.json:
@@ -287,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", help="TOML config file (default: the embedded default)")
     parser = argparse.ArgumentParser(prog="fastmta", description="fastmta mail transfer agent")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('fastmta')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("serve", parents=[common], help="run everything in the foreground").set_defaults(
@@ -295,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("check-config", parents=[common], help="validate and print the effective config").set_defaults(
         func=cmd_check_config
     )
+
+    status = commands.add_parser(
+        "status", parents=[common], help="health, workers, queue, delivery, events lag and listeners (exit 1: unhealthy)"
+    )
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.set_defaults(func=cmd_completion)
 
     queue = commands.add_parser("queue", help="inspect and manage the queue").add_subparsers(dest="action", required=True)
     listing = queue.add_parser("list", parents=[common], help="every queued message with its recipients")
@@ -338,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
     create.add_argument("--name", required=True)
     create.set_defaults(func=cmd_token_create)
+    adopt = tokens.add_parser(
+        "import", parents=[common], help="store a token read from standard input (the same one on every node)"
+    )
+    adopt.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    adopt.add_argument("--name", required=True)
+    adopt.set_defaults(func=cmd_token_import)
     token_list = tokens.add_parser("list", parents=[common])
     token_list.add_argument("--json", action="store_true")
     token_list.set_defaults(func=cmd_token_list)

@@ -61,6 +61,28 @@ class Tokens:
             txn.put(token_id.encode(), _ENCODER.encode(token))
         return token, f"fmta_{token_id}_{secret}"
 
+    def adopt(self, text: str, name: str, role: RoleName, created_by: str = "") -> tuple[Token, bool]:
+        """Stores a token made elsewhere (one Secret for every node of a cluster); True if it was new.
+
+        Adopting the same text again changes nothing, so a start script may do it each time.
+        """
+        found = _TOKEN.fullmatch(text)
+        if not found:
+            raise ValueError("not a token: expected fmta_<12 hex digits>_<32 characters of base64url>")
+        token_id, secret = found.groups()
+        token = Token(token_id, name, role, _digest(secret), time.time(), created_by)
+        with self._env.begin(write=True, db=self._db) as txn:
+            raw = txn.get(token_id.encode())
+            if raw is not None:
+                stored = _DECODER.decode(raw)
+                if (stored.name, stored.role, stored.secret_hash) == (name, role, token.secret_hash):
+                    return stored, False
+                raise TokenExists(stored.name)
+            if any(_DECODER.decode(raw).name == name for _, raw in txn.cursor()):
+                raise TokenExists(name)
+            txn.put(token_id.encode(), _ENCODER.encode(token))
+        return token, True
+
     def list(self) -> list[Token]:
         with self._env.begin(db=self._db) as txn:
             return [_DECODER.decode(raw) for _, raw in txn.cursor()]

@@ -214,6 +214,19 @@ class QueueStore:
         with self.env.begin() as txn:
             return txn.stat(self.messages)["entries"]
 
+    def oldest_received_at(self) -> float | None:
+        """When the longest-queued message arrived (None: an empty queue).
+
+        Ids sort by arrival, so that is the first readable record: one read, however long the queue.
+        """
+        with self.env.begin() as txn:
+            for key, raw in txn.cursor(db=self.messages):
+                try:
+                    return self._decode(key, raw).received_at
+                except CorruptRecord:
+                    continue
+        return None
+
     def due(self, now: float | None = None) -> list[str]:
         """Ids whose next attempt is at or before now, soonest first."""
         limit = schedule_key(time.time() if now is None else now, "\xff")

@@ -95,3 +95,24 @@ def test_refusals_and_auth_attempts_are_counted_by_reason(make_server) -> None:
         auth = client.get("/stats").json()["data"]["auth"]
     assert (auth["success"], auth["failure"]) == (1, 1)
     assert server.stop() == 0
+
+
+def test_what_no_worker_counts_is_read_when_scraped(admin: Admin) -> None:
+    # Every process the supervisor runs, and the supervisor itself, with its CPU, memory and start time.
+    names = {"supervisor", *admin.server.children()}
+    for sample in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"):
+        assert set(samples(admin, sample)) == names, sample
+    assert all(value > 1 << 20 for value in samples(admin, "process_resident_memory_bytes").values())
+
+    admin.send(1)  # no delivery runner here: it stays queued
+    assert samples(admin, "smtp_messages_queued")["admin"] >= 1
+    assert samples(admin, "smtp_queue_oldest_message_age_seconds")["admin"] > 0
+
+    disk = samples(admin, "fastmta_data_disk_free_bytes")["admin"], samples(admin, "fastmta_data_disk_size_bytes")["admin"]
+    assert 0 < disk[0] <= disk[1]
+
+    with admin.client("operator") as client:
+        assert client.post("/api/v1/delivery/suspend").status_code == 200
+        assert samples(admin, "fastmta_delivery_suspended") == {"admin": 1.0}
+        assert client.post("/api/v1/delivery/activate").status_code == 200
+    assert samples(admin, "fastmta_delivery_suspended") == {"admin": 0.0}
