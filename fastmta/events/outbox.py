@@ -34,7 +34,9 @@ class Outbox:
         raw = txn.get(_NEXT, db=self._meta)
         sequence = 1 if raw is None else _SEQUENCE.unpack(raw)[0]
         for event in events:
-            txn.put(_SEQUENCE.pack(sequence), EVENT_ENCODER.encode(event), db=self._entries, append=True)
+            # append=True refuses (returns False) a key not past the last one: never drop an event silently.
+            if not txn.put(_SEQUENCE.pack(sequence), EVENT_ENCODER.encode(event), db=self._entries, append=True):
+                raise lmdb.KeyExistsError(f"outbox entry {sequence} is not past the last one")
             sequence += 1
         txn.put(_NEXT, _SEQUENCE.pack(sequence), db=self._meta)
 

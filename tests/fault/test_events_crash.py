@@ -126,8 +126,11 @@ class Tally:
         # Each message is received once and delivered once (its one recipient): another row would be
         # an event written twice under two ids.
         self.figures["history_duplicates"] = sum(n - 1 for (kind, _), n in per_type.items() if kind in ("received", "delivered"))
+        # Which of a message's two events history lacks, to tell a write that never reached the outbox
+        # (the receiver lacks it too) from one the history sink passed over.
         self.problems["history lost"] = [
-            m for m in sorted(self.acked) if not per_type["received", m] or not per_type["delivered", m]
+            f"{m} (lacks {' and '.join(kind for kind in ('received', 'delivered') if not per_type[kind, m])})"
+            for m in sorted(self.acked) if not per_type["received", m] or not per_type["delivered", m]
         ]
         self.problems["history not sent"] = [m for m in sorted(self.acked) if m not in messages or messages[m].status != "sent"]
         # A batch written twice must not count a message's attempts or deferrals twice.
@@ -155,7 +158,8 @@ class Tally:
         ]
 
     def lost(self) -> int:
-        return len(set(self.problems["history lost"]) | set(self.problems["receiver lost"]))
+        history = {problem.split()[0] for problem in self.problems["history lost"]}
+        return len(history | set(self.problems["receiver lost"]))
 
     def check(self) -> None:
         for problem, which in self.problems.items():
