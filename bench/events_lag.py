@@ -1,6 +1,6 @@
 """Does the events process keep up? The history sink's lag under ingress, flat out and at a sustained rate.
 
-Starts fastmta (its defaults: history on, SMTP workers = CPUs, delivery off) and reads the lag of every
+Starts fastmta with history on (otherwise its defaults: SMTP workers = CPUs, delivery off) and reads the lag of every
 sink from GET /health (the age of the oldest event a sink does not have yet, at the cursor it last saved,
 so at most a second more than the events process itself knows) four times a second, through two phases:
 1. flat out: source.py closed loop for --duration seconds; then how long the sinks take to catch up once
@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from targets import BENCH, FastMTA, free_port
+from targets import BENCH, FastMTAWithHistory, free_port
 
 TARGET_LAG_SECONDS = 2.0
 _SAMPLE_SECONDS = 0.25
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as workdir:
         smtp_port, admin_port = free_port(), free_port()
-        running = FastMTA().start(Path(workdir), smtp_port, admin_port=admin_port)
+        running = FastMTAWithHistory().start(Path(workdir), smtp_port, admin_port=admin_port)
         try:
             time.sleep(1.0)  # the admin process binds after the SMTP workers greet
             with LagProbe(admin_port) as probe:

@@ -32,9 +32,9 @@ def test_the_bash_completion_is_bash_and_knows_the_commands() -> None:
 
 
 def test_status_of_a_running_node_and_of_a_stopped_one(make_server: Any) -> None:
-    server = make_server({"admin": {"enabled": True}})
+    server = make_server({"admin": {"enabled": True}, "history": {"enabled": True}})
     server.cli("queue", "list")  # the store exists
-    assert wait_until(lambda: len(server.children()) == 4)  # 2 SMTP workers, events, admin
+    assert wait_until(lambda: len(server.children()) == 4)  # 2 SMTP workers, events (history is on), admin
 
     result = server.cli("status")
     text = result.stdout.decode()

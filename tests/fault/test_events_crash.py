@@ -63,7 +63,7 @@ def config(hop: NextHop, history_url: str, receiver: Receiver, **events: Any) ->
         "server": {"shutdown_grace_seconds": 2},
         "delivery": {"workers": 1, "retry_schedule": ["1s", "2s"], "lease_time": "30s"},
         "admin": {"enabled": True},
-        "history": {"url": history_url},
+        "history": {"enabled": True, "url": history_url},
         "events": {"webhooks": [{"url": receiver.url, "name": "all"}], **events},
         "routes": [{"match": ["*"], "kind": "smarthost", "host": "127.0.0.1", "port": hop.port, "tls": "none"}],
     }

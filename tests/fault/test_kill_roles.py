@@ -184,7 +184,7 @@ def test_children_end_with_a_killed_supervisor_and_a_restart_serves(make_server)
     try:
         server: Server = make_server(config("supervisor", hop.port))
         children = server.children()
-        assert set(children) == {"smtp-0", "smtp-1", "delivery-0", "admin", "events"}  # history is on by default
+        assert set(children) == {"smtp-0", "smtp-1", "delivery-0", "admin"}
         seconds = kill_supervisor(server)
         assert seconds < 5
         server.start()
