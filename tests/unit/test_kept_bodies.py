@@ -31,7 +31,8 @@ def test_nothing_is_kept_with_keep_zero_or_history_off(tmp_path: Path) -> None:
     assert not (tmp_path / "kept.db").exists()
     off = load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_ENABLED": "false"})
     assert KeptBodies.configured(off).keep == 0
-    assert KeptBodies.configured(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path)})).keep == 7 * DAY
+    on = load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_ENABLED": "true"})
+    assert KeptBodies.configured(on).keep == 7 * DAY
     assert KeptBodies(tmp_path, keep=DAY).get("m1") is None  # no store yet: none made by asking
 
 
