@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
 from fastmta.config import Config
+from fastmta.history import db
 
 log = logging.getLogger("fastmta.delivery")
 
@@ -85,15 +85,8 @@ class KeptBodies:
 
     def _opened(self) -> sa.Engine:
         if self._engine is None:
-            engine = sa.create_engine(f"sqlite:///{self.path.resolve()}")
-            sa.event.listen(engine, "connect", _settings)
+            engine = db.engine(f"sqlite:///{self.path.resolve()}", synchronous="NORMAL")
             _metadata.create_all(engine)
             self._engine = engine
         return self._engine
 
-
-def _settings(connection: Any, _record: Any) -> None:
-    cursor = connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()

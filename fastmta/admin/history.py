@@ -29,21 +29,19 @@ def engine_of(state: AdminState) -> sa.Engine:
 
 async def read(state: AdminState, query: Callable[[sa.Connection], T]) -> T:
     """`query` on a connection of its own, in a thread: the event loop keeps serving while the database answers."""
-    engine = engine_of(state)
-
-    def run() -> T:
-        with engine.connect() as connection:
-            return query(connection)
-
-    return await anyio.to_thread.run_sync(run)
+    return await _in_thread(state, query, write=False)
 
 
 async def change(state: AdminState, writes: Callable[[sa.Connection], T]) -> T:
     """`writes` in one transaction, committed when it returns, in a thread."""
+    return await _in_thread(state, writes, write=True)
+
+
+async def _in_thread(state: AdminState, work: Callable[[sa.Connection], T], write: bool) -> T:
     engine = engine_of(state)
 
     def run() -> T:
-        with engine.begin() as connection:
-            return writes(connection)
+        with engine.begin() if write else engine.connect() as connection:
+            return work(connection)
 
     return await anyio.to_thread.run_sync(run)

@@ -324,7 +324,7 @@ class Runner:
         # Written once the outcome is stored, so the log never tells of one the queue does not hold.
         for recipient, outcome in logged:
             self.journal.write(message, recipient, outcome.host, now - started, outcome.route, outcome.source_ip)
-        if all(r.state in SETTLED for r in message.recipients):
+        if self.kept.keep and all(r.state in SETTLED for r in message.recipients):
             self.keeper.submit((message.id, body), _kept_or_not)
         attempted = [r for r in message.recipients if r.address in outcomes]
         for recipient in attempted:

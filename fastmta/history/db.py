@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from pathlib import Path
@@ -27,19 +28,22 @@ def url(config: Config) -> str:
     return config.history.url
 
 
-def engine(address: str) -> sa.Engine:
-    """An engine whose JSON columns are written and read by msgspec, as events are everywhere else."""
+def engine(address: str, synchronous: str = "FULL") -> sa.Engine:
+    """An engine whose JSON columns are written and read by msgspec, as events are everywhere else.
+
+    `synchronous` is SQLite's: FULL for history (below); NORMAL for a best-effort store (kept bodies).
+    """
     made = sa.create_engine(
         address,
         json_serializer=lambda value: msgspec.json.encode(value).decode(),
         json_deserializer=msgspec.json.decode,
     )
     if made.dialect.name == "sqlite":
-        sa.event.listen(made, "connect", _sqlite_settings)
+        sa.event.listen(made, "connect", functools.partial(_sqlite_settings, synchronous=synchronous))
     return made
 
 
-def _sqlite_settings(connection: Any, _record: Any) -> None:
+def _sqlite_settings(connection: Any, _record: Any, synchronous: str) -> None:
     # WAL: the admin process reads while the events process writes. FULL: a commit is on disk when it
     # returns, since the events process then moves its outbox cursor past those events (NORMAL
     # could lose the last commits to a power cut after the cursor moved: lost for good). In WAL
@@ -47,7 +51,7 @@ def _sqlite_settings(connection: Any, _record: Any) -> None:
     # together, and checking costs every insert. busy_timeout: a writer waits for another (a
     # migration, a cleanup) instead of failing.
     cursor = connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=OFF", "busy_timeout=10000"):
+    for pragma in ("journal_mode=WAL", f"synchronous={synchronous}", "foreign_keys=OFF", "busy_timeout=10000"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 

@@ -237,6 +237,25 @@ def unbounded_by_events(load: Load, hop: NextHop) -> None:
     load.may_send = lambda: len(load.acked) - len(hop.recorder.arrivals) < BACKLOG
 
 
+def settle_and_check(
+    name: str, server: Server, load: Load, cluster: postgres.Cluster, receiver: Receiver, watch: Watch,
+    caught_up_after: float, **figures: Any,
+) -> None:
+    """After an outage: the queue drained and every sink caught up, the figures reported, nothing lost or
+    refused, and mail was taken while it lasted (figures' acked_while_* count)."""
+    wait_for(lambda: caught_up(server), 90, "the queue to drain and every sink to catch up", every=0.5)
+    tally = Tally(cluster.url, receiver, set(load.acked))
+    report(
+        name, **figures, most_lag={sink: round(lag, 1) for sink, lag in watch.most_lag.items()},
+        health=dict(watch.statuses), caught_up_seconds=round(caught_up_after, 1), **tally.figures,
+        lost=tally.lost(), refused=load.refused,
+    )  # fmt: skip
+    acked_during = next(value for key, value in figures.items() if key.startswith("acked_while_"))
+    assert acked_during > 0 and not load.refused, load.refusals
+    tally.check()
+    assert server.stop() == 0
+
+
 # How far the history sink falls behind while PostgreSQL is down: the outage, measured on the lag itself.
 HISTORY_DOWN_SECONDS = 10.0
 
@@ -262,16 +281,10 @@ def test_history_database_down_under_load(make_server, cluster: postgres.Cluster
         wait_for(lambda: watch.lag("history") < 1, 90, "the history sink to catch up", every=0.2)
         caught_up_after = time.monotonic() - back
         load.stop()
-        wait_for(lambda: caught_up(server), 90, "the queue to drain and every sink to catch up", every=0.5)
-        tally = Tally(cluster.url, receiver, set(load.acked))
-        report(
-            "history database down", down_seconds=round(down, 1), acked_while_down=acked_while_down,
-            most_lag={sink: round(lag, 1) for sink, lag in watch.most_lag.items()}, health=dict(watch.statuses),
-            caught_up_seconds=round(caught_up_after, 1), **tally.figures, lost=tally.lost(), refused=load.refused,
+        settle_and_check(
+            "history database down", server, load, cluster, receiver, watch, caught_up_after,
+            down_seconds=round(down, 1), acked_while_down=acked_while_down,
         )
-        assert acked_while_down > 0 and not load.refused, load.refusals
-        tally.check()
-        assert server.stop() == 0
     finally:
         load.stop()
         receiver.stop()
@@ -306,16 +319,10 @@ def test_webhook_receiver_failing_then_hanging_under_load(make_server, cluster: 
         load.stop()
         wait_for(lambda: watch.lag(HOOK) < 1, 90, "the webhook to catch up", every=0.2)
         caught_up_after = time.monotonic() - back
-        wait_for(lambda: caught_up(server), 90, "the queue to drain and every sink to catch up", every=0.5)
-        tally = Tally(cluster.url, receiver, set(load.acked))
-        report(
-            "webhook receiver failing", failing_seconds=round(back - failing, 1), acked_while_failing=acked_while_failing,
-            most_lag={sink: round(lag, 1) for sink, lag in watch.most_lag.items()}, health=dict(watch.statuses),
-            caught_up_seconds=round(caught_up_after, 1), **tally.figures, lost=tally.lost(), refused=load.refused,
+        settle_and_check(
+            "webhook receiver failing", server, load, cluster, receiver, watch, caught_up_after,
+            failing_seconds=round(back - failing, 1), acked_while_failing=acked_while_failing,
         )
-        assert acked_while_failing > 0 and not load.refused, load.refusals
-        tally.check()
-        assert server.stop() == 0
     finally:
         load.stop()
         receiver.stop()
