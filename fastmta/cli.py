@@ -315,6 +315,34 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- DKIM keys ------------------------------------------------------------------------------
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from fastmta.config import DkimKeyConfig
+    from fastmta.dkim import keys
+
+    try:
+        entry = DkimKeyConfig(domain=args.domain, selector=args.selector)
+    except ValueError as exc:
+        print(f"fastmta dkim keygen: {exc}", file=sys.stderr)
+        return 2
+    data_dir = config_module.load(args.config, dkim_keys=False).data_dir
+    path = keys.default_path(data_dir, entry.domain, entry.selector)
+    if path.exists():
+        print(f"{path} exists already: a key that may be signing is never replaced; choose a new selector", file=sys.stderr)
+        return 1
+    key = keys.generate(args.algorithm, args.bits)
+    keys.write(data_dir, entry.domain, entry.selector, key)
+    sys.stdout.write(keys.zone_entry(entry.domain, entry.selector, keys.dns_record(key)))
+    print(
+        f"key written to {path}\npublish the record above, then add to the config and reload:\n"
+        f'[[dkim.keys]]\ndomain = "{entry.domain}"\nselector = "{entry.selector}"',
+        file=sys.stderr,
+    )
+    return 0
+
+
 # ----- parser ---------------------------------------------------------------------------------
 
 
@@ -395,6 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = tokens.add_parser("revoke", parents=[common])
     revoke.add_argument("token", help="the token's id or name")
     revoke.set_defaults(func=cmd_token_revoke)
+
+    dkim = commands.add_parser("dkim", help="DKIM signing keys").add_subparsers(dest="action", required=True)
+    keygen = dkim.add_parser(
+        "keygen", parents=[common], help="make a key in data_dir/dkim/DOMAIN/SELECTOR.key and print its DNS TXT record"
+    )
+    keygen.add_argument("domain")
+    keygen.add_argument("selector")
+    keygen.add_argument(
+        "--algorithm", choices=["rsa", "ed25519"], default="rsa", help="rsa-sha256 (default) or ed25519-sha256 (RFC 8463)"
+    )
+    keygen.add_argument("--bits", type=int, choices=[2048, 3072, 4096], default=2048, help="RSA key size (default 2048)")
+    keygen.set_defaults(func=cmd_dkim_keygen)
     return parser
 
 

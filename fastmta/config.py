@@ -358,6 +358,71 @@ class EventsConfig(_Section):
             seen[hook.sink_name] = index
 
 
+# A domain or a DKIM selector: dot-separated LDH labels (RFC 6376 3.1), in A-labels.
+_DNS_NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+# RFC 5322 field names: printable ASCII but the colon.
+_FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+
+
+class DkimKeyConfig(_Section):
+    domain: str
+    selector: str
+    # Empty: data_dir/dkim/<domain>/<selector>.key, where `fastmta dkim keygen` writes it.
+    key_file: str = ""
+    # Set: this key signs the domain's mail whose X-Workspace-ID is this, instead of the domain's key.
+    workspace: str = ""
+    # false: kept listed (and published in DNS) while a rotation retires it, but no longer signing.
+    signing: bool = True
+
+    def __post_init__(self) -> None:
+        self.domain = self.domain.lower().rstrip(".")
+        for key in ("domain", "selector"):
+            if not _DNS_NAME.match(getattr(self, key)):
+                raise ValueError(f"{key}: not a DNS name in A-labels: {getattr(self, key)!r}")
+
+
+def _default_signed_headers() -> list[str]:
+    # RFC 6376 5.4.1's list as Gmail's and Microsoft's sender guidelines read it, with what RFC 8058
+    # one-click unsubscribe requires signed (List-Unsubscribe, List-Unsubscribe-Post).
+    return [
+        "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
+        "mime-version", "content-type", "content-transfer-encoding", "list-id", "list-unsubscribe",
+        "list-unsubscribe-post", "feedback-id",
+    ]
+
+
+class DkimConfig(_Section):
+    """Outbound DKIM signing: the keys, and which header fields a signature covers."""
+
+    keys: list[DkimKeyConfig] = msgspec.field(default_factory=list)
+    # Each present instance is signed; From once more than present (oversigned), so none can be added.
+    headers: list[str] = msgspec.field(default_factory=_default_signed_headers)
+
+    def __post_init__(self) -> None:
+        self.headers = [name.lower() for name in self.headers]
+        for index, name in enumerate(self.headers):
+            if not _FIELD_NAME.match(name):
+                raise ValueError(f"headers[{index}]: not a header field name: {name!r}")
+        if "from" not in self.headers:
+            raise ValueError("headers: must include from (RFC 6376 5.4)")
+        signing: dict[tuple[str, str], int] = {}
+        seen: dict[tuple[str, str, str], int] = {}
+        for index, key in enumerate(self.keys):
+            where = (key.domain, key.selector, key.workspace)
+            if where in seen:
+                raise ValueError(f"keys[{index}]: the same domain, selector and workspace as keys[{seen[where]}]")
+            seen[where] = index
+            if not key.signing:
+                continue
+            if (key.domain, key.workspace) in signing:
+                scope = f"{key.domain} (workspace {key.workspace})" if key.workspace else key.domain
+                raise ValueError(
+                    f"keys[{index}]: {scope} has a signing key already (keys[{signing[(key.domain, key.workspace)]}]);"
+                    " set signing = false on the one being retired"
+                )
+            signing[(key.domain, key.workspace)] = index
+
+
 def _default_routes() -> list[RouteConfig]:
     return [RouteConfig(match=["*"], kind="mx")]
 
@@ -371,6 +436,7 @@ class Config(_Section):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
 
     @property
     def events_wanted(self) -> bool:
@@ -528,8 +594,21 @@ def _finish(config: Config) -> Config:
     return config
 
 
-def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Reads the TOML file (or the embedded default when path is None), applies the environment, validates."""
+def _check_dkim_keys(config: Config) -> None:
+    """Here, not at the first message: a missing key, or one others may read, stops the start (or the reload)."""
+    from fastmta.dkim.keys import KeyFileError, load_all
+
+    try:
+        load_all(config)
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None, dkim_keys: bool = True) -> Config:
+    """Reads the TOML file (or the embedded default when path is None), applies the environment, validates.
+
+    dkim_keys=False leaves the key files unread: for `fastmta dkim keygen`, which may be making one the config names.
+    """
     environ = dict(os.environ if environ is None else environ)
     data: dict[str, Any] = {}
     if path is not None:
@@ -552,6 +631,8 @@ def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | N
     except msgspec.ValidationError as exc:
         raise ConfigError(_readable(str(exc))) from None
     _validate(config)
+    if dkim_keys and config.dkim.keys:
+        _check_dkim_keys(config)
     return _finish(config)
 
 

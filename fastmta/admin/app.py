@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fastmta.admin.api import (
     audit,
     delivery,
+    dkim,
     docs,
     events,
     health,
@@ -52,7 +53,7 @@ def endpoints(feed: realtime.Feed | None = None) -> list[Endpoint]:
     feed = feed or realtime.Feed()
     described = [
         endpoint
-        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, messages, maintenance, webhooks)
+        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, messages, maintenance, webhooks, dkim)
         for endpoint in module.ENDPOINTS
     ] + realtime.endpoints(feed) + events.endpoints(feed)
     return described + docs.endpoints(described)

@@ -1,4 +1,12 @@
-"""A delivery runner process: lease due messages, send each recipient group along its route, settle the outcomes."""
+"""A delivery runner process: lease due messages, send each recipient group along its route, settle the outcomes.
+
+DKIM signing happens here, just before a message leaves over SMTP, not at commit: ingress (the `250`)
+stays free of the private-key operation (0.8 ms for RSA-2048 here, four times an SMTP worker's whole
+cost per message); a rotated key signs queued mail at once, so a retired key need stay published only
+for mail already sent; each attempt's signature carries its own time; and mail that ends in a maildir
+is not signed at all. The price is a signature per attempt rather than per message: retries sign
+again. The copies of one attempt (one per next hop) are the same bytes and share one signature.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +27,10 @@ from fastmta.config import Config, RouteConfig
 from fastmta.delivery import dsn, maildir, retry
 from fastmta.delivery.journal import DeliveryLog
 from fastmta.delivery.mx import DnsFailure, MxResolver
-from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy, one_line
+from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy, crlf_lines, one_line
 from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
+from fastmta.dkim.signer import Signer
 from fastmta.events import records as events
 from fastmta.events.records import Event
 from fastmta.kept_bodies import KeptBodies
@@ -48,6 +57,7 @@ _NO_MAILBOX = Reply(550, "5.1.1 No such mailbox")
 _DISCARDED = Reply(250, "2.0.0 Discarded by route")
 _STORED = Reply(250, "2.0.0 Delivered to maildir")
 _LOCAL_FAULT = Reply(451, "4.3.0 Local error while sending")
+_OVER_SMTP = ("mx", "smarthost")  # the route kinds whose mail leaves, and is DKIM-signed
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ class Runner:
         self.scheduler = Scheduler(self.store)
         self.control = DeliveryControl(self.store.env)
         self.router = Router(config.routes)
+        self.signer = Signer.configured(config)
         self.resolver = MxResolver(delivery.dns_servers, delivery.connect_timeout)
         self.pools = Pools(self._open)
         self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
@@ -242,9 +253,15 @@ class Runner:
                 # One transaction per next hop: a smarthost takes every domain at once, MX is per domain.
                 index, route = found
                 groups[(index, domain if route.kind == "mx" else "")].append(recipient)
+        routes = self.router.routes
+        outgoing = body
+        if self.signer is not None and any(routes[index].kind in _OVER_SMTP for index, _ in groups):
+            outgoing = self.signer.signed(crlf_lines(body), message.header_from, message.workspace_id, started)
         results = await asyncio.gather(
             *(
-                self._send_group(self.router.routes[index], index, domain, message, group, body)
+                self._send_group(
+                    routes[index], index, domain, message, group, outgoing if routes[index].kind in _OVER_SMTP else body
+                )
                 for (index, domain), group in groups.items()
             ),
             return_exceptions=True,
@@ -253,7 +270,7 @@ class Runner:
             if isinstance(result, BaseException):
                 # A fault of ours, not of the next hop: try again later rather than leave the lease to expire.
                 log.error("sending %s failed unexpectedly", message.id, exc_info=result)
-                result = {r.address: Outcome(_LOCAL_FAULT, f"{index}:{self.router.routes[index].kind}") for r in group}
+                result = {r.address: Outcome(_LOCAL_FAULT, f"{index}:{routes[index].kind}") for r in group}
             outcomes.update(result)
         await self._settle(message, body, outcomes, started)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
-from dnslib import AAAA, MX, QTYPE, RR, SOA, A, DNSLabel
+from dnslib import AAAA, MX, QTYPE, RR, SOA, TXT, A, DNSLabel
 from dnslib.server import BaseResolver, DNSServer
 
 from tests.conftest import free_port
@@ -140,7 +140,7 @@ class _ZoneResolver(BaseResolver):
         if (name, qtype) in zone.servfail:
             reply.header.rcode = 2  # SERVFAIL
             return reply
-        if name not in zone.mx and name not in zone.a and name not in zone.aaaa:
+        if name not in zone.mx and name not in zone.a and name not in zone.aaaa and name not in zone.txt:
             reply.header.rcode = 3  # NXDOMAIN
             return reply
         if qtype == "MX":
@@ -150,6 +150,8 @@ class _ZoneResolver(BaseResolver):
             reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(zone.a[name]), ttl=zone.ttl))
         elif qtype == "AAAA" and name in zone.aaaa:
             reply.add_answer(RR(request.q.qname, QTYPE.AAAA, rdata=AAAA(zone.aaaa[name]), ttl=zone.ttl))
+        elif qtype == "TXT" and name in zone.txt:
+            reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(zone.txt[name]), ttl=zone.ttl))
         if not reply.rr:
             # No such record: the zone's SOA says how long that answer may be cached (RFC 2308).
             soa = SOA(DNSLabel("ns.test"), DNSLabel("hostmaster.test"), (1, 60, 60, 600, zone.negative_ttl))
@@ -158,7 +160,9 @@ class _ZoneResolver(BaseResolver):
 
 
 class Dns:
-    """UDP and TCP on one loopback port; names in `mx`, `a` and `aaaa` exist, all others are NXDOMAIN.
+    """UDP and TCP on one loopback port; names in `mx`, `a`, `aaaa` and `txt` exist, all others are NXDOMAIN.
+
+    A `txt` record is its character-strings, as a zone file lists them.
 
     `servfail` holds (name, type) pairs that fail; `queries` counts what was asked, for cache tests.
     """
@@ -166,9 +170,10 @@ class Dns:
     def __init__(
         self, mx: dict[str, list[tuple[int, str]]], a: dict[str, str], aaaa: dict[str, str] | None = None,
         ttl: int = 60, negative_ttl: int = 60, servfail: set[tuple[str, str]] | None = None,
+        txt: dict[str, list[str]] | None = None,
     ) -> None:
         self.port = free_port()
-        self.mx, self.a, self.aaaa = mx, a, aaaa or {}
+        self.mx, self.a, self.aaaa, self.txt = mx, a, aaaa or {}, txt or {}
         self.ttl, self.negative_ttl = ttl, negative_ttl
         self.servfail = servfail or set()
         self.queries: Counter[tuple[str, str]] = Counter()
