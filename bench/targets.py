@@ -164,6 +164,31 @@ class FastMTAWithHistory(FastMTA):
     sections = ("[history]", "enabled = true")
 
 
+class FastMTAWithDkim(FastMTA):
+    """fastmta signing what it relays with a key for source.py's sender domain: beside `fastmta`, what DKIM costs."""
+
+    name = "fastmta-dkim-rsa"
+    durability = "fsync before 250; DKIM rsa-sha256 (2048)"
+    algorithm = "rsa"
+    sections = ("[[dkim.keys]]", 'domain = "source.example"', 'selector = "bench"')
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
+        executable = self.executable()
+        assert executable is not None
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "fastmta.toml"
+        config.write_text(self.config(workdir, port, relay_port, admin_port))
+        keygen = [executable, "dkim", "keygen", "source.example", "bench", "--algorithm", self.algorithm, "--config", str(config)]
+        subprocess.run(keygen, check=True, capture_output=True)
+        return super().start(workdir, port, relay_port, admin_port)
+
+
+class FastMTAWithEd25519(FastMTAWithDkim):
+    name = "fastmta-dkim-ed25519"
+    durability = "fsync before 250; DKIM ed25519-sha256"
+    algorithm = "ed25519"
+
+
 class FastMTABaseline(FastMTA):
     """Another build of fastmta (an earlier commit, say) beside this one, so a change is measured in one run.
 
@@ -233,7 +258,7 @@ class SmtpSink(Target):
 
 TARGETS: dict[str, Target] = {
     t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTAWithHistory(),
-                           FastMTABaseline())
+                           FastMTAWithDkim(), FastMTAWithEd25519(), FastMTABaseline())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")

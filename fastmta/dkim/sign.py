@@ -51,8 +51,10 @@ def split(message: bytes) -> tuple[list[bytes], bytes]:
 def relaxed_header(field: bytes) -> bytes:
     """RFC 6376 3.4.2: name lower-cased, value unfolded, runs of WSP one space, none around the colon or at the ends."""
     name, _, value = field.partition(b":")
-    value = _WSP_RUN.sub(b" ", value.replace(b"\r\n", b"")).strip(b" \t")
-    return name.rstrip(b" \t").lower() + b":" + value
+    value = value.replace(b"\r\n", b"")
+    if b"\t" in value or b"  " in value:  # most values have nothing to reduce: no substitution for them
+        value = _WSP_RUN.sub(b" ", value)
+    return name.rstrip(b" \t").lower() + b":" + value.strip(b" \t")
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -83,18 +85,22 @@ def _name(field: bytes) -> bytes:
     return field.partition(b":")[0].rstrip(b" \t").lower()
 
 
-def signed_names(fields: list[bytes], wanted: frozenset[bytes], oversigned: frozenset[bytes]) -> list[bytes]:
-    """The h= list: every present field among `wanted`, each instance once; the `oversigned` ones once
-    more, so that a verifier takes one added later (a second From) as breaking the signature."""
-    return [name for name in map(_name, fields) if name in wanted] + sorted(oversigned)
+def _signed(fields: list[bytes], wanted: frozenset[bytes], oversigned: frozenset[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The h= list, and the fields it covers in its order.
 
-
-def _pick(fields: list[bytes], names: list[bytes]) -> list[bytes]:
-    """RFC 6376 5.4.2: each name in h= takes the last instance not yet taken, from the bottom; none left, nothing."""
+    h= names every present field among `wanted`, each instance once, and the `oversigned` ones (among
+    `wanted`) once more, so that a verifier takes one added later (a second From) as breaking the signature. Each
+    name takes the last instance not yet taken, from the bottom (RFC 6376 5.4.2); none left, nothing.
+    """
+    names: list[bytes] = []
     by_name: dict[bytes, list[bytes]] = {}
     for field in fields:
-        by_name.setdefault(_name(field), []).append(field)
-    return [by_name[name].pop() for name in names if by_name.get(name)]
+        name = _name(field)
+        if name in wanted:
+            names.append(name)
+            by_name.setdefault(name, []).append(field)
+    names += sorted(oversigned)
+    return names, [by_name[name].pop() for name in names if by_name.get(name)]
 
 
 def _folded(pieces: list[tuple[bytes, bytes]], column: int) -> bytes:
@@ -118,7 +124,7 @@ def signature(
 ) -> bytes:
     """The DKIM-Signature header field, CRLF-terminated, to put in front of `message`."""
     fields, body = split(message)
-    names = signed_names(fields, wanted, oversigned)
+    names, covered = _signed(fields, wanted, oversigned)
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     tags = [
         b"v=1;", b"a=" + algorithm_of(key).encode() + b";", b"c=relaxed/relaxed;", b"d=" + domain.encode() + b";",
@@ -131,7 +137,7 @@ def signature(
     # b= starts a line of its own, so that the value is folded the same way whatever came before.
     unsigned = b"DKIM-Signature:" + _folded(pieces, len(b"DKIM-Signature:")) + b"\r\n b="
     digest = hashlib.sha256()
-    for field in _pick(fields, names):
+    for field in covered:
         digest.update(relaxed_header(field) + b"\r\n")
     digest.update(relaxed_header(unsigned))  # without its CRLF, with b= empty (RFC 6376 3.7)
     if isinstance(key, ed25519.Ed25519PrivateKey):

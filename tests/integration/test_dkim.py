@@ -102,7 +102,8 @@ def _with_attachment() -> bytes:
     message["Subject"] = "attachment"
     message.set_content("See the attached file.\n")
     message.add_alternative("<p>See the <b>attached</b>   file.</p>\n", subtype="html")
-    message.add_attachment(random.Random(7).randbytes(30_000), maintype="application", subtype="octet-stream", filename="data.bin")
+    attachment = random.Random(7).randbytes(30_000)
+    message.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="data.bin")
     return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
 
 
