@@ -166,7 +166,7 @@ def test_a_missing_key_file_stops_the_config(config_file: Path) -> None:
 
 
 def test_a_key_file_others_may_read_stops_the_config(config_file: Path) -> None:
-    keygen(config_file, "example.com", "s1")
+    keygen(config_file, "example.com", "s1", "--algorithm", "ed25519")
     path = config_file.parent / "data" / "dkim" / "example.com" / "s1.key"
     os.chmod(path, 0o644)
     with pytest.raises(ConfigError, match=r"^dkim.keys\[0\].key_file: .* \(mode 0644\); chmod 600 it"):
