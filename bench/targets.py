@@ -165,12 +165,13 @@ class FastMTAWithHistory(FastMTA):
 
 
 class FastMTAWithDkim(FastMTA):
-    """fastmta signing what it relays with a key for source.py's sender domain: beside `fastmta`, what DKIM costs."""
+    """fastmta signing what it relays with a key for the sender's domain: beside `fastmta`, what DKIM costs."""
 
     name = "fastmta-dkim-rsa"
     durability = "fsync before 250; DKIM rsa-sha256 (2048)"
     algorithm = "rsa"
-    sections = ("[[dkim.keys]]", 'domain = "source.example"', 'selector = "bench"')
+    domain = "example.com"  # compare.py's SENDER's
+    sections = ("[[dkim.keys]]", f'domain = "{domain}"', 'selector = "bench"')
 
     def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
         executable = self.executable()
@@ -178,7 +179,7 @@ class FastMTAWithDkim(FastMTA):
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "fastmta.toml"
         config.write_text(self.config(workdir, port, relay_port, admin_port))
-        keygen = [executable, "dkim", "keygen", "source.example", "bench", "--algorithm", self.algorithm, "--config", str(config)]
+        keygen = [executable, "dkim", "keygen", self.domain, "bench", "--algorithm", self.algorithm, "--config", str(config)]
         subprocess.run(keygen, check=True, capture_output=True)
         return super().start(workdir, port, relay_port, admin_port)
 

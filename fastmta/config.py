@@ -371,7 +371,8 @@ class DkimKeyConfig(_Section):
     key_file: str = ""
     # Set: this key signs the domain's mail whose X-Workspace-ID is this, instead of the domain's key.
     workspace: str = ""
-    # false: kept listed (and published in DNS) while a rotation retires it, but no longer signing.
+    # false: kept listed (and published in DNS) while a rotation retires it, no longer signing. One key of
+    # each algorithm (RSA, Ed25519) signs a domain's mail, or a workspace's.
     signing: bool = True
 
     def __post_init__(self) -> None:
@@ -405,22 +406,16 @@ class DkimConfig(_Section):
                 raise ValueError(f"headers[{index}]: not a header field name: {name!r}")
         if "from" not in self.headers:
             raise ValueError("headers: must include from (RFC 6376 5.4)")
-        signing: dict[tuple[str, str], int] = {}
+        if "dkim-signature" in self.headers:
+            # Each of a message's signatures is made over the message without the others.
+            raise ValueError("headers: dkim-signature cannot be signed")
+        # Two signing keys of one algorithm for the same mail are found when the key files are read (dkim/keys.py).
         seen: dict[tuple[str, str, str], int] = {}
         for index, key in enumerate(self.keys):
             where = (key.domain, key.selector, key.workspace)
             if where in seen:
                 raise ValueError(f"keys[{index}]: the same domain, selector and workspace as keys[{seen[where]}]")
             seen[where] = index
-            if not key.signing:
-                continue
-            if (key.domain, key.workspace) in signing:
-                scope = f"{key.domain} (workspace {key.workspace})" if key.workspace else key.domain
-                raise ValueError(
-                    f"keys[{index}]: {scope} has a signing key already (keys[{signing[(key.domain, key.workspace)]}]);"
-                    " set signing = false on the one being retired"
-                )
-            signing[(key.domain, key.workspace)] = index
 
 
 def _default_routes() -> list[RouteConfig]:
@@ -596,11 +591,11 @@ def _finish(config: Config) -> Config:
 
 def _check_dkim_keys(config: Config) -> None:
     """Here, not at the first message: a missing key, or one others may read, stops the start (or the reload)."""
-    from fastmta.dkim.keys import KeyFileError, load_all
+    from fastmta.dkim.keys import UnusableKey, load_all
 
     try:
         load_all(config)
-    except KeyFileError as exc:
+    except UnusableKey as exc:
         raise ConfigError(str(exc)) from None
 
 

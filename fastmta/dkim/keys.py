@@ -28,8 +28,8 @@ SMALLEST_RSA = 1024
 _TXT_STRING = 255
 
 
-class KeyFileError(Exception):
-    """A configured key cannot be used; the message says why and what to do."""
+class UnusableKey(Exception):
+    """A configured key cannot be used (its file, or a signing key beside it); the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -106,23 +106,23 @@ def read(path: Path) -> PrivateKey:
     try:
         mode = path.stat().st_mode
         if mode & 0o077:
-            raise KeyFileError(f"{path} may be read or written by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+            raise UnusableKey(f"{path} may be read or written by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
         data = path.read_bytes()
     except FileNotFoundError:
-        raise KeyFileError(f"no such file: {path} (fastmta dkim keygen DOMAIN SELECTOR makes one)") from None
+        raise UnusableKey(f"no such file: {path} (fastmta dkim keygen DOMAIN SELECTOR makes one)") from None
     except OSError as exc:
-        raise KeyFileError(f"{path}: {exc.strerror}") from None
+        raise UnusableKey(f"{path}: {exc.strerror}") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not an unencrypted private key in PEM: {exc}") from None
+        raise UnusableKey(f"{path}: not an unencrypted private key in PEM: {exc}") from None
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < SMALLEST_RSA:
-            raise KeyFileError(f"{path}: {key.key_size} bits; receivers ignore RSA keys under {SMALLEST_RSA} (RFC 8301)")
+            raise UnusableKey(f"{path}: {key.key_size} bits; receivers ignore RSA keys under {SMALLEST_RSA} (RFC 8301)")
         return key
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key
-    raise KeyFileError(f"{path}: a {type(key).__name__.removeprefix('_')}; DKIM signs with RSA or Ed25519 keys")
+    raise UnusableKey(f"{path}: a {type(key).__name__.removeprefix('_')}; DKIM signs with RSA or Ed25519 keys")
 
 
 def path_of(entry: DkimKeyConfig, data_dir: Path) -> Path:
@@ -136,11 +136,27 @@ def load(entry: DkimKeyConfig, data_dir: Path) -> DkimKey:
 
 
 def load_all(config: Config) -> list[DkimKey]:
-    """Every configured key; KeyFileError names the entry (dkim.keys[N].key_file) of the first that cannot be used."""
-    keys = []
+    """Every configured key; UnusableKey names the entry (dkim.keys[N]) of the first that cannot be used.
+
+    One key of each algorithm signs a domain's (or a workspace's) mail: an RSA and an Ed25519 key may
+    sign side by side (receivers that do not know ed25519-sha256 skip that signature, RFC 8463), two
+    of one algorithm may not.
+    """
+    keys: list[DkimKey] = []
+    signing: dict[tuple[str, str, str], int] = {}
     for index, entry in enumerate(config.dkim.keys):
         try:
-            keys.append(load(entry, config.data_dir))
-        except KeyFileError as exc:
-            raise KeyFileError(f"dkim.keys[{index}].key_file: {exc}") from None
+            key = load(entry, config.data_dir)
+        except UnusableKey as exc:
+            raise UnusableKey(f"dkim.keys[{index}].key_file: {exc}") from None
+        if key.signing:
+            where = (key.domain, key.workspace, key.algorithm)
+            if where in signing:
+                scope = f"{key.domain} (workspace {key.workspace})" if key.workspace else key.domain
+                raise UnusableKey(
+                    f"dkim.keys[{index}]: {scope} has a signing {key.algorithm} key already (keys[{signing[where]}]);"
+                    " set signing = false on the one being retired"
+                )
+            signing[where] = index
+        keys.append(key)
     return keys

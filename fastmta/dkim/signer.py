@@ -1,9 +1,9 @@
-"""Which key signs a message, and the message with its signature: the key of its From domain, the workspace's own first.
+"""Which keys sign a message, and the message with their signatures: its From domain's, its workspace's first.
 
-Per (domain, workspace) one key signs; others listed for the domain (signing = false) are kept
-published while a rotation retires them. A workspace key is for mail whose X-Workspace-ID names
-that workspace; other mail from the domain takes the domain's key (workspace empty). Mail from a
-domain with no key goes unsigned.
+Per domain and workspace one key of each algorithm signs (RSA, Ed25519, or one of each); others
+listed for the domain (signing = false) are kept published while a rotation retires them. A
+workspace's keys sign mail whose X-Workspace-ID names that workspace; other mail from the domain
+takes the domain's own keys (workspace empty). Mail from a domain without keys goes unsigned.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def from_domain(header_from: str) -> str:
 
 class Signer:
     def __init__(self, keys: list[DkimKey], headers: list[str]) -> None:
-        self.keys = {(key.domain, key.workspace): key for key in keys if key.signing}
+        self.keys: dict[tuple[str, str], list[DkimKey]] = {}
+        for key in keys:
+            if key.signing:
+                self.keys.setdefault((key.domain, key.workspace), []).append(key)
         self.headers = frozenset(name.encode() for name in headers)
 
     @classmethod
@@ -39,15 +42,17 @@ class Signer:
             return None
         return cls(load_all(config), config.dkim.headers)
 
-    def key_for(self, header_from: str, workspace: str) -> DkimKey | None:
+    def keys_for(self, header_from: str, workspace: str) -> list[DkimKey]:
         domain = from_domain(header_from)
         if not domain:
-            return None
-        return (workspace and self.keys.get((domain, workspace))) or self.keys.get((domain, ""))
+            return []
+        return (workspace and self.keys.get((domain, workspace))) or self.keys.get((domain, ""), [])
 
     def signed(self, message: bytes, header_from: str, workspace: str, now: float) -> bytes:
-        """`message` (CRLF line ends) with a DKIM-Signature in front, or as it is when no key is for it."""
-        key = self.key_for(header_from, workspace)
-        if key is None:
-            return message
-        return signature(message, key.private, key.domain, key.selector, int(now), self.headers) + message
+        """`message` (CRLF line ends) with a DKIM-Signature per key in front, or as it is when no key is for it.
+
+        Each signature covers the message alone: DKIM-Signature fields are not among the signed headers.
+        """
+        keys = self.keys_for(header_from, workspace)
+        signatures = [signature(message, key.private, key.domain, key.selector, int(now), self.headers) for key in keys]
+        return b"".join(signatures) + message

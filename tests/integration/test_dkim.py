@@ -28,6 +28,7 @@ KEYS = [
     ("example.com", "new", "rsa", "", True),
     ("example.com", "acme1", "ed25519", "acme", True),
     ("ed.example", "ed1", "ed25519", "", True),
+    ("ed.example", "rsa1", "rsa", "", True),  # beside it: an RSA signature for receivers without Ed25519
 ]
 
 
@@ -38,15 +39,15 @@ class Relay:
     dns: Dns
     viewer_token: str
 
-    def verify(self, content: bytes) -> bool:
-        """dkimpy's verdict, the key looked up in the test's DNS server as a receiver would."""
+    def verify(self, content: bytes, index: int) -> bool:
+        """dkimpy's verdict on the index-th signature, the key looked up in the test's DNS server as a receiver would."""
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers, resolver.port = ["127.0.0.1"], self.dns.port
 
         def txt(name: bytes, timeout: int = 5) -> bytes:
             return b"".join(resolver.resolve(name.decode(), "TXT", lifetime=timeout)[0].strings)
 
-        return bool(dkim.verify(content, dnsfunc=txt))
+        return bool(dkim.DKIM(content).verify(index, dnsfunc=txt))
 
 
 def _keygen(server: Server, domain: str, selector: str, algorithm: str) -> list[str]:
@@ -115,10 +116,11 @@ SENT = {
 }
 
 
-def _signature_tags(content: bytes) -> dict[bytes, bytes]:
-    assert content.startswith(b"DKIM-Signature:") and content.count(b"\r\nDKIM-Signature:") == 0
-    header = content[: content.index(b"\r\nReceived: ")]
-    return dkim.util.parse_tag_value(header.split(b":", 1)[1])
+def _signatures(content: bytes) -> list[dict[bytes, bytes]]:
+    """The tags of each DKIM-Signature, all of them in front of our Received header."""
+    block = content[: content.index(b"\r\nReceived: ")]
+    assert content.startswith(b"DKIM-Signature:") and content.count(b"DKIM-Signature:") == block.count(b"DKIM-Signature:")
+    return [dkim.util.parse_tag_value(field) for field in block.split(b"DKIM-Signature:")[1:]]
 
 
 def test_what_the_next_hop_receives_verifies_against_the_published_key(relay: Relay) -> None:
@@ -126,16 +128,20 @@ def test_what_the_next_hop_receives_verifies_against_the_published_key(relay: Re
         for body in SENT.values():
             client.sendmail("sender@example.com", ["bob@example.org"], body, mail_options=["BODY=8BITMIME"])
     arrivals = {a.content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode(): a for a in relay.hop.recorder.wait_for(4)}
-    expected = {"eight bit": (b"example.com", b"new", b"rsa-sha256"), "attachment": (b"ed.example", b"ed1", b"ed25519-sha256"),
-                "workspace": (b"example.com", b"acme1", b"ed25519-sha256")}
-    for subject, (domain, selector, algorithm) in expected.items():
+    expected = {
+        "eight bit": [(b"example.com", b"new", b"rsa-sha256")],
+        "attachment": [(b"ed.example", b"ed1", b"ed25519-sha256"), (b"ed.example", b"rsa1", b"rsa-sha256")],
+        "workspace": [(b"example.com", b"acme1", b"ed25519-sha256")],
+    }
+    for subject, keys in expected.items():
         content = arrivals[subject].content
-        tags = _signature_tags(content)
-        assert (tags[b"d"], tags[b"s"], tags[b"a"], tags[b"c"]) == (domain, selector, algorithm, b"relaxed/relaxed")
-        assert relay.verify(content), subject
-        # The signature and our Received header in front, the message itself byte for byte behind them.
+        signatures = _signatures(content)
+        assert [(tags[b"d"], tags[b"s"], tags[b"a"]) for tags in signatures] == keys
+        for index, tags in enumerate(signatures):
+            assert tags[b"c"] == b"relaxed/relaxed" and abs(int(tags[b"t"]) - time.time()) < 60
+            assert relay.verify(content, index), (subject, index)
+        # The signatures and our Received header in front, the message itself byte for byte behind them.
         assert without_received(content[content.index(b"\r\nReceived: ") + 2 :]) == SENT[subject]
-        assert abs(int(tags[b"t"]) - time.time()) < 60
     unsigned = arrivals["no key"].content
     assert b"DKIM-Signature" not in unsigned and without_received(unsigned) == SENT["no key"]
 

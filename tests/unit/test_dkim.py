@@ -192,14 +192,24 @@ def test_a_key_file_that_holds_no_dkim_key_stops_the_config(config_file: Path, t
 
 
 @pytest.mark.parametrize(("entries", "message"), [
-    (_key_entry("s1") + _key_entry("s2"), r"dkim.keys\[1\]: example.com has a signing key already \(keys\[0\]\); set signing"),
     (_key_entry("s1") + _key_entry("s1"), r"dkim.keys\[1\]: the same domain, selector and workspace as keys\[0\]"),
     (_key_entry("s_1"), r"dkim.keys\[0\].selector: not a DNS name"),
     ('[dkim]\nheaders = ["subject"]\n', r"dkim.headers: must include from"),
+    ('[dkim]\nheaders = ["from", "DKIM-Signature"]\n', r"dkim.headers: dkim-signature cannot be signed"),
 ])
 def test_key_entries_that_contradict_each_other(config_file: Path, entries: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(with_keys(config_file, entries), environ={}, dkim_keys=False)
+
+
+def test_one_signing_key_of_each_algorithm(config_file: Path) -> None:
+    for selector, algorithm in (("r1", "rsa"), ("e1", "ed25519"), ("e2", "ed25519")):
+        keygen(config_file, "example.com", selector, "--algorithm", algorithm)
+    with_keys(config_file, _key_entry("r1") + _key_entry("e1") + _key_entry("e2"))
+    with pytest.raises(ConfigError, match=r"dkim.keys\[2\]: example.com has a signing ed25519-sha256 key already \(keys\[1\]\)"):
+        load(config_file, environ={})
+    config_file.write_text(config_file.read_text() + "signing = false\n")  # e2, the last entry, retired
+    assert [key.signing for key in load(config_file, environ={}).dkim.keys] == [True, True, False]
 
 
 # ----- which key signs -----------------------------------------------------------------------------
@@ -222,15 +232,22 @@ def test_any_from_field_gives_a_domain_or_none(header_from: str) -> None:
     assert isinstance(from_domain(header_from), str)
 
 
-def test_the_workspace_key_first_then_the_domains_and_never_a_retired_one(tmp_path: Path) -> None:
-    def key(selector: str, workspace: str = "", signing: bool = True) -> keys.DkimKey:
-        return keys.DkimKey("example.com", selector, workspace, signing, tmp_path / selector, ED25519, 0.0)
+def test_the_workspace_keys_first_then_the_domains_and_never_a_retired_one(tmp_path: Path) -> None:
+    def key(selector: str, private: PrivateKey = ED25519, workspace: str = "", signing: bool = True) -> keys.DkimKey:
+        return keys.DkimKey("example.com", selector, workspace, signing, tmp_path / selector, private, 0.0)
 
-    signer = Signer([key("old", signing=False), key("new"), key("ws", "acme")], DkimConfig().headers)
-    assert signer.key_for("a@example.com", "") is not None and signer.key_for("a@example.com", "").selector == "new"
-    assert signer.key_for("a@EXAMPLE.com", "acme").selector == "ws"  # type: ignore[union-attr]
-    assert signer.key_for("a@example.com", "other").selector == "new"  # type: ignore[union-attr]
-    assert signer.key_for("a@example.org", "acme") is None
-    message = b"From: a@example.org\r\n\r\nhi\r\n"
-    assert signer.signed(message, "a@example.org", "", 0) == message  # no key: unsigned
+    signer = Signer([key("old", signing=False), key("rsa", RSA), key("ed"), key("ws", workspace="acme")], DkimConfig().headers)
+
+    def selectors(header_from: str, workspace: str) -> list[str]:
+        return [key.selector for key in signer.keys_for(header_from, workspace)]
+
+    assert selectors("a@example.com", "") == ["rsa", "ed"] == selectors("a@example.com", "other")
+    assert selectors("a@EXAMPLE.com", "acme") == ["ws"] and selectors("a@example.org", "acme") == []
+    message = b"From: a@example.com\r\n\r\nhi\r\n"
+    assert signer.signed(b"From: a@example.org\r\n\r\nhi\r\n", "a@example.org", "", 0).startswith(b"From:")  # unsigned
+    # Signed by both keys, RSA and Ed25519, and each signature verifies on its own.
+    both = signer.signed(message, "a@example.com", "", 1_700_000_000)
+    assert both.count(b"DKIM-Signature:") == 2
+    verifier = dkim.DKIM(both)
+    assert verifier.verify(0, dnsfunc=published(RSA)) and verifier.verify(1, dnsfunc=published(ED25519))
     assert DkimKeyConfig(domain="Example.COM.", selector="s").domain == "example.com"

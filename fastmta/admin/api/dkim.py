@@ -36,7 +36,7 @@ def _views(config: Config) -> list[DkimKeyView]:
         )
         try:
             key = keys.load(entry, config.data_dir)
-        except keys.KeyFileError as exc:
+        except keys.UnusableKey as exc:
             view.problem = str(exc)
         else:
             view.algorithm, view.bits, view.dns_record = key.algorithm, key.bits, key.dns_record
