@@ -23,7 +23,7 @@ class StoredQuery(msgspec.Struct):
         str | None,
         msgspec.Meta(description='SQLite FTS5 query: words (all must match), "a phrase", prefix*, OR, NOT, subject:word'),
     ] = None
-    route: Annotated[int | None, msgspec.Meta(ge=0, description="index in [[routes]] of an sqlite route; the first one by default")] = None
+    route: Annotated[int, msgspec.Meta(ge=0, description="index in [[routes]] of an sqlite route; the first one by default")] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
     offset: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] = 0
 
