@@ -503,7 +503,7 @@ def _apply_storage_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     s3_names = [name for name in _S3_ENV if name in environ]
     if not (kind or path or s3_names):
         return
-    routes = data.setdefault("routes", [{"match": ["*"], "kind": "mx"}])
+    routes = data.setdefault("routes", [msgspec.to_builtins(route, enc_hook=_encode) for route in _default_routes()])
     if not isinstance(routes, list) or not all(isinstance(route, dict) for route in routes):
         raise ConfigError("routes: Expected an array of tables ([[routes]])")
     if kind or path:

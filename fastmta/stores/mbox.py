@@ -29,6 +29,9 @@ _LOCK_PAUSE = 0.02
 # As procmail's locktimeout: a dot-lock this old was left by a writer that died.
 _STALE_DOT_LOCK = 1024.0
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+# Appends of this process to one mailbox take turns on one of these (by the mailbox's name): a few
+# fixed locks rather than one per mailbox ever written, which would grow with every new recipient.
+_TURNS = 64
 
 
 def framed(copy: Copy, now: float) -> bytes:
@@ -47,8 +50,7 @@ class MboxStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         # fcntl locks belong to the process, so they do not keep this process's threads apart: these do.
-        self._turns: dict[str, threading.Lock] = {}
-        self._turns_lock = threading.Lock()
+        self._turns = [threading.Lock() for _ in range(_TURNS)]
 
     def put(self, copy: Copy) -> None:
         [address] = copy.recipients
@@ -56,15 +58,11 @@ class MboxStore:
         if name.endswith(".lock"):
             raise Refused(f"no mailbox for {address!r}: its name is another mailbox's dot-lock")
         entry = framed(copy, time.time())
-        with self._turn(name):
+        with self._turns[hash(name) % _TURNS]:
             self._append(files.make_directories(self.root) / name, entry)
 
     def close(self) -> None:
         pass
-
-    def _turn(self, name: str) -> threading.Lock:
-        with self._turns_lock:
-            return self._turns.setdefault(name, threading.Lock())
 
     def _append(self, path: Path, entry: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
