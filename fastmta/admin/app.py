@@ -32,6 +32,7 @@ from fastmta.admin.api import (
     queue,
     realtime,
     stats,
+    stored,
     tokens,
     users,
     webhooks,
@@ -52,7 +53,7 @@ def endpoints(feed: realtime.Feed | None = None) -> list[Endpoint]:
     feed = feed or realtime.Feed()
     described = [
         endpoint
-        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, messages, maintenance, webhooks)
+        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, messages, maintenance, webhooks, stored)
         for endpoint in module.ENDPOINTS
     ] + realtime.endpoints(feed) + events.endpoints(feed)
     return described + docs.endpoints(described)

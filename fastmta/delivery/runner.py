@@ -9,14 +9,15 @@ import os
 import signal
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import lmdb
 import uvloop
 
+from fastmta import stores
 from fastmta.config import Config, RouteConfig
-from fastmta.delivery import dsn, maildir, retry
+from fastmta.delivery import dsn, retry
 from fastmta.delivery.journal import DeliveryLog
 from fastmta.delivery.mx import DnsFailure, MxResolver
 from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy, one_line
@@ -33,6 +34,7 @@ from fastmta.queue.records import DEFERRED, DELIVERED, FAILED, QUEUED, SETTLED, 
 from fastmta.queue.schedule import Scheduler, Settlement
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker, Waiter
+from fastmta.stores.base import Copy, Failed, Refused, Store
 
 log = logging.getLogger("fastmta.delivery")
 
@@ -46,7 +48,9 @@ _PRUNE_SECONDS = 3600.0  # how often kept bodies older than keep_bodies go
 _NO_ROUTE = Reply(550, "5.4.4 No route is configured for this domain")
 _NO_MAILBOX = Reply(550, "5.1.1 No such mailbox")
 _DISCARDED = Reply(250, "2.0.0 Discarded by route")
-_STORED = Reply(250, "2.0.0 Delivered to maildir")
+# Threads of the stores (maildir, mbox, …, s3) apart from asyncio's: an mbox lock waited on or a slow
+# PUT holds one of these, never a thread the runner's own queue work (leases, settlements) needs.
+_STORE_THREADS = 8
 _LOCAL_FAULT = Reply(451, "4.3.0 Local error while sending")
 
 
@@ -106,6 +110,12 @@ class Runner:
         self._in_flight: dict[asyncio.Task[None], str] = {}
         self._source_turn: dict[int, itertools.cycle[str]] = {}
         self._store_failing = False
+        self.stores = {
+            index: stores.opened(route, config.store)
+            for index, route in enumerate(config.routes)
+            if route.kind in stores.STORE_KINDS
+        }
+        self._store_threads = ThreadPoolExecutor(_STORE_THREADS, thread_name_prefix="store")
         self.delivered = 0
 
     # ----- the loop ---------------------------------------------------------------------------
@@ -214,6 +224,9 @@ class Runner:
         self.settler.close()
         self.keeper.close()
         self.kept.close()
+        self._store_threads.shutdown()  # a copy being written finishes first
+        for store in self.stores.values():
+            store.close()
         self._waiter.close()
         self._poker.close()
         self.journal.close()
@@ -348,11 +361,8 @@ class Runner:
         name = f"{index}:{route.kind}"
         if route.kind == "discard":
             return {r.address: Outcome(_DISCARDED, name) for r in recipients}
-        if route.kind == "maildir":
-            return {
-                r.address: Outcome(await self._store_locally(route, r, body), name, success_notice="delivered")
-                for r in recipients
-            }
+        if route.kind in stores.STORE_KINDS:
+            return await self._store_copies(self.stores[index], name, route.kind, message, recipients, body)
         if route.kind == "smarthost":
             candidates = [(route.host, route.host)]
         else:
@@ -394,14 +404,29 @@ class Runner:
         await connection.open(TlsPolicy(route.tls, route.username, route.password))
         return connection
 
-    async def _store_locally(self, route: RouteConfig, recipient: Recipient, body: bytes) -> Reply:
+    async def _store_copies(
+        self, store: Store, name: str, kind: str, message: Message, recipients: list[Recipient], body: bytes
+    ) -> dict[str, Outcome]:
+        """A copy per recipient (mailboxes) or one for all (archives); each recipient settles by what became of its copy."""
+        groups = [[r] for r in recipients] if store.per_recipient else [recipients]
+        outcomes = {}
+        for group in groups:
+            copy = Copy(message.id, message.sender, tuple(r.address for r in group), message.received_at, body)
+            reply = await self._put(store, kind, copy)
+            outcomes.update({r.address: Outcome(reply, name, success_notice="delivered") for r in group})
+        return outcomes
+
+    async def _put(self, store: Store, kind: str, copy: Copy) -> Reply:
+        """250 only once put() returned: the copy is durable before its recipients are settled."""
         try:
-            await asyncio.to_thread(maildir.deliver, Path(route.path), recipient.address, body)
-        except maildir.MaildirError:
+            await asyncio.get_running_loop().run_in_executor(self._store_threads, store.put, copy)
+        except Refused:
             return _NO_MAILBOX
+        except Failed as exc:
+            return Reply(451, f"4.3.0 {exc}")
         except OSError as exc:
-            return Reply(451, f"4.3.0 Maildir write failed: {exc.strerror}")
-        return _STORED
+            return Reply(451, f"4.3.0 {kind} write failed: {exc.strerror}")
+        return Reply(250, f"2.0.0 Delivered to {kind}")
 
 
 def run(config: Config, name: str) -> int:
