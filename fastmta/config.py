@@ -254,7 +254,8 @@ class RouteConfig(_Section):
     kind: Literal["mx", "smarthost", "discard", "maildir", "mbox", "eml-tree", "sqlite", "s3"]
     host: str = ""
     port: Port = 25
-    tls: Literal["none", "opportunistic", "required"] = "opportunistic"
+    # "dane" and "mta-sts" require that policy for every host the route uses (README, "Outbound TLS policy").
+    tls: Literal["none", "opportunistic", "required", "dane", "mta-sts"] = "opportunistic"
     username: str = ""
     password: str = ""
     max_connections: Positive = 10
@@ -400,6 +401,27 @@ class StoreConfig(_Section):
             raise ValueError(f"active_key: no key {self.active_key!r} in store.keys (or {variable})")
 
 
+class TlsPolicyConfig(_Section):
+    """Recipient domains' own TLS policies for outbound mail: MTA-STS (RFC 8461) and DANE (RFC 7672)."""
+
+    # Opportunistic MX routes fetch, cache and honour the MTA-STS policy a recipient domain publishes.
+    mta_sts: bool = True
+    # The DNSSEC-validating resolver ("host" or "host:port") whose AD bit DANE trusts, and nothing
+    # else's; empty: no DANE. It should run on this host: the AD bit is only as safe as the path to it.
+    dnssec_resolver: str = ""
+    # CA certificates (PEM) for MTA-STS: the policy's HTTPS host and the MX hosts are verified
+    # against them; empty: the system's bundle.
+    ca_file: str = ""
+    # The policy fetch gives up after this long (RFC 8461 §3.3 asks for a short timeout).
+    fetch_timeout: Duration = _seconds("10s")
+
+    def __post_init__(self) -> None:
+        if self.dnssec_resolver:
+            _check_address("dnssec_resolver", self.dnssec_resolver)
+        if self.fetch_timeout <= 0:
+            raise ValueError("fetch_timeout: must be more than 0s")
+
+
 def _default_routes() -> list[RouteConfig]:
     return [RouteConfig(match=["*"], kind="mx")]
 
@@ -414,6 +436,7 @@ class Config(_Section):
     history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    tls_policy: TlsPolicyConfig = msgspec.field(default_factory=TlsPolicyConfig)
 
     @property
     def events_wanted(self) -> bool:
@@ -590,19 +613,23 @@ def _validate(config: Config) -> None:
         raise ConfigError("smtp.tls_cert and smtp.tls_key go together")
     if smtp.smtps_listen and not smtp.tls_cert:
         raise ConfigError("smtp.smtps_listen needs smtp.tls_cert and smtp.tls_key")
-    for key in ("tls_cert", "tls_key"):
-        path = getattr(smtp, key)
+    files = {"smtp.tls_cert": smtp.tls_cert, "smtp.tls_key": smtp.tls_key, "tls_policy.ca_file": config.tls_policy.ca_file}
+    for key, path in files.items():
         # is_file() is False for what is not there; a name too long or a directory it may not search raise.
         try:
             found = not path or Path(path).is_file()
         except OSError as exc:
-            raise ConfigError(f"smtp.{key}: {exc.strerror}: {path}") from None
+            raise ConfigError(f"{key}: {exc.strerror}: {path}") from None
         if not found:
-            raise ConfigError(f"smtp.{key}: no such file: {path}")
+            raise ConfigError(f"{key}: no such file: {path}")
     for index, route in enumerate(config.routes):
         if route.kind == "smarthost" and not route.host:
             raise ConfigError(f"routes[{index}].host: a smarthost route needs a host")
         _check_store_route(f"routes[{index}]", route, config.store)
+        if route.tls == "dane" and not config.tls_policy.dnssec_resolver:
+            raise ConfigError(f"routes[{index}].tls: \"dane\" needs tls_policy.dnssec_resolver, whose answers it trusts")
+        if route.tls == "mta-sts" and route.kind != "mx":
+            raise ConfigError(f"routes[{index}].tls: \"mta-sts\" is a domain's policy for its MX hosts: only for kind = \"mx\"")
 
 
 def _check_store_route(name: str, route: RouteConfig, store: StoreConfig) -> None:

@@ -105,6 +105,12 @@ def families() -> SimpleNamespace:
             "result",
         ),
         dead_letters=counter("fastmta_dead_letters", "Events a sink gave up on, kept as dead letters", "sink"),
+        tls_policy_failures=counter(
+            "fastmta_tls_policy_failures",
+            "Next hops that failed a recipient domain's TLS policy (dane, mta-sts): refused (enforce) or reported (testing)",
+            "policy",
+            "mode",
+        ),
     )
 
 
@@ -192,6 +198,7 @@ class DeliveryMetrics:
         self.enabled = enabled
         self.sent: defaultdict[str, int] = defaultdict(int)
         self.duration = Tally(DELIVERY_BUCKETS)
+        self.tls_policy_failures: defaultdict[tuple[str, str], int] = defaultdict(int)  # by (policy, mode)
 
     def flush(self) -> None:
         if not self.enabled:
@@ -199,6 +206,9 @@ class DeliveryMetrics:
         found = families()
         _move_counts(self.sent, found.messages_sent, self.worker)
         self.duration.move_to(found.delivery.labels(self.worker))
+        for (policy, mode), count in self.tls_policy_failures.items():
+            found.tls_policy_failures.labels(self.worker, policy, mode).inc(count)
+        self.tls_policy_failures.clear()
 
 
 class EventsMetrics:

@@ -1,13 +1,15 @@
-"""Where mail for a domain goes: MX hosts in preference order (RFC 5321 §5.1), their addresses, cached for their TTL."""
+"""DNS for delivery: MX hosts in preference order (RFC 5321 §5.1), addresses, any record with its AD bit; cached for the TTL."""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
@@ -30,18 +32,36 @@ class DnsFailure(Exception):
         self.status = status
 
 
+class Answer(NamedTuple):
+    records: list[object]
+    # The AD bit (RFC 4035 §3.2.3): the resolver validated the answer with DNSSEC. Worth only as
+    # much as the resolver and the path to it, so only a resolver made with dnssec=True asks.
+    authenticated: bool
+
+
 class MxResolver:
-    def __init__(self, servers: Sequence[str], timeout: float = 10.0) -> None:
+    def __init__(self, servers: Sequence[str], timeout: float = 10.0, dnssec: bool = False) -> None:
         self._resolver = dns.asyncresolver.Resolver(configure=not servers)
         if servers:
             self._resolver.nameservers = [
                 dns.nameserver.Do53Nameserver(host, port) for host, port in (parse_hostport(s, 53) for s in servers)
             ]
         self._resolver.lifetime = timeout
-        self._cache: dict[tuple[str, dns.rdatatype.RdataType], tuple[float, list[object]]] = {}
+        if dnssec:
+            # AD in the query asks for the AD bit in the answer (RFC 6840 §5.7), DO for the signatures.
+            self._resolver.flags = dns.flags.RD | dns.flags.AD
+            self._resolver.use_edns(0, dns.flags.DO, 1232)
+        self._cache: dict[tuple[str, dns.rdatatype.RdataType], tuple[float, Answer]] = {}
 
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[object]:
         """Records of one type; [] when the name exists without them. Raises DnsFailure."""
+        return (await self.lookup(name, rdtype)).records
+
+    async def lookup(self, name: str, rdtype: dns.rdatatype.RdataType) -> Answer:
+        """Records of one type, and whether the resolver vouched for them; [] when the name exists without them.
+
+        Raises DnsFailure.
+        """
         key = (name, rdtype)
         cached = self._cache.get(key)
         if cached and cached[0] > time.monotonic():
@@ -51,23 +71,23 @@ class MxResolver:
         except dns.resolver.NXDOMAIN:
             raise DnsFailure(f"{name}: no such domain", True, "5.1.2") from None
         except dns.resolver.NoAnswer as empty:
-            records: list[object] = []
+            found = Answer([], _authenticated(empty))
             ttl = _negative_ttl(empty)
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             raise DnsFailure(f"{name}: DNS lookup failed: {exc}", False, "4.4.3") from None
         else:
-            records = list(answer)
+            found = Answer(list(answer), bool(answer.response.flags & dns.flags.AD))
             ttl = float(answer.rrset.ttl if answer.rrset is not None else _NEGATIVE_TTL)
-        self._remember(key, min(ttl, _MAX_TTL), records)
-        return records
+        self._remember(key, min(ttl, _MAX_TTL), found)
+        return found
 
-    def _remember(self, key: tuple[str, dns.rdatatype.RdataType], ttl: float, records: list[object]) -> None:
+    def _remember(self, key: tuple[str, dns.rdatatype.RdataType], ttl: float, found: Answer) -> None:
         now = time.monotonic()
         if len(self._cache) >= _CACHE_ENTRIES:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
             if len(self._cache) >= _CACHE_ENTRIES:
                 self._cache.clear()
-        self._cache[key] = (now + ttl, records)
+        self._cache[key] = (now + ttl, found)
 
     async def addresses(self, host: str) -> list[str]:
         """IPv4 then IPv6 addresses; one family failing for now is no reason to give up the other."""
@@ -103,6 +123,13 @@ class MxResolver:
         if not pairs:
             raise DnsFailure(f"{domain}: no address for any mail exchanger", False, "4.4.4")
         return pairs
+
+
+def _authenticated(empty: dns.resolver.NoAnswer) -> bool:
+    try:
+        return bool(empty.response().flags & dns.flags.AD)
+    except (KeyError, AttributeError, TypeError):
+        return False
 
 
 def _negative_ttl(empty: dns.resolver.NoAnswer) -> float:

@@ -20,9 +20,10 @@ from fastmta.config import Config, RouteConfig
 from fastmta.delivery import dsn, retry
 from fastmta.delivery.journal import DeliveryLog
 from fastmta.delivery.mx import DnsFailure, MxResolver
-from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, TlsPolicy, one_line
+from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, one_line
 from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
+from fastmta.delivery.tlspolicy.policy import TlsPolicies
 from fastmta.events import records as events
 from fastmta.events.records import Event
 from fastmta.kept_bodies import KeptBodies
@@ -89,6 +90,9 @@ class Runner:
         self.router = Router(config.routes)
         self.resolver = MxResolver(delivery.dns_servers, delivery.connect_timeout)
         self.pools = Pools(self._open)
+        self.tls_policies = TlsPolicies(
+            config.tls_policy, self.resolver, config.data_dir, delivery.connect_timeout, self._tls_policy_failed
+        )
         self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
         self.journal = DeliveryLog(
             config.data_dir / "delivery.log", name, config.delivery.log_max_bytes, config.delivery.log_daily,
@@ -218,6 +222,7 @@ class Runner:
         await self.settler.wait_idle()
         await self.keeper.wait_idle()
         await self.pools.close()
+        await self.tls_policies.close()
         log.info("%s stopped after %d deliveries", self.name, self.delivered)
 
     def close(self) -> None:
@@ -373,19 +378,24 @@ class Runner:
                 if failure.status == "5.1.10":
                     code = 556
                 return {r.address: Outcome(Reply(code, f"{failure.status} {failure}"), name) for r in recipients}
-        last_error, last_destination = "no mail exchanger tried", None
-        for host, address in candidates:
-            destination = last_destination = Destination(index, host, route.port, self._source_ip(index, route))
+        hops, refusal = await self.tls_policies.plan(route, domain, candidates)
+        if not hops:
+            # No host the policy allows: "4.7.5 Cryptographic failure" (RFC 5248), with the policy's reason.
+            refused = Reply(451, f"4.7.5 {refusal}")
+            return {r.address: Outcome(refused, name, candidates[0][0] if candidates else "") for r in recipients}
+        last_error, last_status, last_destination = "no mail exchanger tried", "4.4.1", None
+        for hop in hops:
+            destination = last_destination = Destination(index, hop.host, route.port, hop.tls, self._source_ip(index, route))
             pool = self.pools.get(destination, route.max_connections, route.max_messages_per_connection, route.rate)
             try:
-                async with pool.turn(address) as connection:
+                async with pool.turn(hop.address) as connection:
                     replies = await connection.send(message, recipients, body)
                     notice = "" if connection.offers_dsn else "relayed"
             except ConnectionFailed as exc:
-                last_error = str(exc)
+                last_error, last_status = str(exc), exc.status
                 continue
-            return {rcpt: Outcome(reply, name, host, destination.source_ip, notice) for rcpt, reply in replies.items()}
-        deferral = Reply(451, f"4.4.1 {last_error}")
+            return {rcpt: Outcome(reply, name, hop.host, destination.source_ip, notice) for rcpt, reply in replies.items()}
+        deferral = Reply(451, f"{last_status} {last_error}")
         # The log and a later bounce name the last host tried, as Postfix's "delivery temporarily suspended" does.
         host, source_ip = (last_destination.host, last_destination.source_ip) if last_destination else ("", "")
         return {r.address: Outcome(deferral, name, host, source_ip) for r in recipients}
@@ -399,10 +409,15 @@ class Runner:
         return next(turn)
 
     async def _open(self, destination: Destination, address: str) -> Connection:
-        route = self.router.routes[destination.route_index]
         connection = Connection(destination, address, self.config.server.hostname, self.connect_timeout, self.command_timeout)
-        await connection.open(TlsPolicy(route.tls, route.username, route.password))
+        await connection.open(destination.tls)
         return connection
+
+    def _tls_policy_failed(self, policy: str, mode: str, problem: str) -> None:
+        """A next hop failed a recipient domain's TLS policy: refused (enforce) or, in testing mode, only reported."""
+        self.metrics.tls_policy_failures[(policy, mode)] += 1
+        if mode == "testing":
+            log.warning("%s testing: %s; delivering anyway", policy, problem)
 
     async def _store_copies(
         self, store: Store, name: str, kind: str, message: Message, recipients: list[Recipient], body: bytes
