@@ -10,6 +10,7 @@ from typing import NamedTuple
 import dns.asyncresolver
 import dns.exception
 import dns.flags
+import dns.message
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
@@ -51,7 +52,8 @@ class MxResolver:
             # AD in the query asks for the AD bit in the answer (RFC 6840 §5.7), DO for the signatures.
             self._resolver.flags = dns.flags.RD | dns.flags.AD
             self._resolver.use_edns(0, dns.flags.DO, 1232)
-        self._cache: dict[tuple[str, dns.rdatatype.RdataType], tuple[float, Answer]] = {}
+        # None: no such domain.
+        self._cache: dict[tuple[str, dns.rdatatype.RdataType], tuple[float, Answer | None]] = {}
 
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[object]:
         """Records of one type; [] when the name exists without them. Raises DnsFailure."""
@@ -65,14 +67,19 @@ class MxResolver:
         key = (name, rdtype)
         cached = self._cache.get(key)
         if cached and cached[0] > time.monotonic():
+            if cached[1] is None:
+                raise _no_such_domain(name)
             return cached[1]
         try:
             answer = await self._resolver.resolve(name, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
-            raise DnsFailure(f"{name}: no such domain", True, "5.1.2") from None
+        except dns.resolver.NXDOMAIN as missing:
+            # Kept like an empty answer (RFC 2308 §5): most domains have no _mta-sts record, looked up per delivery.
+            self._remember(key, min(_negative_ttl(_response(missing)), _MAX_TTL), None)
+            raise _no_such_domain(name) from None
         except dns.resolver.NoAnswer as empty:
-            found = Answer([], _authenticated(empty))
-            ttl = _negative_ttl(empty)
+            response = _response(empty)
+            found = Answer([], response is not None and bool(response.flags & dns.flags.AD))
+            ttl = _negative_ttl(response)
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             raise DnsFailure(f"{name}: DNS lookup failed: {exc}", False, "4.4.3") from None
         else:
@@ -81,7 +88,7 @@ class MxResolver:
         self._remember(key, min(ttl, _MAX_TTL), found)
         return found
 
-    def _remember(self, key: tuple[str, dns.rdatatype.RdataType], ttl: float, found: Answer) -> None:
+    def _remember(self, key: tuple[str, dns.rdatatype.RdataType], ttl: float, found: Answer | None) -> None:
         now = time.monotonic()
         if len(self._cache) >= _CACHE_ENTRIES:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
@@ -125,20 +132,24 @@ class MxResolver:
         return pairs
 
 
-def _authenticated(empty: dns.resolver.NoAnswer) -> bool:
+def _no_such_domain(name: str) -> DnsFailure:
+    return DnsFailure(f"{name}: no such domain", True, "5.1.2")
+
+
+def _response(failure: dns.resolver.NXDOMAIN | dns.resolver.NoAnswer) -> dns.message.Message | None:
+    """The answer that said "no such name" or "no such record", for its flags and SOA."""
     try:
-        return bool(empty.response().flags & dns.flags.AD)
-    except (KeyError, AttributeError, TypeError):
-        return False
+        response: dns.message.Message = (
+            failure.response(failure.qnames()[0]) if isinstance(failure, dns.resolver.NXDOMAIN) else failure.response()
+        )
+    except (KeyError, AttributeError, TypeError, IndexError):
+        return None
+    return response
 
 
-def _negative_ttl(empty: dns.resolver.NoAnswer) -> float:
+def _negative_ttl(response: dns.message.Message | None) -> float:
     """How long "no such record" may be cached: the SOA's minimum, capped by the SOA's own TTL (RFC 2308 §5)."""
-    try:
-        response = empty.response()
-    except (KeyError, AttributeError, TypeError):
-        return _NEGATIVE_TTL
-    for rrset in response.authority:
+    for rrset in response.authority if response is not None else ():
         if rrset.rdtype == dns.rdatatype.SOA:
             return float(min(rrset.ttl, rrset[0].minimum))
     return _NEGATIVE_TTL

@@ -142,9 +142,10 @@ class _ZoneResolver(BaseResolver):
             return reply
         if not any(name in records for records in (zone.mx, zone.a, zone.aaaa, zone.txt, zone.tlsa)):
             reply.header.rcode = 3  # NXDOMAIN
+            reply.add_auth(_soa(name, zone.negative_ttl))
             return reply
-        if name in zone.secure:
-            reply.header.ad = 1  # as a validating resolver says of a signed zone
+        # As a validating resolver: AD for what it validated (a signed zone), never merely echoed from the query.
+        reply.header.ad = int(name in zone.secure)
         if qtype == "MX":
             for preference, exchange in zone.mx.get(name, []):
                 reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(DNSLabel(exchange), preference), ttl=zone.ttl))
@@ -159,10 +160,14 @@ class _ZoneResolver(BaseResolver):
             for usage, selector, matching, data in zone.tlsa.get(name, []):
                 reply.add_answer(RR(request.q.qname, QTYPE.TLSA, rdata=TLSA(usage, selector, matching, data), ttl=zone.ttl))
         if not reply.rr:
-            # No such record: the zone's SOA says how long that answer may be cached (RFC 2308).
-            soa = SOA(DNSLabel("ns.test"), DNSLabel("hostmaster.test"), (1, 60, 60, 600, zone.negative_ttl))
-            reply.add_auth(RR(DNSLabel(name), QTYPE.SOA, rdata=soa, ttl=zone.negative_ttl))
+            reply.add_auth(_soa(name, zone.negative_ttl))
         return reply
+
+
+def _soa(name: str, negative_ttl: int) -> RR:
+    """For "no such name" and "no such record": the zone's SOA says how long that answer may be cached (RFC 2308)."""
+    soa = SOA(DNSLabel("ns.test"), DNSLabel("hostmaster.test"), (1, 60, 60, 600, negative_ttl))
+    return RR(DNSLabel(name), QTYPE.SOA, rdata=soa, ttl=negative_ttl)
 
 
 class Dns:

@@ -23,6 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
+def spki(certificate: x509.Certificate) -> bytes:
+    """Its SubjectPublicKeyInfo, DER: what TLSA records with selector 1 describe."""
+    return certificate.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
@@ -40,6 +45,15 @@ class Issued:
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         )
 
+    @classmethod
+    def load(cls, files: tuple[Path, Path]) -> Issued:
+        """A certificate and key made elsewhere (conftest's tls_files), to read its key from."""
+        cert_path, key_path = files
+        issued = cls.__new__(cls)
+        issued.cert_path, issued.key_path = cert_path, key_path
+        issued.chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
+        return issued
+
     def server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert_path, self.key_path)
@@ -50,12 +64,11 @@ class Issued:
 
     def spki_sha256(self) -> bytes:
         """The leaf's key as a TLSA 3 1 1 record holds it."""
-        spki = self.chain[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        return hashlib.sha256(spki).digest()
+        return hashlib.sha256(spki(self.chain[0])).digest()
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any, ca: bool) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

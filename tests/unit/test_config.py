@@ -67,6 +67,11 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[store]\nactive_key = 'k9'\n", "store.active_key: no key 'k9'"),
         ("[admin]\nmax_stream_clients = 0\n", "admin.max_stream_clients"),
         ("[admin]\nmax_body_bytes = -1\n", "admin.max_body_bytes"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'mx'\ntls = 'dane'\n", "routes[0].tls"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'smarthost'\nhost = 'relay.example'\ntls = 'mta-sts'\n", "routes[0].tls"),
+        ("[tls_policy]\ndnssec_resolver = '127.0.0.1:99999'\n", "tls_policy.dnssec_resolver"),
+        ("[tls_policy]\nca_file = '/nonexistent/ca.pem'\n", "tls_policy.ca_file"),
+        ("[tls_policy]\nfetch_timeout = '0s'\n", "tls_policy.fetch_timeout"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, named: str) -> None:
