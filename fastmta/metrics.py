@@ -107,7 +107,8 @@ def families() -> SimpleNamespace:
         dead_letters=counter("fastmta_dead_letters", "Events a sink gave up on, kept as dead letters", "sink"),
         tls_policy_failures=counter(
             "fastmta_tls_policy_failures",
-            "Next hops that failed a recipient domain's TLS policy (dane, mta-sts): refused (enforce) or reported (testing)",
+            "Connections that failed a recipient domain's TLS policy (dane, mta-sts), refused (enforce) or reported"
+            " (testing), and deliveries a policy left no host for",
             "policy",
             "mode",
         ),

@@ -116,11 +116,12 @@ def test_mta_sts_testing_reports_what_enforce_refuses(ca: TestCa, tmp_path: Path
     reports: list[tuple[str, str, str]] = []
     store = pkix.anchors(pkix.ca_context(str(TestCa(tmp_path, "another CA").ca_file)))
     chain = ca.issue("stranger", "mx.example.org").der_chain()
-    enforce = StsCheck("mx.example.org", True, store, lambda *report: reports.append(report))
-    testing = StsCheck("mx.example.org", False, store, lambda *report: reports.append(report))
-    assert "not trusted" in enforce(chain) and "STARTTLS" in enforce(None)
+    enforce = StsCheck("mx.example.org", True, True, store, lambda *report: reports.append(report))
+    testing = StsCheck("mx.example.org", False, False, store, lambda *report: reports.append(report))
+    assert "not trusted" in enforce(chain) and "STARTTLS" in enforce(None) and enforce([]) == "no certificate was sent (MTA-STS)"
     assert testing(chain) == "" and testing(None) == ""
-    assert [(policy, mode) for policy, mode, _ in reports] == [("mta-sts", "enforce")] * 2 + [("mta-sts", "testing")] * 2
+    assert [(policy, mode) for policy, mode, _ in reports] == [("mta-sts", "enforce")] * 3 + [("mta-sts", "testing")] * 2
+    assert "is not an MX host of the domain's MTA-STS policy; certificate of mx.example.org not trusted" in reports[-2][2]
 
 
 def test_dane_on_a_route_with_its_resolver(tmp_path: Path) -> None:

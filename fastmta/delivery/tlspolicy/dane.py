@@ -58,7 +58,7 @@ class TlsaLookup:
                 raise DaneUnavailable(f"DANE: {failure}") from None
             if not answer.authenticated:
                 return None
-        if not answer.records:
+        if not answer.records:  # the last step's: the TLSA RRset
             return None
         found = (Tlsa(r.usage, r.selector, r.mtype, r.cert) for r in answer.records)  # type: ignore[attr-defined]
         return tuple(t for t in found if t.usage in _USAGES and t.selector in _SELECTORS and t.matching in _MATCHING)

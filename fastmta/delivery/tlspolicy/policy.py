@@ -34,6 +34,14 @@ Report = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why a policy lets a host not be used."""
+
+    policy: str  # "dane" | "mta-sts"
+    reason: str
+
+
+@dataclass(frozen=True)
 class Hop:
     """A next hop to try, and the TLS its connections must do."""
 
@@ -43,6 +51,9 @@ class Hop:
 
 
 def _certificates(chain: list[bytes]) -> tuple[list[x509.Certificate], str]:
+    """The chain parsed, or why it cannot be checked."""
+    if not chain:
+        return [], "no certificate was sent"
     try:
         return pkix.parsed(chain), ""
     except ValueError as exc:
@@ -74,17 +85,20 @@ class StsCheck:
 
     host: str
     enforce: bool
+    listed: bool  # among the policy's MX patterns: always, in enforce mode
     anchors: Store | None = field(compare=False, repr=False)
     report: Report = field(compare=False, repr=False)
 
     def __call__(self, chain: list[bytes] | None) -> str:
+        problems = [] if self.listed else [f"{self.host} is not an MX host of the domain's MTA-STS policy"]
         if chain is None:
-            problem = f"{self.host} does not offer STARTTLS, which the domain's MTA-STS policy requires"
+            problems.append(f"{self.host} does not offer STARTTLS, which the domain's MTA-STS policy requires")
         elif self.anchors is None:
-            problem = "no CA certificates to verify against (tls_policy.ca_file)"
+            problems.append("no CA certificates to verify against (tls_policy.ca_file)")
         else:
             certificates, problem = _certificates(chain)
-            problem = problem or pkix.path_problem(certificates, self.anchors, self.host)
+            problems.append(problem or pkix.path_problem(certificates, self.anchors, self.host))
+        problem = "; ".join(p for p in problems if p)
         if not problem:
             return ""
         self.report("mta-sts", "enforce" if self.enforce else "testing", f"{problem} (MTA-STS)")
@@ -117,43 +131,46 @@ class TlsPolicies:
             sts = await self._sts.policy(domain)
             if sts is not None and sts.mode == "none":
                 sts = None
-        decided: dict[str, tuple[TlsPolicy | None, str]] = {}
-        hops, refusals = [], []
+        decided: dict[str, TlsPolicy | Refusal] = {}
+        hops: list[Hop] = []
+        refusals: list[Refusal] = []
         for host, address in candidates:
             if host not in decided:
                 decided[host] = await self._for_host(route, base, domain, host, sts)
-            tls, refusal = decided[host]
-            if tls is not None:
-                hops.append(Hop(host, address, tls))
-            elif refusal not in refusals:
-                refusals.append(refusal)
-        return hops, "; ".join(refusals)
+            found = decided[host]
+            if isinstance(found, TlsPolicy):
+                hops.append(Hop(host, address, found))
+            elif found not in refusals:
+                refusals.append(found)
+        if not hops:
+            # Counted when the policy leaves nothing to try (a delivery deferred), not per host left out.
+            for refusal in refusals:
+                self._report(refusal.policy, "enforce", refusal.reason)
+        return hops, "; ".join(refusal.reason for refusal in refusals)
 
     async def _for_host(
         self, route: RouteConfig, base: TlsPolicy, domain: str, host: str, sts: StsPolicy | None
-    ) -> tuple[TlsPolicy | None, str]:
-        """One host's TLS, or None and why it may not be used."""
+    ) -> TlsPolicy | Refusal:
+        """One host's TLS, or why it may not be used."""
         if self._tlsa is not None and route.tls in ("opportunistic", "dane"):
             try:
                 records = await self._tlsa.records(host, route.port, domain if route.kind == "mx" else None)
             except dane.DaneUnavailable as exc:
-                return None, str(exc)
+                return Refusal("dane", str(exc))
             if records is not None:
-                return replace(base, mode="required", check=DaneCheck(host, records, self._report)), ""
+                return replace(base, mode="required", check=DaneCheck(host, records, self._report))
         if route.tls == "dane":
-            return None, f"{host} has no TLSA records the DNSSEC resolver vouches for, which the route requires (DANE)"
+            return Refusal("dane", f"{host} has no TLSA records the DNSSEC resolver vouches for, which the route requires (DANE)")
         if sts is None:
             if route.tls == "mta-sts":
-                return None, f"{domain} publishes no MTA-STS policy, which the route requires"
-            return base, ""
+                return Refusal("mta-sts", f"{domain} publishes no MTA-STS policy, which the route requires")
+            return base
         enforce = sts.mode == "enforce" or route.tls == "mta-sts"
-        if not mx_allowed(sts, host):
-            problem = f"{host} is not an MX host of {domain}'s MTA-STS policy"
-            self._report("mta-sts", "enforce" if enforce else "testing", problem)
-            if enforce:
-                return None, problem
+        listed = mx_allowed(sts, host)
+        if enforce and not listed:
+            return Refusal("mta-sts", f"{host} is not an MX host of {domain}'s MTA-STS policy")
         mode = "required" if enforce else "opportunistic"
-        return replace(base, mode=mode, check=StsCheck(host, enforce, self._anchors, self._report)), ""
+        return replace(base, mode=mode, check=StsCheck(host, enforce, listed, self._anchors, self._report))
 
     async def close(self) -> None:
         await self._fetcher.close()
