@@ -13,6 +13,7 @@ import os
 import ssl
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,27 +33,28 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+@dataclass(frozen=True)
 class Issued:
-    """A key and its certificate chain (leaf first), written as PEM files for servers to load."""
+    """A certificate chain (leaf first) and the PEM files a server loads it and its key from."""
 
-    def __init__(self, directory: Path, stem: str, key: ec.EllipticCurvePrivateKey, chain: list[x509.Certificate]) -> None:
-        self.key = key
-        self.chain = chain
-        self.cert_path = directory / f"{stem}.pem"
-        self.key_path = directory / f"{stem}.key"
-        self.cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
-        self.key_path.write_bytes(
+    cert_path: Path
+    key_path: Path
+    chain: list[x509.Certificate]
+
+    @classmethod
+    def written(cls, directory: Path, stem: str, key: ec.EllipticCurvePrivateKey, chain: list[x509.Certificate]) -> Issued:
+        issued = cls(directory / f"{stem}.pem", directory / f"{stem}.key", chain)
+        issued.cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
+        issued.key_path.write_bytes(
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         )
+        return issued
 
     @classmethod
     def load(cls, files: tuple[Path, Path]) -> Issued:
-        """A certificate and key made elsewhere (conftest's tls_files), to read its key from."""
+        """A certificate and key made elsewhere (conftest's tls_files)."""
         cert_path, key_path = files
-        issued = cls.__new__(cls)
-        issued.cert_path, issued.key_path = cert_path, key_path
-        issued.chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
-        return issued
+        return cls(cert_path, key_path, x509.load_pem_x509_certificates(cert_path.read_bytes()))
 
     def server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -112,7 +114,7 @@ class TestCa:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        return Issued(self.directory, stem, key, [leaf, self.certificate])
+        return Issued.written(self.directory, stem, key, [leaf, self.certificate])
 
 
 class PolicyHost:

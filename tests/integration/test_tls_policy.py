@@ -40,6 +40,8 @@ POLICIES = {
     "cached.test": policy("enforce", "mx.cached.test", max_age=3600),
 }
 DANE_SIGNED = ("dane.test", "danebad.test")
+# Its TXT record promises a policy the policy host does not serve (404).
+UNSERVED = "missing.test"
 
 
 @dataclass
@@ -58,8 +60,8 @@ def _dns(port: int, policy_host: PolicyHost, self_signed_spki: bytes) -> Dns:
     return Dns(
         mx={domain: [(10, f"mx.{domain}")] for domain in MX_ADDRESS},
         a={f"mx.{domain}": address for domain, address in MX_ADDRESS.items()}
-        | {f"mta-sts.{domain}": policy_host.address for domain in POLICIES},
-        txt={f"_mta-sts.{domain}": ["v=STSv1; id=1;"] for domain in POLICIES},
+        | {f"mta-sts.{domain}": policy_host.address for domain in (*POLICIES, UNSERVED)},
+        txt={f"_mta-sts.{domain}": ["v=STSv1; id=1;"] for domain in (*POLICIES, UNSERVED)},
         # DANE-EE for the self-signed hop: dane.test matches it, danebad.test (whose MX is the other
         # hop) does not, and insecure.test's records come without the AD bit, so they do not count.
         tlsa={tlsa_name(port, domain): [(3, 1, 1, self_signed_spki)] for domain in (*DANE_SIGNED, "insecure.test")},
@@ -72,7 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path]
     directory = tmp_path_factory.mktemp("tlspolicy")
     ca = TestCa(directory)
     try:
-        policy_host = PolicyHost(ca.issue("policy-host", *(f"mta-sts.{domain}" for domain in POLICIES)))
+        policy_host = PolicyHost(ca.issue("policy-host", *(f"mta-sts.{domain}" for domain in (*POLICIES, UNSERVED))))
     except PermissionError:
         pytest.skip("the MTA-STS policy host listens on port 443, as RFC 8461 has it: that needs root")
     policy_host.policies.update(POLICIES)
@@ -174,3 +176,17 @@ def test_the_policy_is_cached_across_restarts_and_fetched_again_when_its_id_chan
     assert asyncio.run(look_up())[0].mode == "testing"
     clock[0] += 3601
     assert asyncio.run(look_up()) == [None, None] and fetches["cached.test"] == 2
+
+
+def test_a_policy_that_cannot_be_fetched_counts_as_none_and_is_not_fetched_again_at_once(world: World, tmp_path: Path) -> None:
+    async def look_up_twice() -> list[Any]:
+        resolver = MxResolver([f"127.0.0.1:{world.dns.port}"], timeout=2)
+        fetcher = PolicyFetcher(resolver, pkix.ca_context(str(world.ca.ca_file)), timeout=5)
+        policies = StsPolicies(resolver, fetcher, tmp_path)
+        try:
+            return [await policies.policy(UNSERVED) for _ in range(2)]
+        finally:
+            await fetcher.close()
+
+    assert asyncio.run(look_up_twice()) == [None, None]  # as if there were none (RFC 8461 §5.1)
+    assert world.policy_host.fetches[UNSERVED] == 1
