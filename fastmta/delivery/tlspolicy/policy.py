@@ -35,7 +35,7 @@ Report = Callable[[str, str, str], None]
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a policy lets a host not be used."""
+    """Why a policy keeps a host from being used."""
 
     policy: str  # "dane" | "mta-sts"
     reason: str
