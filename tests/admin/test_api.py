@@ -125,6 +125,7 @@ def test_realtime_sends_one_metrics_event_a_second(admin: Admin) -> None:
     for block in events:
         kind, data = block.split("\n")
         assert kind == "event: metrics" and '"messages_per_second"' in data and '"queue_depth"' in data
+        assert all(f'"{rate}_per_second"' in data for rate in ("sent", "deferred", "rejected"))
 
 
 def test_queue_operations_are_audited(admin: Admin) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
@@ -161,7 +161,8 @@ def form(handler: FormHandler, console: Console) -> Callable[[Request], Awaitabl
 async def read_form(request: Request) -> FormData:
     """The console's forms are all urlencoded (no uploads): the standard library reads them."""
     body = (await request.body()).decode("utf-8", errors="replace")
-    return FormData(urllib.parse.parse_qsl(body, keep_blank_values=True))
+    pairs: list[tuple[str, str | UploadFile]] = list(urllib.parse.parse_qsl(body, keep_blank_values=True))
+    return FormData(pairs)
 
 
 def _visit(request: Request, console: Console) -> Visit | None:

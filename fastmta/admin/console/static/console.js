@@ -40,6 +40,8 @@
       width: element.clientWidth || 600,
       height: 220,
       series: [{}, ...series.map(([, label, stroke]) => ({ label, stroke, width: 2 }))],
+      // At least half a minute wide, so the first readings show as a line on whole-second ticks.
+      scales: { x: { time: true, range: (plot, min, max) => [min, Math.max(max, min + 30)] } },
       axes: [{}, { size: 50 }],
     };
     return new uPlot(options, data, element);
