@@ -54,8 +54,8 @@ class Console:
         finally:
             store.close()
 
-    def client(self) -> TestClient:
-        return TestClient(create_app(self.config, Feed()), client=CLIENT, follow_redirects=False)
+    def client(self, base_url: str = "http://testserver") -> TestClient:
+        return TestClient(create_app(self.config, Feed()), base_url=base_url, client=CLIENT, follow_redirects=False)
 
     def log_in(self, client: TestClient, role: str) -> str:
         """Signs the client in with the role's token; returns the session's CSRF value."""

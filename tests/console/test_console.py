@@ -54,6 +54,15 @@ def test_login_keeps_the_token_in_a_strict_httponly_cookie_and_logout_clears_it(
         out = client.post("/ui/logout", data={"csrf": csrf_of(overview.text)})
         assert out.headers["location"] == "/ui/login" and f'{session.COOKIE}=""' in out.headers["set-cookie"]
         assert client.get("/ui").headers["location"] == "/ui/login"
+        # htmx refreshing part of a page when the session is gone: the whole window goes to the login.
+        assert client.get("/ui", headers={"HX-Request": "true"}).headers["hx-redirect"] == "/ui/login"
+    with console.client(base_url="https://testserver") as secure:
+        form = secure.get("/ui/login")
+        assert "Secure" in form.headers["set-cookie"]
+        signed_in = secure.post("/ui/login", data={"csrf": csrf_of(form.text), "token": console.tokens["viewer"]})
+        assert "Secure" in signed_in.headers["set-cookie"]
+        assert secure.get("/ui/nothing/here").status_code == 404
+        assert secure.get("/ui/").headers["location"] == "/ui"
 
 
 def test_every_page_labels_its_controls_and_allows_no_inline_script(console: Console) -> None:

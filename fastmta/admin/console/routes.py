@@ -6,12 +6,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fastmta.admin.console import actions, login, pages
-from fastmta.admin.console.web import Console, form, page
+from fastmta.admin.console.web import Console, form, not_found, page, redirect
 from fastmta.admin.endpoint import Endpoint
 from fastmta.admin.state import AdminState
 
@@ -26,11 +27,16 @@ class _Static(StaticFiles):
         return response
 
 
+async def _home(request: Request) -> Response:
+    return redirect("/ui")
+
+
 def routes(state: AdminState, endpoints: Iterable[Endpoint]) -> list[BaseRoute]:
     console = Console.over(state, endpoints)
     post = ["POST"]
     return [
         Route("/ui", page(pages.overview, console)),
+        Route("/ui/", _home),
         Route("/ui/login", login.show),
         Route("/ui/login", login.sign_in(state), methods=post),
         Route("/ui/logout", form(login.sign_out, console), methods=post),
@@ -47,4 +53,5 @@ def routes(state: AdminState, endpoints: Iterable[Endpoint]) -> list[BaseRoute]:
         Route("/ui/users/{username}/delete", form(actions.delete_user, console), methods=post),
         Route("/ui/audit", page(pages.audit, console)),
         Mount("/ui/static", _Static(directory=STATIC)),
+        Route("/ui/{anything:path}", page(not_found, console), methods=["GET", "POST"]),
     ]

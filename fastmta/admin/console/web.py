@@ -26,7 +26,7 @@ from starlette.templating import Jinja2Templates
 from fastmta.admin import session as sessions
 from fastmta.admin.auth import Principal, require, token_principal
 from fastmta.admin.endpoint import Call, Endpoint, perform
-from fastmta.admin.errors import ApiError, AuthRequired, CsrfRejected
+from fastmta.admin.errors import ApiError, AuthRequired, CsrfRejected, NotFound
 from fastmta.admin.roles import Role
 from fastmta.admin.state import AdminState
 from fastmta.status_text import duration, size
@@ -138,7 +138,7 @@ def page(handler: Handler, console: Console) -> Callable[[Request], Awaitable[Re
     async def run(request: Request) -> Response:
         visit = _visit(request, console)
         if visit is None:
-            return redirect("/ui/login")
+            return _to_login(request)
         return await _answer(visit, handler(visit))
 
     return run
@@ -148,7 +148,7 @@ def form(handler: FormHandler, console: Console) -> Callable[[Request], Awaitabl
     async def run(request: Request) -> Response:
         visit = _visit(request, console)
         if visit is None:
-            return redirect("/ui/login")
+            return _to_login(request)
         fields = await read_form(request)
         offered = fields.get(sessions.CSRF_FIELD, "")
         if not isinstance(offered, str) or not sessions.csrf_valid(visit.session, offered):
@@ -156,6 +156,17 @@ def form(handler: FormHandler, console: Console) -> Callable[[Request], Awaitabl
         return await _answer(visit, handler(visit, fields))
 
     return run
+
+
+def _to_login(request: Request) -> Response:
+    if request.headers.get("hx-request"):
+        # htmx would put the login page's part into the page it refreshes; the whole window goes instead.
+        return Response(status_code=204, headers={"HX-Redirect": "/ui/login", **_HEADERS})
+    return redirect("/ui/login")
+
+
+async def not_found(visit: Visit) -> Response:
+    raise NotFound(f"no page {visit.request.url.path}")
 
 
 async def read_form(request: Request) -> FormData:
