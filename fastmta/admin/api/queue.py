@@ -120,7 +120,8 @@ def _matcher(query: QueueQuery, now: float) -> Callable[[Message | CorruptRecord
 
 
 def page(store: QueueStore, query: QueueQuery, now: float | None = None) -> QueuePage:
-    """One page of the queue, oldest first; reads the whole queue only to count (`count`)."""
+    """One page of the queue, oldest first. It reads past the page only to count (`count`), or while
+    too few records match to fill it."""
     matches = _matcher(query, time.time() if now is None else now)
     end = query.offset + query.limit
     items: list[QueueEntry] = []
