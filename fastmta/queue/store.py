@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
 import lmdb
@@ -201,10 +201,19 @@ class QueueStore:
         with self.env.begin() as txn:
             return txn.get(message_id.encode(), db=self.bodies)
 
-    def scan(self) -> Iterator[Message | CorruptRecord]:
-        """Every record in id (so arrival) order; corrupt ones are yielded as CorruptRecord, not skipped."""
+    def scan(self, after: str | None = None) -> Generator[Message | CorruptRecord, None, None]:
+        """Every record in id (so arrival) order, or those past the id `after`: a page starts where the
+        last one ended without reading what came before. Corrupt ones are yielded as CorruptRecord, not skipped."""
         with self.env.begin() as txn:
-            for key, raw in txn.cursor(db=self.messages):
+            cursor = txn.cursor(db=self.messages)
+            if after is not None:
+                # An unpositioned cursor would start again at the first record: past the end is the end.
+                found = cursor.set_range(after.encode())
+                if found and cursor.key() == after.encode():
+                    found = cursor.next()
+                if not found:
+                    return
+            for key, raw in cursor.iternext():
                 try:
                     yield self._decode(key, raw)
                 except CorruptRecord as corrupt:
