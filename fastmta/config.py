@@ -422,6 +422,45 @@ class TlsPolicyConfig(_Section):
             raise ValueError("fetch_timeout: must be more than 0s")
 
 
+class ScanConfig(_Section):
+    """Content scanning after DATA, before the 250: SpamAssassin (spamd) and ClamAV (clamd)."""
+
+    spamassassin: bool = False
+    spamassassin_host: str = "127.0.0.1"
+    spamassassin_port: Port = 783
+    # What spam becomes: refused with 550 5.7.1, queued with X-Spam-* headers, or queued held
+    # (quarantined: `fastmta queue release` sends it). Every message spamd scanned gets the headers.
+    spam_action: Literal["reject", "tag", "hold"] = "tag"
+    # As spamc's --max-size: larger messages are not given to spamd (its time grows with size).
+    spam_max_size: Positive = 512000
+    clamav: bool = False
+    clamav_host: str = "127.0.0.1"
+    clamav_port: Port = 3310
+    # A virus is never queued to be sent: refused with 550 5.7.1, or queued held.
+    virus_action: Literal["reject", "hold"] = "reject"
+    # A scanner that is down, too slow or at max_concurrent: the client hears 451 4.7.1 and tries
+    # again later ("tempfail"), or the message is queued unscanned by it ("accept").
+    unavailable: Literal["tempfail", "accept"] = "tempfail"
+    connect_timeout: Duration = _seconds("2s")
+    # The whole exchange with a scanner, connect to verdict.
+    timeout: Duration = _seconds("30s")
+    # Messages one SMTP worker has under scan at once; the next is treated as `unavailable` rather
+    # than queued behind them, so a slow scanner cannot hold every connection of a worker.
+    max_concurrent: Positive = 16
+
+    def __post_init__(self) -> None:
+        for key in ("connect_timeout", "timeout"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: must be more than 0s")
+        for key in ("spamassassin_host", "clamav_host"):
+            if not getattr(self, key):
+                raise ValueError(f"{key}: a host is needed")
+
+    @property
+    def enabled(self) -> bool:
+        return self.spamassassin or self.clamav
+
+
 def _default_routes() -> list[RouteConfig]:
     return [RouteConfig(match=["*"], kind="mx")]
 
@@ -437,6 +476,7 @@ class Config(_Section):
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     tls_policy: TlsPolicyConfig = msgspec.field(default_factory=TlsPolicyConfig)
+    scan: ScanConfig = msgspec.field(default_factory=ScanConfig)
 
     @property
     def events_wanted(self) -> bool:
@@ -463,6 +503,12 @@ _SHORT_ENV: dict[str, tuple[str, str]] = {
     "SMTP_ENABLE_AUTH": ("smtp", "require_auth"),
     "SMTP_LOG_LEVEL": ("server", "log_level"),
     "SMTP_DATA_DIR": ("server", "data_dir"),
+    "SMTP_ENABLE_SPAMASSASSIN": ("scan", "spamassassin"),
+    "SMTP_SPAMASSASSIN_HOST": ("scan", "spamassassin_host"),
+    "SMTP_SPAMASSASSIN_PORT": ("scan", "spamassassin_port"),
+    "SMTP_ENABLE_CLAMAV": ("scan", "clamav"),
+    "SMTP_CLAMAV_HOST": ("scan", "clamav_host"),
+    "SMTP_CLAMAV_PORT": ("scan", "clamav_port"),
 }
 
 # Switches of the build and of the test suite that share the prefix but are not settings.

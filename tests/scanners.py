@@ -1,0 +1,125 @@
+"""Private ClamAV and SpamAssassin daemons for tests and benchmarks: each on an ephemeral loopback port, in its own directory.
+
+clamd (Debian `clamav-daemon`) loads one signature the test writes itself, an MD5 hash signature of
+the EICAR test file, so nothing is downloaded; spamd (Debian `spamd`) runs its shipped rules with
+local tests only (no DNS), which score GTUBE as spam. As root spamd runs its children as nobody.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.conftest import free_port
+
+# The anti-virus test file (eicar.org) and SpamAssassin's Generic Test for Unsolicited Bulk Email.
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+SIGNATURE = "Eicar-Test-Signature"
+START_SECONDS = 60.0
+
+
+def with_eicar_attached(subject: str = "the file you asked for") -> bytes:
+    """A MIME message with EICAR as a base64 attachment: clamd decodes the part and matches its hash."""
+    encoded = base64.encodebytes(EICAR).replace(b"\n", b"\r\n")
+    return (
+        f"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=part\r\n\r\n--part\r\nContent-Type: text/plain\r\n\r\nattached\r\n"
+        "--part\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=eicar.com\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + encoded + b"--part--\r\n"
+
+
+def with_gtube(subject: str = "an offer") -> bytes:
+    return f"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: {subject}\r\n\r\n".encode() + GTUBE + b"\r\n"
+
+
+def missing(program: str, package: str) -> str | None:
+    """Why the daemon cannot run here, or None."""
+    return None if shutil.which(program) or Path(f"/usr/sbin/{program}").exists() else (
+        f"{program} is not installed (apt-get install {package})"
+    )
+
+
+class Daemon:
+    """A started daemon: its port, its process, and stop/pause/resume for fault tests."""
+
+    def __init__(self, command: list[str], port: int, log: Path, ping: bytes, pong: bytes) -> None:
+        self.port = port
+        self.log = log
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=output, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_SECONDS
+        while not self._answers(ping, pong):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{command[0]} did not start: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+
+    def _answers(self, ping: bytes, pong: bytes) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(ping)
+                return pong in sock.recv(256)
+        except OSError:
+            return False
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are still accepted by the kernel, nothing is answered."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_clamd(directory: Path) -> Daemon:
+    database = directory / "db"
+    database.mkdir(parents=True)
+    (database / "test.hdb").write_text(f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:{SIGNATURE}\n")
+    port = free_port()
+    config = directory / "clamd.conf"
+    config.write_text(
+        f"Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {database}\n"
+        f"TemporaryDirectory {directory}\nPidFile {directory / 'clamd.pid'}\nLogFile {directory / 'clamd.log'}\n"
+    )
+    return Daemon(["clamd", "--config-file", str(config)], port, directory / "clamd.out", b"zPING\0", b"PONG")
+
+
+def start_spamd(directory: Path) -> Daemon:
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [
+        "spamd", "--listen", f"127.0.0.1:{port}", "--pidfile", str(directory / "spamd.pid"), "--nouser-config",
+        "--local", "--helper-home-dir", str(directory), "--syslog", "stderr", "--min-children", "1",
+        "--max-children", "2",
+    ]  # fmt: skip
+    if os.geteuid() == 0:
+        command += ["--username", "nobody"]  # spamd will not run its children as root
+    return Daemon(command, port, directory / "spamd.log", b"PING SPAMC/1.5\r\n\r\n", b"PONG")
+
+
+@contextmanager
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
