@@ -8,6 +8,7 @@ local tests only (no DNS), which score GTUBE as spam. As root spamd runs its chi
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import os
 import shutil
@@ -15,8 +16,8 @@ import signal
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import free_port
@@ -28,19 +29,32 @@ SIGNATURE = "Eicar-Test-Signature"
 START_SECONDS = 60.0
 
 
-def with_eicar_attached(subject: str = "the file you asked for") -> bytes:
-    """A MIME message with EICAR as a base64 attachment: clamd decodes the part and matches its hash."""
-    encoded = base64.encodebytes(EICAR).replace(b"\n", b"\r\n")
+def mail(subject: str, body: bytes, content_type: str = "text/plain") -> bytes:
+    """A message with every header SpamAssassin looks for, so that only its body can make it spam."""
     return (
-        f"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: multipart/mixed; boundary=part\r\n\r\n--part\r\nContent-Type: text/plain\r\n\r\nattached\r\n"
-        "--part\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=eicar.com\r\n"
-        "Content-Transfer-Encoding: base64\r\n\r\n"
-    ).encode() + encoded + b"--part--\r\n"
+        f"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: {subject}\r\n"
+        f"Date: {email.utils.formatdate()}\r\nMessage-ID: {email.utils.make_msgid(domain='example.com')}\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n"
+    ).encode() + body
+
+
+def clean(subject: str = "lunch") -> bytes:
+    return mail(subject, b"Shall we meet for lunch tomorrow at noon, at the usual place?\r\n")
 
 
 def with_gtube(subject: str = "an offer") -> bytes:
-    return f"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: {subject}\r\n\r\n".encode() + GTUBE + b"\r\n"
+    return mail(subject, GTUBE + b"\r\n")
+
+
+def with_eicar_attached(subject: str = "the file you asked for") -> bytes:
+    """EICAR as a base64 attachment: clamd decodes the part and matches its hash."""
+    encoded = base64.encodebytes(EICAR).replace(b"\n", b"\r\n")
+    parts = (
+        b"--part\r\nContent-Type: text/plain\r\n\r\nHere is the file.\r\n--part\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=eicar.com\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--part--\r\n"
+    )
+    return mail(subject, parts, "multipart/mixed; boundary=part")
 
 
 def missing(program: str, package: str) -> str | None:
@@ -51,25 +65,35 @@ def missing(program: str, package: str) -> str | None:
 
 
 class Daemon:
-    """A started daemon: its port, its process, and stop/pause/resume for fault tests."""
+    """A daemon started in the background: ready() waits until it answers; stop, pause and resume for fault tests."""
 
     def __init__(self, command: list[str], port: int, log: Path, ping: bytes, pong: bytes) -> None:
+        self.name = command[0]
         self.port = port
         self.log = log
+        self._ping, self._pong = ping, pong
+        self._ready = False
+        self._started = time.monotonic()
         with log.open("ab") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=output, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_SECONDS
-        while not self._answers(ping, pong):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{command[0]} did not start: {log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.05)
 
-    def _answers(self, ping: bytes, pong: bytes) -> bool:
+    def ready(self) -> Daemon:
+        """Returns once it answers its ping; raises with its log when it does not within START_SECONDS."""
+        while not self._ready:
+            self._ready = self._answers()
+            if self._ready:
+                break
+            if self.process.poll() is not None or time.monotonic() > self._started + START_SECONDS:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start: {self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def _answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                sock.sendall(ping)
-                return pong in sock.recv(256)
+                sock.sendall(self._ping)
+                return self._pong in sock.recv(256)
         except OSError:
             return False
 
@@ -101,10 +125,11 @@ def start_clamd(directory: Path) -> Daemon:
         f"Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {database}\n"
         f"TemporaryDirectory {directory}\nPidFile {directory / 'clamd.pid'}\nLogFile {directory / 'clamd.log'}\n"
     )
-    return Daemon(["clamd", "--config-file", str(config)], port, directory / "clamd.out", b"zPING\0", b"PONG")
+    return Daemon(["clamd", "--config-file", str(config)], port, directory / "clamd.out", b"zPING\0", b"PONG").ready()
 
 
 def start_spamd(directory: Path) -> Daemon:
+    """Not ready yet: spamd loads its rules for seconds, which the caller may spend on other work first."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [

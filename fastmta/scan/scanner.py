@@ -67,7 +67,7 @@ class Scanner:
         config = self.config
         wants_spam = config.spamassassin and len(message) <= config.spam_max_size
         if self.active >= config.max_concurrent:
-            busy = Unavailable(BUSY, f"{config.max_concurrent} messages are under scan already")
+            busy = Unavailable(BUSY, f"max_concurrent ({config.max_concurrent}) messages are under scan")
             spam: SpamFinding = busy if wants_spam else None
             virus: VirusFinding = busy if config.clamav else None
         else:
