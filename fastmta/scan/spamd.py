@@ -6,7 +6,6 @@ worker for what is one request and one short answer.
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 from fastmta.scan.connection import exchange
@@ -19,18 +18,13 @@ _MAX_REPLY = 64 * 1024
 async def check(host: str, port: int, message: bytes, connect_timeout: float) -> SpamReport:
     """spamd's verdict on `message`; raises OSError, ScanError (the caller bounds the whole call in time)."""
     request = b"SYMBOLS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(message)
-    reply = await exchange(host, port, connect_timeout, (request, message), _read)
+    # spamd closes the connection after its answer: that is where it ends.
+    reply = await exchange(host, port, connect_timeout, (request, message), _never, _MAX_REPLY)
     return parse_reply(reply)
 
 
-async def _read(reader: asyncio.StreamReader) -> bytes:
-    """Up to the end: spamd closes the connection after its answer."""
-    reply = b""
-    while chunk := await reader.read(4096):
-        reply += chunk
-        if len(reply) > _MAX_REPLY:
-            raise ScanError("spamd's answer is too long")
-    return reply
+def _never(answer: bytes) -> bool:
+    return False
 
 
 def parse_reply(reply: bytes) -> SpamReport:
