@@ -73,17 +73,21 @@ class Scanner:
         else:
             self.active += 1
             try:
-                spam, virus = await asyncio.gather(
-                    self._ask("spamd", spamd.check, config.spamassassin_host, config.spamassassin_port, message)
-                    if wants_spam else _nothing(),
-                    self._ask("clamd", clamd.check, config.clamav_host, config.clamav_port, message)
-                    if config.clamav else _nothing(),
-                )  # fmt: skip
+                spam, virus = await self._both(message, wants_spam)
             finally:
                 self.active -= 1
         outcome = Outcome(spam, virus, decide(config, spam, virus))
         self._count(outcome)
         return outcome
+
+    async def _both(self, message: bytes, wants_spam: bool) -> tuple[SpamFinding, VirusFinding]:
+        """Each scanner that is on, at once; one alone is awaited as it is (gather would add a task per message)."""
+        c = self.config
+        spam = self._ask("spamd", spamd.check, c.spamassassin_host, c.spamassassin_port, message) if wants_spam else None
+        virus = self._ask("clamd", clamd.check, c.clamav_host, c.clamav_port, message) if c.clamav else None
+        if spam is not None and virus is not None:
+            return await asyncio.gather(spam, virus)
+        return (await spam if spam is not None else None), (await virus if virus is not None else None)
 
     async def _ask(self, name: str, check: Check[Report], host: str, port: int, message: bytes) -> Report | Unavailable:
         try:
@@ -114,10 +118,6 @@ class Scanner:
             metrics.virus_scans[_result(virus, bool(virus_found(virus)))] += 1
             if done and virus_found(virus):
                 metrics.virus_detected[done] += 1
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _result(finding: SpamReport | VirusReport | Unavailable, found: bool) -> str:
