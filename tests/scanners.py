@@ -38,15 +38,15 @@ def mail(subject: str, body: bytes, content_type: str = "text/plain") -> bytes:
     ).encode() + body
 
 
-def clean(subject: str = "lunch") -> bytes:
-    return mail(subject, b"Shall we meet for lunch tomorrow at noon, at the usual place?\r\n")
+def clean() -> bytes:
+    return mail("lunch", b"Shall we meet for lunch tomorrow at noon, at the usual place?\r\n")
 
 
-def with_gtube(subject: str = "an offer") -> bytes:
-    return mail(subject, GTUBE + b"\r\n")
+def with_gtube() -> bytes:
+    return mail("an offer", GTUBE + b"\r\n")
 
 
-def with_eicar_attached(subject: str = "the file you asked for") -> bytes:
+def with_eicar_attached() -> bytes:
     """EICAR as a base64 attachment: clamd decodes the part and matches its hash."""
     encoded = base64.encodebytes(EICAR).replace(b"\n", b"\r\n")
     parts = (
@@ -54,21 +54,24 @@ def with_eicar_attached(subject: str = "the file you asked for") -> bytes:
         b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=eicar.com\r\n"
         b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--part--\r\n"
     )
-    return mail(subject, parts, "multipart/mixed; boundary=part")
+    return mail("the file you asked for", parts, "multipart/mixed; boundary=part")
+
+
+def _program(name: str) -> str | None:
+    """Debian puts the daemons in /usr/sbin, which a user's PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin")
 
 
 def missing(program: str, package: str) -> str | None:
     """Why the daemon cannot run here, or None."""
-    return None if shutil.which(program) or Path(f"/usr/sbin/{program}").exists() else (
-        f"{program} is not installed (apt-get install {package})"
-    )
+    return None if _program(program) else f"{program} is not installed (apt-get install {package})"
 
 
 class Daemon:
     """A daemon started in the background: ready() waits until it answers; stop, pause and resume for fault tests."""
 
     def __init__(self, command: list[str], port: int, log: Path, ping: bytes, pong: bytes) -> None:
-        self.name = command[0]
+        self.name = Path(command[0]).name
         self.port = port
         self.log = log
         self._ping, self._pong = ping, pong
@@ -125,7 +128,8 @@ def start_clamd(directory: Path) -> Daemon:
         f"Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {database}\n"
         f"TemporaryDirectory {directory}\nPidFile {directory / 'clamd.pid'}\nLogFile {directory / 'clamd.log'}\n"
     )
-    return Daemon(["clamd", "--config-file", str(config)], port, directory / "clamd.out", b"zPING\0", b"PONG").ready()
+    command = [_path_of("clamd"), "--config-file", str(config)]
+    return Daemon(command, port, directory / "clamd.out", b"zPING\0", b"PONG").ready()
 
 
 def start_spamd(directory: Path) -> Daemon:
@@ -133,13 +137,19 @@ def start_spamd(directory: Path) -> Daemon:
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
-        "spamd", "--listen", f"127.0.0.1:{port}", "--pidfile", str(directory / "spamd.pid"), "--nouser-config",
+        _path_of("spamd"), "--listen", f"127.0.0.1:{port}", "--pidfile", str(directory / "spamd.pid"), "--nouser-config",
         "--local", "--helper-home-dir", str(directory), "--syslog", "stderr", "--min-children", "1",
         "--max-children", "2",
     ]  # fmt: skip
     if os.geteuid() == 0:
         command += ["--username", "nobody"]  # spamd will not run its children as root
     return Daemon(command, port, directory / "spamd.log", b"PING SPAMC/1.5\r\n\r\n", b"PONG")
+
+
+def _path_of(name: str) -> str:
+    found = _program(name)
+    assert found is not None, f"{name} is not installed: ask missing() first"
+    return found
 
 
 @contextmanager
