@@ -33,17 +33,18 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
     postfix: Instance | None = None
     cleanup: Path | None = None
+    companions: tuple[subprocess.Popen[bytes], ...] = ()  # what the server needs beside it, stopped after it
 
     def stop(self) -> None:
         if self.postfix is not None:
             self.postfix.stop()
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
+        for process in filter(None, (self.process, *self.companions)):
+            process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(STOP_SECONDS)
+                process.wait(STOP_SECONDS)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                process.kill()
+                process.wait()
         if self.cleanup is not None:
             shutil.rmtree(self.cleanup, ignore_errors=True)
 
@@ -190,6 +191,28 @@ class FastMTAWithEd25519(FastMTAWithDkim):
     algorithm = "ed25519"
 
 
+class FastMTAWithWebhooks(FastMTA):
+    """fastmta posting every event to a webhook receiver that answers at once (webhook_sink.py), batched:
+    beside `fastmta`, what the outbox and the events process cost without history's SQL."""
+
+    name = "fastmta-webhooks"
+    durability = "fsync before 250; events to a webhook"
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
+        workdir.mkdir(parents=True, exist_ok=True)
+        receiver_port = free_port()
+        receiver = spawn([sys.executable, str(BENCH / "webhook_sink.py"), f"127.0.0.1:{receiver_port}"],
+                         workdir / "webhook_sink.log")
+        self.sections = ("[[events.webhooks]]", f'url = "http://127.0.0.1:{receiver_port}/events"', "batch = 100")
+        try:
+            running = super().start(workdir, port, relay_port, admin_port)
+        except BaseException:
+            receiver.kill()
+            raise
+        running.companions = (receiver,)
+        return running
+
+
 class FastMTABaseline(FastMTA):
     """Another build of fastmta (an earlier commit, say) beside this one, so a change is measured in one run.
 
@@ -259,7 +282,7 @@ class SmtpSink(Target):
 
 TARGETS: dict[str, Target] = {
     t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTAWithHistory(),
-                           FastMTAWithDkim(), FastMTAWithEd25519(), FastMTABaseline())
+                           FastMTAWithDkim(), FastMTAWithEd25519(), FastMTAWithWebhooks(), FastMTABaseline())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -343,6 +344,32 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- store ----------------------------------------------------------------------------------
+
+
+def cmd_store_decrypt(args: argparse.Namespace) -> int:
+    """A sealed copy opened with [store] keys (whichever sealed it), to a file (0600) or standard output."""
+    from fastmta.stores.sealed import Sealer, SealError
+
+    sealer = Sealer.configured(_load(args).store)
+    try:
+        with open(args.file, "rb") as sealed:
+            plain = sealer.unseal(sealed.read())
+    except OSError as exc:
+        print(f"{args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except SealError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    if args.output is None:
+        sys.stdout.buffer.write(plain)
+        return 0
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(plain)
+    return 0
+
+
 # ----- parser ---------------------------------------------------------------------------------
 
 
@@ -423,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = tokens.add_parser("revoke", parents=[common])
     revoke.add_argument("token", help="the token's id or name")
     revoke.set_defaults(func=cmd_token_revoke)
+
+    store = commands.add_parser("store", help="what routes of a storing kind stored").add_subparsers(dest="action", required=True)
+    decrypt = store.add_parser("decrypt", parents=[common], help="open a sealed copy (encrypt = true) with [store] keys")
+    decrypt.add_argument("file")
+    decrypt.add_argument("--output", "-o", help="write here (mode 0600) instead of standard output")
+    decrypt.set_defaults(func=cmd_store_decrypt)
 
     dkim = commands.add_parser("dkim", help="DKIM signing keys").add_subparsers(dest="action", required=True)
     keygen = dkim.add_parser(

@@ -10,8 +10,6 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fastmta.config import Config
@@ -58,6 +56,11 @@ def _sqlite_settings(connection: Any, _record: Any, synchronous: str) -> None:
 
 def migrate(db: sa.Engine) -> None:
     """Brings the schema to the newest revision; on a database already there it changes nothing."""
+    # Imported here: Alembic takes longer to import than the rest of the admin process, which only
+    # migrates when history is on (and then once).
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     # Alembic says at INFO what it sets up on every start; the log should say only what changed.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     settings = AlembicConfig()

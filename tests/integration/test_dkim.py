@@ -72,8 +72,8 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
         "admin": {"enabled": True},
         "dkim": {"keys": entries},
     })
-    records = {
-        f"{selector}._domainkey.{domain}": _keygen(server, domain, selector, algorithm)
+    records: dict[str, list[str | list[str]]] = {
+        f"{selector}._domainkey.{domain}": [_keygen(server, domain, selector, algorithm)]
         for domain, selector, algorithm, _, _ in KEYS
     }
     zone = Dns(mx={}, a={}, txt=records).start()
@@ -158,5 +158,6 @@ def test_the_api_lists_each_key_with_its_age_and_record(relay: Relay) -> None:
         assert (key["workspace"], key["signing"], key["problem"]) == (workspace, signing, "")
         assert key["algorithm"] == f"{algorithm}-sha256" and key["bits"] == (2048 if algorithm == "rsa" else 256)
         assert key["dns_name"] == f"{selector}._domainkey.{domain}"
-        assert key["dns_record"] == "".join(relay.dns.txt[key["dns_name"]])
+        (published,) = relay.dns.txt[key["dns_name"]]
+        assert key["dns_record"] == "".join(published)
         assert 0 <= key["age_seconds"] < 600 and key["key_file"].endswith(f"/dkim/{domain}/{selector}.key")
