@@ -50,7 +50,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    print(config_module.to_toml(_load(args)), end="")
+    print(config_module.to_toml(_load(args), redact=not args.show_secrets), end="")
     return 0
 
 
@@ -383,9 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", parents=[common], help="run everything in the foreground").set_defaults(
         func=cmd_serve
     )
-    commands.add_parser("check-config", parents=[common], help="validate and print the effective config").set_defaults(
-        func=cmd_check_config
-    )
+    check = commands.add_parser("check-config", parents=[common], help="validate and print the effective config")
+    check.add_argument("--show-secrets", action="store_true", help="print passwords, secrets and keys too (redacted otherwise)")
+    check.set_defaults(func=cmd_check_config)
 
     status = commands.add_parser(
         "status", parents=[common], help="health, workers, queue, delivery, events lag and listeners (exit 1: unhealthy)"

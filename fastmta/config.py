@@ -827,5 +827,28 @@ def _readable(message: str) -> str:
     return f"{where}: {problem}" if where else problem
 
 
-def to_toml(config: Config) -> str:
-    return msgspec.toml.encode(config, enc_hook=_encode).decode()
+# Settings whose values are secrets: check-config shows that they are set, not what they are.
+SECRET_SETTINGS = frozenset({"password", "secret", "secret_key", "report_secret"})
+REDACTED = "<redacted>"
+
+
+def to_toml(config: Config, redact: bool = False) -> str:
+    """The config as TOML that loads back to it; with `redact`, secrets (and passwords in URLs) replaced by REDACTED."""
+    if not redact:
+        return msgspec.toml.encode(config, enc_hook=_encode).decode()
+    return msgspec.toml.encode(_redacted(msgspec.to_builtins(config, enc_hook=_encode))).decode()
+
+
+def _redacted(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        if key == "keys":  # [store] keys: every value is a key
+            return {name: REDACTED for name in value}
+        return {name: _redacted(item, name) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, key) for item in value]
+    if isinstance(value, str) and value:
+        if key in SECRET_SETTINGS:
+            return REDACTED
+        # A database or Redis URL may carry its password: scheme://user:password@host
+        return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]+@", rf"\g<1>{REDACTED}@", value)
+    return value

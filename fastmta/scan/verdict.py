@@ -55,6 +55,9 @@ class Verdict(NamedTuple):
     action: str  # ACCEPT, HOLD, REJECT or TEMPFAIL
     reason: str = ""  # REJECT: the text after "550 5.7.1"
     headers: bytes = b""  # to prepend to the message when it is queued
+    # SpamAssassin is on: headers of its names that the client sent are removed, so none can pass for
+    # our verdict (on a message spamd did not judge, or below ours for a reader that takes the last).
+    replaces_spam_headers: bool = False
 
 
 def spam_found(finding: SpamFinding) -> SpamReport | None:
@@ -78,7 +81,27 @@ def decide(config: ScanConfig, spam: SpamFinding, virus: VirusFinding) -> Verdic
         return Verdict(TEMPFAIL)
     held = (found_virus and config.virus_action == HOLD) or (found_spam and config.spam_action == HOLD)
     headers = spam_headers(spam) if isinstance(spam, SpamReport) else b""
-    return Verdict(HOLD if held else ACCEPT, headers=headers)
+    return Verdict(HOLD if held else ACCEPT, headers=headers, replaces_spam_headers=config.spamassassin)
+
+
+_SPAM_HEADER_NAMES = (b"x-spam-flag", b"x-spam-score", b"x-spam-status")
+
+
+def without_spam_headers(message: bytes) -> bytes:
+    """The message less the X-Spam-Flag, X-Spam-Score and X-Spam-Status fields of its header block (with
+    their folded lines); the same bytes when it has none, without a copy."""
+    end = message.find(b"\r\n\r\n")
+    head = message[: end + 2] if end >= 0 else message
+    if b"x-spam-" not in head.lower():
+        return message
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.splitlines(keepends=True):
+        if line[:1] not in (b" ", b"\t"):  # a new field starts; a folded line belongs to the one before
+            dropping = line.split(b":", 1)[0].strip().lower() in _SPAM_HEADER_NAMES
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept) + message[len(head):]
 
 
 def safe_name(name: str) -> str:

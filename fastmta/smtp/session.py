@@ -10,6 +10,7 @@ pipelined commands are answered in order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from fastmta.config import Config
 from fastmta.networks import Networks
 from fastmta.queue.records import Recipient
 from fastmta.queue.store import StoreFullError
-from fastmta.scan.verdict import HOLD, REJECT, TEMPFAIL, Verdict
+from fastmta.scan.verdict import HOLD, REJECT, TEMPFAIL, Verdict, without_spam_headers
 from fastmta.smtp import address as A
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import MECHANISMS, Credentials, SaslExchange
@@ -364,7 +365,11 @@ class Session:
         request = self._action
         assert isinstance(request, Scan)
         if verdict.action not in (REJECT, TEMPFAIL):
-            self._action = Commit(request.envelope, request.body, verdict.headers, verdict.action == HOLD)
+            envelope, body = request.envelope, request.body
+            if verdict.replaces_spam_headers:
+                body = without_spam_headers(body)
+                envelope = dataclasses.replace(envelope, headers_size=envelope.headers_size - (len(request.body) - len(body)))
+            self._action = Commit(envelope, body, verdict.headers, verdict.action == HOLD)
             return self._flush()
         self._action = None
         self._mode = _COMMAND

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
@@ -191,6 +192,18 @@ def test_typed_values_are_parsed_once_and_errors_name_the_key(tmp_path: Path) ->
     route.write_text('[[routes]]\nmatch = ["*"]\nkind = "smarthost"\nhost = "h"\nsource_ips = ["not-an-ip"]\n')
     with pytest.raises(ConfigError, match=r"routes\[0\].source_ips\[0\]: not an IP address"):
         load(route, environ={})
+
+
+def test_check_config_redacts_secrets_unless_asked(tmp_path: Path) -> None:
+    secrets = {
+        "FASTMTA_STORE_KEY_K1": base64.b64encode(b"k" * 32).decode(), "SMTP_WEBHOOK_URL": "https://hooks.example/in",
+        "SMTP_WEBHOOK_SECRET": "webhook-secret", "FASTMTA_HISTORY_URL": "postgresql://fastmta:db-password@db.example/history",
+    }  # fmt: skip
+    config = load(None, environ=secrets)
+    shown = to_toml(config, redact=True)
+    assert not {"webhook-secret", "db-password", secrets["FASTMTA_STORE_KEY_K1"]} & set(re.findall(r'"([^"]*)"', shown))
+    assert 'k1 = "<redacted>"' in shown and "postgresql://fastmta:<redacted>@db.example/history" in shown
+    assert "webhook-secret" in to_toml(config)
 
 
 def test_check_config_output_loads_back_to_the_same_config(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from fastmta.scan.verdict import (
     VirusReport,
     decide,
     spam_headers,
+    without_spam_headers,
 )
 from fastmta.smtp.session import Session
 from tests.session_driver import Driver, make_settings
@@ -166,6 +167,19 @@ def test_a_scanned_message_is_committed_with_the_headers_tagged_or_held() -> Non
         received, rest = committed.body.split(b"\r\n", 1)[0], committed.body.split(headers, 1)
         assert received.startswith(b"Received: ") and rest[1] == MESSAGE
         assert committed.message.headers_size == len(committed.body) - len(b"body\r\n")
+
+
+def test_spam_headers_the_client_sent_are_removed_when_spamassassin_is_on() -> None:
+    forged = b"X-Spam-Flag: NO\r\nSubject: s\r\nx-spam-status: No, score=-5.0\r\n\ttests=FORGED\r\n\r\nX-Spam-Flag: body\r\n"
+    assert without_spam_headers(forged) == b"Subject: s\r\n\r\nX-Spam-Flag: body\r\n"
+    assert without_spam_headers(MESSAGE) is MESSAGE
+    assert decide(scan(), None, CLEAN).replaces_spam_headers and not decide(ScanConfig(clamav=True), None, CLEAN).replaces_spam_headers
+    driver = scanning_driver(Verdict(ACCEPT, replaces_spam_headers=True))
+    driver.feed(TRANSACTION.replace(MESSAGE, forged))
+    (committed,) = driver.commits
+    assert committed.body.startswith(b"Received: ") and b"X-Spam" not in committed.body.split(b"\r\n\r\n")[0]
+    assert committed.body.endswith(b"\r\nSubject: s\r\n\r\nX-Spam-Flag: body\r\n")
+    assert committed.message.headers_size == committed.body.index(b"\r\n\r\n") + 4
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,9 @@ from fastmta.admin.endpoint import Call, Endpoint
 from fastmta.delivery.journal import Entry, read_since
 
 READ_LIMIT = 32 << 20
+# One read of the log at a time: each may hold READ_LIMIT bytes' worth of entries, and a page that
+# refreshes (or a script looping) must not multiply that by the admin's threads.
+_ONE_READ = anyio.Semaphore(1)
 # The address the operating system chose: the route names no source_ips.
 DEFAULT_SOURCE = "default"
 
@@ -92,7 +95,8 @@ def read(data_dir: Path, query: DestinationsQuery, now: float) -> Destinations:
 
 async def destinations(call: Call) -> Destinations:
     # Up to READ_LIMIT bytes of a file: in a thread, so /health keeps answering.
-    return await anyio.to_thread.run_sync(read, call.state.config.data_dir, call.query, time.time())
+    async with _ONE_READ:
+        return await anyio.to_thread.run_sync(read, call.state.config.data_dir, call.query, time.time())
 
 
 ENDPOINTS = [
