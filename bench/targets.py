@@ -145,8 +145,12 @@ class FastMTA(Target):
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "fastmta.toml"
         config.write_text(self.config(workdir, port, relay_port, admin_port))
+        self.prepare(executable, config)
         process = spawn([executable, "serve", "--config", str(config)], workdir / "fastmta.log")
         return started(self.name, port, process, cleanup=workdir / "var")
+
+    def prepare(self, executable: str, config: Path) -> None:
+        """What a variant needs in place before its server starts with `config`."""
 
 
 class FastMTAWithoutMetrics(FastMTA):
@@ -174,15 +178,9 @@ class FastMTAWithDkim(FastMTA):
     domain = "example.com"  # compare.py's SENDER's
     sections = ("[[dkim.keys]]", f'domain = "{domain}"', 'selector = "bench"')
 
-    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
-        executable = self.executable()
-        assert executable is not None
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "fastmta.toml"
-        config.write_text(self.config(workdir, port, relay_port, admin_port))
+    def prepare(self, executable: str, config: Path) -> None:
         keygen = [executable, "dkim", "keygen", self.domain, "bench", "--algorithm", self.algorithm, "--config", str(config)]
         subprocess.run(keygen, check=True, capture_output=True)
-        return super().start(workdir, port, relay_port, admin_port)
 
 
 class FastMTAWithEd25519(FastMTAWithDkim):
