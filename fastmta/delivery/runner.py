@@ -26,12 +26,12 @@ import uvloop
 from fastmta import stores
 from fastmta.config import Config, RouteConfig
 from fastmta.delivery import dsn, retry
-from fastmta.delivery.journal import DeliveryLog
 from fastmta.delivery.mx import DnsFailure, MxResolver
 from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, crlf_lines, one_line
 from fastmta.delivery.pool import Pools
 from fastmta.delivery.routes import Router
 from fastmta.delivery.tlspolicy.policy import TlsPolicies
+from fastmta.delivery_log import DeliveryLog
 from fastmta.dkim.signer import Signer
 from fastmta.events import records as events
 from fastmta.events.records import Event

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 
 from fastmta.admin.api.destinations import DestinationsQuery, read
-from fastmta.delivery.journal import Entry, read_since
+from fastmta.delivery_log import Entry, read_since
 
 
 def entry(at: float, recipient: str, status: str, source_ip: str = "", reply: str = "250 ok") -> Entry:

@@ -16,7 +16,7 @@ import anyio.to_thread
 import msgspec
 
 from fastmta.admin.endpoint import Call, Endpoint
-from fastmta.delivery.journal import Entry, read_since
+from fastmta.delivery_log import Entry, read_since
 
 READ_LIMIT = 32 << 20
 # One read of the log at a time: each may hold READ_LIMIT bytes' worth of entries, and a page that
