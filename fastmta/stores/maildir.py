@@ -31,17 +31,13 @@ class MaildirStore:
 
     def put(self, copy: Copy) -> None:
         [address] = copy.recipients
-        self.deliver(address, copy.body)
-
-    def deliver(self, address: str, body: bytes) -> Path:
         mailbox = files.make_directories(self.root, files.mailbox_name(address))
         for sub in ("tmp", "new", "cur"):
             files.make_directories(mailbox, sub)
         now = time.time()
         unique = f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_counter)}.{_host_part()}"
         final = mailbox / "new" / unique
-        files.place(mailbox / "tmp" / unique, final, body)
-        return final
+        files.place(mailbox / "tmp" / unique, final, copy.body)
 
     def close(self) -> None:
         pass
