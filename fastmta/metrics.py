@@ -105,7 +105,25 @@ def families() -> SimpleNamespace:
             "result",
         ),
         dead_letters=counter("fastmta_dead_letters", "Events a sink gave up on, kept as dead letters", "sink"),
+        cluster_degraded=Gauge(
+            "fastmta_cluster_degraded",
+            "1 while this process counts limits in state.lmdb because Redis ([cluster] redis_url) is unreachable",
+            ["worker"],
+            registry=None,
+            multiprocess_mode="livemax",
+        ),
+        node_info=Gauge(
+            "fastmta_node_info",
+            "Always 1; its node label is [server] node_id, to join with the other series of this node",
+            ["node"],
+            registry=None,
+            multiprocess_mode="max",
+        ),
     )
+
+
+def cluster_degraded(worker: str, degraded: bool) -> None:
+    families().cluster_degraded.labels(worker).set(1 if degraded else 0)
 
 
 class Tally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -11,6 +12,7 @@ from fastmta.admin.audit import AuditLog
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
 from fastmta.config import Config
+from fastmta.counters.configured import opened
 from fastmta.history import db
 from fastmta.limits import ClientLimits
 from fastmta.queue.control import DeliveryControl
@@ -18,6 +20,9 @@ from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker
 from fastmta.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from fastmta.counters.failover import FailoverCounters
 
 
 @dataclass
@@ -30,14 +35,14 @@ class AdminState:
     delivery: DeliveryControl
     readings: Readings
     poker: Poker
-    limiter: RateLimiter
+    limiter: RateLimiter | FailoverCounters
     limits: ClientLimits  # SMTP's per-address limits, for HTTP Basic logins
     _history: sa.Engine | None = field(default=None, init=False)
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
         store = QueueStore.opened(config)
-        limiter = RateLimiter(config.data_dir / "state.lmdb")
+        limiter = opened(config, "admin")
         return cls(
             config,
             store,
