@@ -122,6 +122,11 @@ def families() -> SimpleNamespace:
     )
 
 
+def node_seen(node: str) -> None:
+    """fastmta_node_info{node} 1, written by the admin process, which serves /metrics."""
+    families().node_info.labels(node).set(1)
+
+
 def cluster_degraded(worker: str, degraded: bool) -> None:
     families().cluster_degraded.labels(worker).set(1 if degraded else 0)
 

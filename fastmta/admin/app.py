@@ -6,6 +6,7 @@ document come from the endpoint declarations (endpoint.py), built on msgspec lik
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -20,8 +21,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fastmta.admin import heartbeat
 from fastmta.admin.api import (
     audit,
+    cluster,
     delivery,
     docs,
     events,
@@ -52,7 +55,7 @@ def endpoints(feed: realtime.Feed | None = None) -> list[Endpoint]:
     feed = feed or realtime.Feed()
     described = [
         endpoint
-        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, messages, maintenance, webhooks)
+        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, messages, maintenance, webhooks, cluster)
         for endpoint in module.ENDPOINTS
     ] + realtime.endpoints(feed) + events.endpoints(feed)
     return described + docs.endpoints(described)
@@ -95,7 +98,10 @@ def create_app(config: Config, feed: realtime.Feed) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        beating = None if state.cluster is None else asyncio.ensure_future(heartbeat.beat_forever(state, state.cluster))
         yield
+        if beating is not None:
+            beating.cancel()
         state.close()
 
     return Starlette(

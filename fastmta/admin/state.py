@@ -12,7 +12,7 @@ from fastmta.admin.audit import AuditLog
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
 from fastmta.config import Config
-from fastmta.counters.configured import opened
+from fastmta.counters import configured
 from fastmta.history import db
 from fastmta.limits import ClientLimits
 from fastmta.queue.control import DeliveryControl
@@ -37,23 +37,26 @@ class AdminState:
     poker: Poker
     limiter: RateLimiter | FailoverCounters
     limits: ClientLimits  # SMTP's per-address limits, for HTTP Basic logins
+    cluster: FailoverCounters | None  # Redis, with [cluster] redis_url: the limiter, heartbeats, the node list
     _history: sa.Engine | None = field(default=None, init=False)
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
         store = QueueStore.opened(config)
-        limiter = opened(config, "admin")
+        cluster = configured.shared(config, "admin")
+        limiter = cluster or RateLimiter(config.data_dir / "state.lmdb")
         return cls(
             config,
             store,
             Accounts(store.env),
             Tokens(store.env),
             AuditLog(store.env),
-            DeliveryControl(store.env),
+            DeliveryControl(store.env, cluster),
             Readings(config.data_dir, store),
             Poker(config.data_dir),
             limiter,
             ClientLimits.configured(limiter, config),
+            cluster,
         )
 
     def make_due(self, message_ids: list[str] | None) -> int:

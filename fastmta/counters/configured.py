@@ -13,14 +13,19 @@ if TYPE_CHECKING:
 
 
 def opened(config: Config, name: str) -> RateLimiter | FailoverCounters:
-    """This process's counters; `name` is the process's (smtp-0, delivery-1, admin) in logs and in fastmta_cluster_degraded.
+    """This process's counters; `name` is the process's (smtp-0, delivery-1, admin) in logs and in fastmta_cluster_degraded."""
+    return shared(config, name) or RateLimiter(config.data_dir / "state.lmdb")
+
+
+def shared(config: Config, name: str) -> FailoverCounters | None:
+    """The cluster's counters, switches and heartbeats, state.lmdb behind them; None without [cluster] redis_url.
 
     The Redis client is imported only for a cluster: it is an optional dependency (fastmta[cluster]).
     """
-    local = RateLimiter(config.data_dir / "state.lmdb")
     cluster = config.cluster
     if not cluster.redis_url:
-        return local
+        return None
+    local = RateLimiter(config.data_dir / "state.lmdb")
     try:
         from fastmta.counters.failover import FailoverCounters
         from fastmta.counters.redis_counters import RedisCounters, client

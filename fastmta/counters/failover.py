@@ -169,12 +169,16 @@ class FailoverCounters:
 
     def sweep(self, now: float | None = None) -> int:
         swept = self.local.sweep(now)
+        self.renew()
+        return swept
+
+    def renew(self) -> None:
+        """Says this process is alive in Redis, or tries whether Redis is back: once a second."""
         if self._shared_usable():
             try:
-                self.shared.sweep(now)
+                self.shared.sweep()
             except redis.RedisError as error:
                 self._failed(error)
-        return swept
 
     def forget_dead_processes(self) -> int:
         forgotten = self.local.forget_dead_processes()
@@ -214,6 +218,45 @@ class FailoverCounters:
             except redis.RedisError as error:
                 self._failed(error)
         self.shared.forget_hold(kind, key)
+
+    # ----- switches (fastmta.queue.control.SharedSwitches) ------------------------------------
+
+    def switch(self, name: str) -> tuple[float, bytes] | None:
+        if self._shared_usable():
+            try:
+                return self.shared.switch(name)
+            except redis.RedisError as error:
+                self._failed(error)
+        return None
+
+    def set_switch(self, name: str, at: float, value: bytes) -> bool:
+        if self._shared_usable():
+            try:
+                return self.shared.set_switch(name, at, value)
+            except redis.RedisError as error:
+                self._failed(error)
+        return False
+
+    # ----- heartbeats -------------------------------------------------------------------------
+
+    def beat(self, report: bytes, ttl: float) -> bool:
+        """This node's heartbeat (RedisCounters.beat); False while Redis is unreachable."""
+        if self._shared_usable():
+            try:
+                self.shared.beat(report, ttl)
+                return True
+            except redis.RedisError as error:
+                self._failed(error)
+        return False
+
+    def nodes(self) -> dict[str, bytes] | None:
+        """The nodes' last heartbeats (RedisCounters.nodes); None while Redis is unreachable."""
+        if self._shared_usable():
+            try:
+                return self.shared.nodes()
+            except redis.RedisError as error:
+                self._failed(error)
+        return None
 
     # ----- health -----------------------------------------------------------------------------
 

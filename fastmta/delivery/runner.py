@@ -16,6 +16,7 @@ import lmdb
 import uvloop
 
 from fastmta.config import Config, RouteConfig
+from fastmta.counters import configured
 from fastmta.delivery import dsn, maildir, retry
 from fastmta.delivery.journal import DeliveryLog
 from fastmta.delivery.mx import DnsFailure, MxResolver
@@ -81,10 +82,12 @@ class Runner:
         self.owner = f"{name}:{os.getpid()}"
         self.store = QueueStore.opened(config)
         self.scheduler = Scheduler(self.store)
-        self.control = DeliveryControl(self.store.env)
+        # In a cluster: the delivery switch and the destinations' limits are the cluster's.
+        self.cluster = configured.shared(config, name)
+        self.control = DeliveryControl(self.store.env, self.cluster)
         self.router = Router(config.routes)
         self.resolver = MxResolver(delivery.dns_servers, delivery.connect_timeout)
-        self.pools = Pools(self._open)
+        self.pools = Pools(self._open, self.cluster)
         self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
         self.journal = DeliveryLog(
             config.data_dir / "delivery.log", name, config.delivery.log_max_bytes, config.delivery.log_daily,
@@ -182,6 +185,8 @@ class Runner:
         while True:
             await asyncio.sleep(1.0)
             self.metrics.flush()
+            if self.cluster is not None:
+                self.cluster.renew()
 
     def _look(self, limit: int) -> list[Message]:
         """In a thread: ETRN requests first (a read transaction when there are none; ETRN pokes too), then a lease.
@@ -217,6 +222,8 @@ class Runner:
         self._waiter.close()
         self._poker.close()
         self.journal.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.store.close()
 
     # ----- one message ------------------------------------------------------------------------

@@ -1,0 +1,50 @@
+"""GET /api/v1/cluster/nodes: the nodes of this cluster whose heartbeat is recent, with their health and queue depth."""
+
+from __future__ import annotations
+
+import time
+
+import anyio.to_thread
+import msgspec
+
+from fastmta.admin.endpoint import Call, Endpoint
+from fastmta.admin.errors import ClusterOff, ClusterUnreachable
+from fastmta.admin.heartbeat import DECODER, NodeReport
+
+
+class NodeView(msgspec.Struct):
+    report: NodeReport
+    age_seconds: float  # since the report was made, by this node's clock
+
+
+class Nodes(msgspec.Struct):
+    this_node: str
+    nodes: list[NodeView]
+
+
+async def nodes(call: Call) -> Nodes:
+    cluster = call.state.cluster
+    if cluster is None:
+        raise ClusterOff("this node is in no cluster: [cluster] redis_url is not set")
+    found = await anyio.to_thread.run_sync(cluster.nodes)
+    if found is None:
+        raise ClusterUnreachable("Redis ([cluster] redis_url) is unreachable; this node counts its limits alone meanwhile")
+    now = time.time()
+    views = []
+    for raw in found.values():
+        report = DECODER.decode(raw)
+        views.append(NodeView(report, round(max(0.0, now - report.at), 3)))
+    return Nodes(call.state.config.server.node_id, views)
+
+
+ENDPOINTS = [
+    Endpoint(
+        "GET",
+        "/api/v1/cluster/nodes",
+        "The nodes seen within [cluster] heartbeat_ttl, with their health and queue depth",
+        nodes,
+        "cluster",
+        returns=Nodes,
+        errors=(503,),
+    ),
+]
