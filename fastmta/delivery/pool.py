@@ -161,8 +161,13 @@ class DestinationPool:
                     self._waiters.remove(waiter)
 
     async def release(self, connection: Connection) -> None:
-        """Back to the idle list, or closed when it is worn out or broken."""
-        if connection.usable and connection.messages_sent < self._max_messages:
+        """Back to the idle list, or closed when it is worn out or broken.
+
+        In a cluster it is also closed when no sender of this runner waits for it: idle, it would
+        hold a slot that another node's runner may be waiting for.
+        """
+        wanted = self._share is None or self._turns > 1
+        if connection.usable and connection.messages_sent < self._max_messages and wanted:
             self._idle.append((connection, time.monotonic()))
             self._wake_one()
             return
