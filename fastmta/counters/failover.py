@@ -25,6 +25,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import lmdb
 import redis
@@ -40,6 +41,14 @@ RETRY_SECONDS = 1.0
 
 def _unchanged(degraded: bool) -> None:
     """Nobody to tell."""
+
+
+class _Unreachable:
+    """What _ask answers when Redis could not be asked."""
+
+
+_UNREACHABLE = _Unreachable()
+T = TypeVar("T")
 
 
 class FailoverCounters:
@@ -73,6 +82,15 @@ class FailoverCounters:
             log.debug("%s: Redis still unreachable: %s", self._name, error)
             return False
         return True
+
+    def _ask(self, question: Callable[[], T]) -> T | _Unreachable:
+        """Redis's answer, unless it is (or turns out) unreachable."""
+        if self._shared_usable():
+            try:
+                return question()
+            except redis.RedisError as error:
+                self._failed(error)
+        return _UNREACHABLE
 
     def _failed(self, error: redis.RedisError) -> None:
         self._retry_at = time.monotonic() + RETRY_SECONDS
@@ -111,40 +129,32 @@ class FailoverCounters:
     # ----- Counters ---------------------------------------------------------------------------
 
     def hit(self, kind: str, key: str, limit: int, window: float, now: float | None = None, amount: int = 1) -> bool:
-        if self._shared_usable():
-            try:
-                return self.shared.hit(kind, key, limit, window, now, amount)
-            except redis.RedisError as error:
-                self._failed(error)
+        found = self._ask(lambda: self.shared.hit(kind, key, limit, window, now, amount))
+        if not isinstance(found, _Unreachable):
+            return found
         counted = self.local.hit(kind, key, limit, window, now, amount)
         if counted and limit > 0:
             self._counted_alone(kind, key, window, now, amount)
         return counted
 
     def take(self, kind: str, key: str, limit: int, window: float, want: int, now: float | None = None) -> int:
-        if self._shared_usable():
-            try:
-                return self.shared.take(kind, key, limit, window, want, now)
-            except redis.RedisError as error:
-                self._failed(error)
+        found = self._ask(lambda: self.shared.take(kind, key, limit, window, want, now))
+        if not isinstance(found, _Unreachable):
+            return found
         granted = self.local.take(kind, key, limit, window, want, now)
         self._counted_alone(kind, key, window, now, granted)
         return granted
 
     def count(self, kind: str, key: str, window: float, now: float | None = None) -> float:
-        if self._shared_usable():
-            try:
-                return self.shared.count(kind, key, window, now)
-            except redis.RedisError as error:
-                self._failed(error)
+        found = self._ask(lambda: self.shared.count(kind, key, window, now))
+        if not isinstance(found, _Unreachable):
+            return found
         return self.local.count(kind, key, window, now)
 
     def connection_opened(self, ip: str, per_minute: int = 0, now: float | None = None) -> tuple[int, int] | None:
-        if self._shared_usable():
-            try:
-                return self.shared.connection_opened(ip, per_minute, now)
-            except redis.RedisError as error:
-                self._failed(error)
+        found = self._ask(lambda: self.shared.connection_opened(ip, per_minute, now))
+        if not isinstance(found, _Unreachable):
+            return found
         opened = self.local.connection_opened(ip, per_minute, now)
         if opened is not None:
             self._local_open[ip] += 1
@@ -154,12 +164,11 @@ class FailoverCounters:
 
     def connection_closed(self, ip: str, give_back: Iterable[Unused] = (), now: float | None = None) -> None:
         give_back = list(give_back)
-        if not self._local_open[ip] and self._shared_usable():
-            try:
-                self.shared.connection_closed(ip, give_back, now)
+        if not self._local_open[ip]:
+            closed = self._ask(lambda: self.shared.connection_closed(ip, give_back, now))
+            if not isinstance(closed, _Unreachable):
                 return
-            except redis.RedisError as error:
-                self._failed(error)  # this connection is now among those counted locally
+            # Redis failed: this connection moved among those counted locally, with the others.
         self._local_open[ip] -= 1
         if self._local_open[ip] <= 0:
             del self._local_open[ip]
@@ -174,19 +183,11 @@ class FailoverCounters:
 
     def renew(self) -> None:
         """Says this process is alive in Redis, or tries whether Redis is back: once a second."""
-        if self._shared_usable():
-            try:
-                self.shared.sweep()
-            except redis.RedisError as error:
-                self._failed(error)
+        self._ask(self.shared.sweep)
 
     def forget_dead_processes(self) -> int:
         forgotten = self.local.forget_dead_processes()
-        if self._shared_usable():
-            try:
-                self.shared.forget_dead_processes()
-            except redis.RedisError as error:
-                self._failed(error)
+        self._ask(self.shared.forget_dead_processes)
         return forgotten
 
     def close(self) -> None:
@@ -197,11 +198,9 @@ class FailoverCounters:
 
     def acquire(self, kind: str, key: str, limit: int) -> bool:
         """One of at most `limit` held across the cluster; granted uncounted while Redis is unreachable."""
-        if self._shared_usable():
-            try:
-                return self.shared.acquire(kind, key, limit)
-            except redis.RedisError as error:
-                self._failed(error)
+        found = self._ask(lambda: self.shared.acquire(kind, key, limit))
+        if not isinstance(found, _Unreachable):
+            return found
         self._unshared_holds[(kind, key)] += 1
         return True
 
@@ -211,60 +210,39 @@ class FailoverCounters:
             if not self._unshared_holds[(kind, key)]:
                 del self._unshared_holds[(kind, key)]
             return
-        if self.shared.holds(kind, key) and self._shared_usable():
-            try:
-                self.shared.release(kind, key)
-                return
-            except redis.RedisError as error:
-                self._failed(error)
-        self.shared.forget_hold(kind, key)
+        if not self.shared.holds(kind, key) or isinstance(self._ask(lambda: self.shared.release(kind, key)), _Unreachable):
+            self.shared.forget_hold(kind, key)
 
     # ----- switches (fastmta.queue.control.SharedSwitches) ------------------------------------
 
     def switch(self, name: str) -> tuple[float, bytes] | None:
-        if self._shared_usable():
-            try:
-                return self.shared.switch(name)
-            except redis.RedisError as error:
-                self._failed(error)
+        found = self._ask(lambda: self.shared.switch(name))
+        if not isinstance(found, _Unreachable):
+            return found
         return None
 
     def set_switch(self, name: str, at: float, value: bytes) -> bool:
-        if self._shared_usable():
-            try:
-                return self.shared.set_switch(name, at, value)
-            except redis.RedisError as error:
-                self._failed(error)
+        found = self._ask(lambda: self.shared.set_switch(name, at, value))
+        if not isinstance(found, _Unreachable):
+            return found
         return False
 
     # ----- heartbeats -------------------------------------------------------------------------
 
     def beat(self, report: bytes, ttl: float) -> bool:
         """This node's heartbeat (RedisCounters.beat); False while Redis is unreachable."""
-        if self._shared_usable():
-            try:
-                self.shared.beat(report, ttl)
-                return True
-            except redis.RedisError as error:
-                self._failed(error)
-        return False
+        return not isinstance(self._ask(lambda: self.shared.beat(report, ttl)), _Unreachable)
 
     def nodes(self) -> dict[str, bytes] | None:
         """The nodes' last heartbeats (RedisCounters.nodes); None while Redis is unreachable."""
-        if self._shared_usable():
-            try:
-                return self.shared.nodes()
-            except redis.RedisError as error:
-                self._failed(error)
+        found = self._ask(lambda: self.shared.nodes())
+        if not isinstance(found, _Unreachable):
+            return found
         return None
 
     # ----- health -----------------------------------------------------------------------------
 
     def check(self) -> bool:
         """Asks Redis now (at most once a RETRY_SECONDS while it is unreachable); True while degraded."""
-        if self._shared_usable():
-            try:
-                self.shared.ping()
-            except redis.RedisError as error:
-                self._failed(error)
+        self._ask(self.shared.ping)
         return self.degraded

@@ -137,7 +137,8 @@ def _health(node: Node) -> dict:  # type: ignore[type-arg]
 def _degraded_gauge(node: Node) -> str:
     with node.api() as api:
         metrics = api.get("/metrics").text
-    return next((line.rsplit(" ", 1)[1] for line in metrics.splitlines() if line.startswith('fastmta_cluster_degraded{worker="smtp-0"}')), "")
+    series = 'fastmta_cluster_degraded{worker="smtp-0"}'
+    return next((line.rsplit(" ", 1)[1] for line in metrics.splitlines() if line.startswith(series)), "")
 
 
 def test_without_redis_a_node_is_degraded_and_serves_then_recovers(cluster: Cluster, tmp_path: Path) -> None:
