@@ -70,10 +70,6 @@ class HistoryDisabled(ApiError):
     status, code = 503, "HISTORY_DISABLED"
 
 
-class ClusterOff(ApiError):
-    status, code = 503, "CLUSTER_OFF"
-
-
 class ClusterUnreachable(ApiError):
     status, code = 503, "CLUSTER_UNREACHABLE"
 

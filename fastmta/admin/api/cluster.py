@@ -1,4 +1,7 @@
-"""GET /api/v1/cluster/nodes: the nodes of this cluster whose heartbeat is recent, with their health and queue depth."""
+"""GET /api/v1/cluster/nodes: the nodes of this cluster whose heartbeat is recent, with their health and queue depth.
+
+A node in no cluster ([cluster] redis_url unset) lists itself alone, read now.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import anyio.to_thread
 import msgspec
 
 from fastmta.admin.endpoint import Call, Endpoint
-from fastmta.admin.errors import ClusterOff, ClusterUnreachable
-from fastmta.admin.heartbeat import DECODER, NodeReport
+from fastmta.admin.errors import ClusterUnreachable
+from fastmta.admin.heartbeat import DECODER, NodeReport, report
 
 
 class NodeView(msgspec.Struct):
@@ -25,15 +28,16 @@ class Nodes(msgspec.Struct):
 async def nodes(call: Call) -> Nodes:
     cluster = call.state.cluster
     if cluster is None:
-        raise ClusterOff("this node is in no cluster: [cluster] redis_url is not set")
+        alone = await anyio.to_thread.run_sync(report, call.state, False)
+        return Nodes(call.state.config.server.node_id, [NodeView(alone, 0.0)])
     found = await anyio.to_thread.run_sync(cluster.nodes)
     if found is None:
         raise ClusterUnreachable("Redis ([cluster] redis_url) is unreachable; this node counts its limits alone meanwhile")
     now = time.time()
     views = []
     for raw in found.values():
-        report = DECODER.decode(raw)
-        views.append(NodeView(report, round(max(0.0, now - report.at), 3)))
+        seen = DECODER.decode(raw)
+        views.append(NodeView(seen, round(max(0.0, now - seen.at), 3)))
     return Nodes(call.state.config.server.node_id, views)
 
 
