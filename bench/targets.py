@@ -33,17 +33,20 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
     postfix: Instance | None = None
     cleanup: Path | None = None
+    helpers: tuple[subprocess.Popen[bytes], ...] = ()  # stopped after the server: a Redis it uses
 
     def stop(self) -> None:
         if self.postfix is not None:
             self.postfix.stop()
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
+        for process in (self.process, *self.helpers):
+            if process is None:
+                continue
+            process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(STOP_SECONDS)
+                process.wait(STOP_SECONDS)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                process.kill()
+                process.wait()
         if self.cleanup is not None:
             shutil.rmtree(self.cleanup, ignore_errors=True)
 
@@ -105,6 +108,7 @@ class FastMTA(Target):
     durability = "fsync before 250"
     relays = True
     server_settings: tuple[str, ...] = ()
+    smtp_settings: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()  # further config lines after the others, whole sections
 
     def executable(self) -> str | None:
@@ -122,6 +126,7 @@ class FastMTA(Target):
             "[smtp]",
             f'listen = ["127.0.0.1:{port}"]',
             'mynetworks = ["127.0.0.0/8"]',
+            *self.smtp_settings,
             "[admin]",
             f'listen = "127.0.0.1:{admin_port or free_port()}"',
             "[delivery]",
@@ -162,6 +167,65 @@ class FastMTAWithHistory(FastMTA):
     name = "fastmta-history"
     durability = "fsync before 250; events to history"
     sections = ("[history]", "enabled = true")
+
+
+# Per-client limits high enough never to refuse, counted for every client (loopback included):
+# beside each other, fastmta-limits and fastmta-cluster show what counting them in Redis costs.
+_COUNTED_LIMITS = ("[limits]", "exempt_mynetworks = false", "messages_per_hour = 100000000",
+                   "recipients_per_hour = 100000000", "connections_per_minute = 100000000")
+
+
+class FastMTAWithLimits(FastMTA):
+    """fastmta counting per-client limits in state.lmdb (a node without a cluster)."""
+
+    name = "fastmta-limits"
+    smtp_settings = ("max_connections_per_ip = 100000",)
+    durability = "fsync before 250; limits in state.lmdb"
+    sections = _COUNTED_LIMITS
+
+
+class FastMTAInCluster(FastMTA):
+    """fastmta counting the same limits in a redis-server of its own on loopback: cluster mode, one node."""
+
+    name = "fastmta-cluster"
+    durability = "fsync before 250; limits in Redis"
+    smtp_settings = FastMTAWithLimits.smtp_settings
+
+    def missing(self) -> str | None:
+        if not shutil.which("redis-server"):
+            return "redis-server is not installed (apt-get install redis-server)"
+        return super().missing()
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
+        workdir.mkdir(parents=True, exist_ok=True)
+        redis_port = free_port()
+        redis = spawn(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(workdir),
+             "--save", "", "--appendonly", "no"],
+            workdir / "redis.log",
+        )  # fmt: skip
+        self.sections = (*_COUNTED_LIMITS, "[cluster]", f'redis_url = "redis://127.0.0.1:{redis_port}/0"')
+        try:
+            _wait_for_redis(redis_port, redis)
+            running = super().start(workdir, port, relay_port, admin_port)
+        except BaseException:
+            redis.terminate()
+            raise
+        running.helpers = (redis,)
+        return running
+
+
+def _wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"redis-server did not answer on 127.0.0.1:{port}")
 
 
 class FastMTABaseline(FastMTA):
@@ -233,7 +297,7 @@ class SmtpSink(Target):
 
 TARGETS: dict[str, Target] = {
     t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTAWithHistory(),
-                           FastMTABaseline())
+                           FastMTABaseline(), FastMTAWithLimits(), FastMTAInCluster())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")
