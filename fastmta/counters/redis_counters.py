@@ -4,6 +4,11 @@ Every update is one Lua script (EVALSHA), so it is atomic and costs one round tr
 an expiry. Rates use the same sliding-window counter as state.lmdb: two string keys per kind, key
 and window, expiring when they stop counting.
 
+An SMTP connection's close needs no answer: it waits for the process's next script (the next
+connection's opening, usually) and goes in the same pipeline, or for the once-a-second sweep, so a
+connection costs one round trip of its own. Meanwhile the limits count it as still open: stricter
+for up to a second, never more lenient.
+
 What is held open (SMTP connections per IP and per node, connections to a destination) is kept per
 owner, "<node>:<pid>", as a field of one hash per thing counted. The owner keeps the truth in its
 own memory and writes its absolute count, so Redis can always be told again (republish). An owner
@@ -21,10 +26,12 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from fastmta.counters.interface import Unused
@@ -163,6 +170,23 @@ class RedisCounters:
         # field in since it last told Redis everything, so a republish can remove what no longer holds.
         self._held: Counter[str] = Counter()
         self._touched: set[str] = set()
+        # Releases not sent yet (keys, arguments of _RELEASE): they go before the next script.
+        self._pending: list[tuple[list[str], list[Any]]] = []
+
+    def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """The script's answer; releases waiting to be sent go first, in the same round trip."""
+        if not self._pending:
+            return script(keys, args)
+        return self._with_pending(lambda pipe: script(keys, args, client=pipe))[-1]
+
+    def _with_pending(self, then: Callable[[redis.client.Pipeline], object]) -> list[Any]:
+        """One pipeline: the releases waiting to be sent, then what `then` adds; the replies."""
+        pending, self._pending = self._pending, []
+        with self._redis.pipeline(transaction=False) as pipe:
+            for release_keys, release_args in pending:
+                self._release(release_keys, release_args, client=pipe)
+            then(pipe)
+            return pipe.execute()
 
     # ----- rates ------------------------------------------------------------------------------
 
@@ -174,7 +198,7 @@ class RedisCounters:
 
     def _window_take(self, kind: str, key: str, limit: int, window: float, want: int, now: float | None, partial: bool) -> int:
         keys, overlap, ttl = self._rate_keys(kind, key, window, time.time() if now is None else now)
-        return int(self._take(keys, [limit, want, int(partial), repr(overlap), ttl]))
+        return int(self._run(self._take, keys, [limit, want, int(partial), repr(overlap), ttl]))
 
     def hit(self, kind: str, key: str, limit: int, window: float, now: float | None = None, amount: int = 1) -> bool:
         if limit <= 0:
@@ -186,7 +210,7 @@ class RedisCounters:
 
     def count(self, kind: str, key: str, window: float, now: float | None = None) -> float:
         keys, overlap, _ = self._rate_keys(kind, key, window, time.time() if now is None else now)
-        current, previous = (int(raw or 0) for raw in self._redis.mget(keys))
+        current, previous = (int(raw or 0) for raw in self._with_pending(lambda pipe: pipe.mget(keys))[-1])
         return current + previous * overlap
 
     def add(self, kind: str, key: str, window: float, at: float, amount: int) -> None:
@@ -211,7 +235,8 @@ class RedisCounters:
         else:
             kind, key, rate_limit, window = rate
             rate_keys, overlap, rate_ttl = self._rate_keys(kind, key, window, time.time() if now is None else now)
-        answer = self._hold(
+        answer = self._run(
+            self._hold,
             [self._alive_key, *rate_keys, *hashes],
             [self.owner, f"{self._prefix}alive:", _ms(ALIVE_SECONDS), _ms(HOLD_SECONDS), rate_limit, repr(overlap),
              rate_ttl, limit, *counts],
@@ -223,7 +248,8 @@ class RedisCounters:
                 self._touched.add(name)
         return sums
 
-    def _letting_go(self, hashes: Sequence[str], give_back: Iterable[Unused], now: float | None) -> None:
+    def _letting_go(self, hashes: Sequence[str], give_back: Iterable[Unused], now: float | None, later: bool = False) -> None:
+        """Written now, or with the next script when `later`."""
         for name in hashes:
             self._held[name] = max(0, self._held[name] - 1)
         rate_keys, amounts = [], []
@@ -231,9 +257,12 @@ class RedisCounters:
             keys, _, _ = self._rate_keys(kind, key, window, time.time() if now is None else now)
             rate_keys.append(keys[0])
             amounts.append(amount)
-        self._release(
-            [*hashes, *rate_keys], [self.owner, len(hashes), _ms(HOLD_SECONDS), *(self._held[n] for n in hashes), *amounts]
-        )
+        counts = [self._held[name] for name in hashes]
+        release = ([*hashes, *rate_keys], [self.owner, len(hashes), _ms(HOLD_SECONDS), *counts, *amounts])
+        if later:
+            self._pending.append(release)
+        else:
+            self._run(self._release, *release)
         for name in hashes:
             if not self._held[name]:
                 del self._held[name]
@@ -247,7 +276,7 @@ class RedisCounters:
         return None if sums[0] < 0 else (sums[0], sums[1])
 
     def connection_closed(self, ip: str, give_back: Iterable[Unused] = (), now: float | None = None) -> None:
-        self._letting_go(self._connection_hashes(ip), give_back, now)
+        self._letting_go(self._connection_hashes(ip), give_back, now, later=True)
 
     def acquire(self, kind: str, key: str, limit: int) -> bool:
         """One more of `kind` held for `key` unless `limit` are held across the cluster already."""
@@ -294,6 +323,9 @@ class RedisCounters:
                 pipe.pexpire(name, _ms(HOLD_SECONDS))
             pipe.execute()
         self._touched = set(self._held)
+        # The counts just written are newer than the waiting releases' (what those gave back of rate
+        # windows is dropped: stricter until the window passes).
+        self._pending.clear()
 
     def _scan(self, pattern: str) -> list[str]:
         return [name.decode() for name in self._redis.scan_iter(match=pattern, count=1000)]
@@ -301,11 +333,12 @@ class RedisCounters:
     # ----- upkeep -----------------------------------------------------------------------------
 
     def sweep(self, now: float | None = None) -> int:
-        """Renews this owner's alive key; if it had expired (a stall, a Redis restart), tells its counts again."""
-        if self._redis.set(self._alive_key, "1", px=_ms(ALIVE_SECONDS), nx=True):
-            if self._held:
-                self.republish()
-        else:
+        """Sends releases still waiting; renews this owner's alive key; if it had expired (a stall, a
+        Redis restart), tells its counts again."""
+        created = self._with_pending(lambda pipe: pipe.set(self._alive_key, "1", px=_ms(ALIVE_SECONDS), nx=True))[-1]
+        if created and self._held:
+            self.republish()
+        elif not created:
             self._redis.pexpire(self._alive_key, _ms(ALIVE_SECONDS))
         return 0
 
