@@ -189,6 +189,7 @@ class FastMTAInCluster(FastMTA):
 
     name = "fastmta-cluster"
     durability = "fsync before 250; limits in Redis"
+    redis_port = 0  # of the last start
     smtp_settings = FastMTAWithLimits.smtp_settings
 
     def missing(self) -> str | None:
@@ -198,7 +199,7 @@ class FastMTAInCluster(FastMTA):
 
     def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
         workdir.mkdir(parents=True, exist_ok=True)
-        redis_port = free_port()
+        redis_port = self.redis_port = free_port()
         redis = spawn(
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(workdir),
              "--save", "", "--appendonly", "no"],
