@@ -177,16 +177,30 @@ class RedisCounters:
         """The script's answer; releases waiting to be sent go first, in the same round trip."""
         if not self._pending:
             return script(keys, args)
-        return self._with_pending(lambda pipe: script(keys, args, client=pipe))[-1]
+        return self._with_pending(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))[-1]
 
     def _with_pending(self, then: Callable[[redis.client.Pipeline], object]) -> list[Any]:
-        """One pipeline: the releases waiting to be sent, then what `then` adds; the replies."""
+        """One pipeline: the releases waiting to be sent, then what `then` adds; the replies.
+
+        Scripts go by EVALSHA alone: redis-py's Script objects would add a SCRIPT EXISTS round trip
+        to every pipeline. A Redis that does not know them (restarted) is told them, once, and the
+        pipeline runs again: none of it ran, as none of its scripts was known.
+        """
         pending, self._pending = self._pending, []
-        with self._redis.pipeline(transaction=False) as pipe:
-            for release_keys, release_args in pending:
-                self._release(release_keys, release_args, client=pipe)
-            then(pipe)
-            return pipe.execute()
+
+        def run() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for release_keys, release_args in pending:
+                    pipe.evalsha(self._release.sha, len(release_keys), *release_keys, *release_args)
+                then(pipe)
+                return pipe.execute()
+
+        try:
+            return run()
+        except redis.exceptions.NoScriptError:
+            for script in (self._take, self._hold, self._release, self._switch):
+                self._redis.script_load(script.script)
+            return run()
 
     # ----- rates ------------------------------------------------------------------------------
 
