@@ -20,12 +20,14 @@ What moves at each switch, so that nothing is counted twice or forgotten:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import lmdb
 import redis
@@ -41,6 +43,21 @@ RETRY_SECONDS = 1.0
 
 def _unchanged(degraded: bool) -> None:
     """Nobody to tell."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """One caller at a time: a process calls from its event loop and from threads (a runner's look at
+    the switch, the admin's health checks), and a recovery must not run twice at once."""
+
+    @functools.wraps(method)
+    def locked(self: FailoverCounters, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(F, locked)
 
 
 class _Unreachable:
@@ -61,6 +78,7 @@ class FailoverCounters:
         self.local = local
         self._name = name
         self._changed = changed
+        self._lock = threading.RLock()
         self.degraded = False
         self._retry_at = 0.0
         self._local_open: Counter[str] = Counter()  # connections by IP counted in state.lmdb
@@ -128,6 +146,7 @@ class FailoverCounters:
 
     # ----- Counters ---------------------------------------------------------------------------
 
+    @_locked
     def hit(self, kind: str, key: str, limit: int, window: float, now: float | None = None, amount: int = 1) -> bool:
         found = self._ask(lambda: self.shared.hit(kind, key, limit, window, now, amount))
         if not isinstance(found, _Unreachable):
@@ -137,6 +156,7 @@ class FailoverCounters:
             self._counted_alone(kind, key, window, now, amount)
         return counted
 
+    @_locked
     def take(self, kind: str, key: str, limit: int, window: float, want: int, now: float | None = None) -> int:
         found = self._ask(lambda: self.shared.take(kind, key, limit, window, want, now))
         if not isinstance(found, _Unreachable):
@@ -145,12 +165,14 @@ class FailoverCounters:
         self._counted_alone(kind, key, window, now, granted)
         return granted
 
+    @_locked
     def count(self, kind: str, key: str, window: float, now: float | None = None) -> float:
         found = self._ask(lambda: self.shared.count(kind, key, window, now))
         if not isinstance(found, _Unreachable):
             return found
         return self.local.count(kind, key, window, now)
 
+    @_locked
     def connection_opened(self, ip: str, per_minute: int = 0, now: float | None = None) -> tuple[int, int] | None:
         found = self._ask(lambda: self.shared.connection_opened(ip, per_minute, now))
         if not isinstance(found, _Unreachable):
@@ -162,6 +184,7 @@ class FailoverCounters:
                 self._counted_alone("connections", ip, 60.0, now, 1)
         return opened
 
+    @_locked
     def connection_closed(self, ip: str, give_back: Iterable[Unused] = (), now: float | None = None) -> None:
         give_back = list(give_back)
         if not self._local_open[ip]:
@@ -176,15 +199,18 @@ class FailoverCounters:
         for kind, key, window, amount in give_back:
             self._counted_alone(kind, key, window, now, -amount)
 
+    @_locked
     def sweep(self, now: float | None = None) -> int:
         swept = self.local.sweep(now)
         self.renew()
         return swept
 
+    @_locked
     def renew(self) -> None:
         """Says this process is alive in Redis, or tries whether Redis is back: once a second."""
         self._ask(self.shared.sweep)
 
+    @_locked
     def forget_dead_processes(self) -> int:
         forgotten = self.local.forget_dead_processes()
         self._ask(self.shared.forget_dead_processes)
@@ -196,6 +222,7 @@ class FailoverCounters:
 
     # ----- holds on destinations --------------------------------------------------------------
 
+    @_locked
     def acquire(self, kind: str, key: str, limit: int) -> bool:
         """One of at most `limit` held across the cluster; granted uncounted while Redis is unreachable."""
         found = self._ask(lambda: self.shared.acquire(kind, key, limit))
@@ -204,6 +231,7 @@ class FailoverCounters:
         self._unshared_holds[(kind, key)] += 1
         return True
 
+    @_locked
     def release(self, kind: str, key: str) -> None:
         if self._unshared_holds[(kind, key)]:
             self._unshared_holds[(kind, key)] -= 1
@@ -215,12 +243,14 @@ class FailoverCounters:
 
     # ----- switches (fastmta.queue.control.SharedSwitches) ------------------------------------
 
+    @_locked
     def switch(self, name: str) -> tuple[float, bytes] | None:
         found = self._ask(lambda: self.shared.switch(name))
         if not isinstance(found, _Unreachable):
             return found
         return None
 
+    @_locked
     def set_switch(self, name: str, at: float, value: bytes) -> bool:
         found = self._ask(lambda: self.shared.set_switch(name, at, value))
         if not isinstance(found, _Unreachable):
@@ -229,10 +259,12 @@ class FailoverCounters:
 
     # ----- heartbeats -------------------------------------------------------------------------
 
+    @_locked
     def beat(self, report: bytes, ttl: float) -> bool:
         """This node's heartbeat (RedisCounters.beat); False while Redis is unreachable."""
         return not isinstance(self._ask(lambda: self.shared.beat(report, ttl)), _Unreachable)
 
+    @_locked
     def nodes(self) -> dict[str, bytes] | None:
         """The nodes' last heartbeats (RedisCounters.nodes); None while Redis is unreachable."""
         found = self._ask(lambda: self.shared.nodes())
@@ -242,6 +274,7 @@ class FailoverCounters:
 
     # ----- health -----------------------------------------------------------------------------
 
+    @_locked
     def check(self) -> bool:
         """Asks Redis now (at most once a RETRY_SECONDS while it is unreachable); True while degraded."""
         self._ask(self.shared.ping)
