@@ -78,10 +78,25 @@ def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def started(name: str, port: int, process: subprocess.Popen[bytes], cleanup: Path | None = None) -> Running:
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until the port accepts a connection (a server behind PROXY protocol greets only after a header)."""
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} within {READY_SECONDS:.0f} s")
+
+
+def started(
+    name: str, port: int, process: subprocess.Popen[bytes], cleanup: Path | None = None, probe: bool = True
+) -> Running:
+    """Once the server greets, or with `probe` false once its port accepts."""
     running = Running(name, port, process.pid, process=process, cleanup=cleanup)
     try:
-        wait_for_greeting(port, process)
+        (wait_for_greeting if probe else wait_for_port)(port, process)
     except BaseException:
         running.stop()
         raise
@@ -143,14 +158,16 @@ class FastMTA(Target):
             ]
         return "\n".join(lines + list(self.sections)) + "\n"
 
-    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
+    def start(
+        self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None, probe: bool = True
+    ) -> Running:
         executable = self.executable()
         assert executable is not None
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "fastmta.toml"
         config.write_text(self.config(workdir, port, relay_port, admin_port))
         process = spawn([executable, "serve", "--config", str(config)], workdir / "fastmta.log")
-        return started(self.name, port, process, cleanup=workdir / "var")
+        return started(self.name, port, process, cleanup=workdir / "var", probe=probe)
 
 
 class FastMTAWithoutMetrics(FastMTA):
@@ -171,7 +188,7 @@ class FastMTAWithHistory(FastMTA):
 
 # Per-client limits high enough never to refuse, counted for every client (loopback included):
 # beside each other, fastmta-limits and fastmta-cluster show what counting them in Redis costs.
-_COUNTED_LIMITS = ("[limits]", "exempt_mynetworks = false", "messages_per_hour = 100000000",
+COUNTED_LIMITS = ("[limits]", "exempt_mynetworks = false", "messages_per_hour = 100000000",
                    "recipients_per_hour = 100000000", "connections_per_minute = 100000000")
 
 
@@ -181,7 +198,7 @@ class FastMTAWithLimits(FastMTA):
     name = "fastmta-limits"
     smtp_settings = ("max_connections_per_ip = 100000",)
     durability = "fsync before 250; limits in state.lmdb"
-    sections = _COUNTED_LIMITS
+    sections = COUNTED_LIMITS
 
 
 class FastMTAInCluster(FastMTA):
@@ -205,9 +222,9 @@ class FastMTAInCluster(FastMTA):
              "--save", "", "--appendonly", "no"],
             workdir / "redis.log",
         )  # fmt: skip
-        self.sections = (*_COUNTED_LIMITS, "[cluster]", f'redis_url = "redis://127.0.0.1:{redis_port}/0"')
+        self.sections = (*COUNTED_LIMITS, "[cluster]", f'redis_url = "redis://127.0.0.1:{redis_port}/0"')
         try:
-            _wait_for_redis(redis_port, redis)
+            wait_for_redis(redis_port, redis)
             running = super().start(workdir, port, relay_port, admin_port)
         except BaseException:
             redis.terminate()
@@ -216,7 +233,7 @@ class FastMTAInCluster(FastMTA):
         return running
 
 
-def _wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
+def wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline and process.poll() is None:
         try:

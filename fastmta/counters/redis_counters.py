@@ -400,4 +400,9 @@ class RedisCounters:
         return {name: _bytes(report) for name, report in zip(names, reports, strict=True) if report is not None}
 
     def close(self) -> None:
+        """A process that stops holds nothing: its alive key goes, so its fields stop counting at once."""
+        try:
+            self._with_pending(lambda pipe: pipe.delete(self._alive_key))
+        except redis.RedisError:
+            pass  # they stop counting when the key expires
         self._redis.close()
