@@ -7,26 +7,15 @@ check; a connection refused by a backend is retried on another (redispatch).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import free_port, wait_for_listener
-
-
-def require() -> str:
-    """The path of haproxy; the test is skipped, saying why, when the package is absent."""
-    found = shutil.which("haproxy")
-    if found is None:
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    return found
+from tests.conftest import free_port, installed, wait_for_listener
 
 
 class Haproxy:
     def __init__(self, directory: Path, backends: list[int]) -> None:
-        self.binary = require()
+        self.binary = installed("haproxy", "haproxy")
         self.port = free_port()
         servers = "\n".join(
             f"    server node{number} 127.0.0.1:{port} send-proxy-v2 check inter 200ms fall 1 rise 2"

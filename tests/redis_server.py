@@ -7,28 +7,17 @@ restarted cache would.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import free_port
-
-
-def require() -> str:
-    """The path of redis-server; the test is skipped, saying why, when the package is absent."""
-    found = shutil.which("redis-server")
-    if found is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    return found
+from tests.conftest import free_port, installed
 
 
 class RedisServer:
     def __init__(self, directory: Path) -> None:
-        self.binary = require()
+        self.binary = installed("redis-server", "redis-server")
         self.directory = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"

@@ -14,11 +14,10 @@ import httpx
 import pytest
 
 from tests.admin.conftest import wait_until
-from tests.conftest import Server
+from tests.conftest import Server, installed
 from tests.haproxy import Haproxy
-from tests.haproxy import require as require_haproxy
 from tests.integration.nexthop import NextHop
-from tests.redis_server import RedisServer, require
+from tests.redis_server import RedisServer
 
 LIMIT = 6  # messages_per_hour per client address, across the cluster
 
@@ -66,8 +65,8 @@ def _started(server: Server) -> Node:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require()
-    require_haproxy()
+    installed("redis-server", "redis-server")
+    installed("haproxy", "haproxy")
     redis_dir = tmp_path_factory.mktemp("redis")
     redis = RedisServer(redis_dir).start()
     next_hop = NextHop().start()
