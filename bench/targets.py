@@ -33,14 +33,12 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
     postfix: Instance | None = None
     cleanup: Path | None = None
-    helpers: tuple[subprocess.Popen[bytes], ...] = ()  # stopped after the server: a Redis it uses
+    companions: tuple[subprocess.Popen[bytes], ...] = ()  # what the server needs beside it, stopped after it
 
     def stop(self) -> None:
         if self.postfix is not None:
             self.postfix.stop()
-        for process in (self.process, *self.helpers):
-            if process is None:
-                continue
+        for process in filter(None, (self.process, *self.companions)):
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(STOP_SECONDS)
@@ -166,8 +164,12 @@ class FastMTA(Target):
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "fastmta.toml"
         config.write_text(self.config(workdir, port, relay_port, admin_port))
+        self.prepare(executable, config)
         process = spawn([executable, "serve", "--config", str(config)], workdir / "fastmta.log")
         return started(self.name, port, process, cleanup=workdir / "var", probe=probe)
+
+    def prepare(self, executable: str, config: Path) -> None:
+        """What a variant needs in place before its server starts with `config`."""
 
 
 class FastMTAWithoutMetrics(FastMTA):
@@ -184,6 +186,48 @@ class FastMTAWithHistory(FastMTA):
     name = "fastmta-history"
     durability = "fsync before 250; events to history"
     sections = ("[history]", "enabled = true")
+
+
+class FastMTAWithDkim(FastMTA):
+    """fastmta signing what it relays with a key for the sender's domain: beside `fastmta`, what DKIM costs."""
+
+    name = "fastmta-dkim-rsa"
+    durability = "fsync before 250; DKIM rsa-sha256 (2048)"
+    algorithm = "rsa"
+    domain = "example.com"  # compare.py's SENDER's
+    sections = ("[[dkim.keys]]", f'domain = "{domain}"', 'selector = "bench"')
+
+    def prepare(self, executable: str, config: Path) -> None:
+        keygen = [executable, "dkim", "keygen", self.domain, "bench", "--algorithm", self.algorithm, "--config", str(config)]
+        subprocess.run(keygen, check=True, capture_output=True)
+
+
+class FastMTAWithEd25519(FastMTAWithDkim):
+    name = "fastmta-dkim-ed25519"
+    durability = "fsync before 250; DKIM ed25519-sha256"
+    algorithm = "ed25519"
+
+
+class FastMTAWithWebhooks(FastMTA):
+    """fastmta posting every event to a webhook receiver that answers at once (webhook_sink.py), batched:
+    beside `fastmta`, what the outbox and the events process cost without history's SQL."""
+
+    name = "fastmta-webhooks"
+    durability = "fsync before 250; events to a webhook"
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
+        workdir.mkdir(parents=True, exist_ok=True)
+        receiver_port = free_port()
+        receiver = spawn([sys.executable, str(BENCH / "webhook_sink.py"), f"127.0.0.1:{receiver_port}"],
+                         workdir / "webhook_sink.log")
+        self.sections = ("[[events.webhooks]]", f'url = "http://127.0.0.1:{receiver_port}/events"', "batch = 100")
+        try:
+            running = super().start(workdir, port, relay_port, admin_port)
+        except BaseException:
+            receiver.kill()
+            raise
+        running.companions = (receiver,)
+        return running
 
 
 # Per-client limits high enough never to refuse, counted for every client (loopback included):
@@ -229,7 +273,7 @@ class FastMTAInCluster(FastMTA):
         except BaseException:
             redis.terminate()
             raise
-        running.helpers = (redis,)
+        running.companions = (redis,)
         return running
 
 
@@ -315,7 +359,8 @@ class SmtpSink(Target):
 
 TARGETS: dict[str, Target] = {
     t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTAWithHistory(),
-                           FastMTABaseline(), FastMTAWithLimits(), FastMTAInCluster())
+                           FastMTAWithDkim(), FastMTAWithEd25519(), FastMTAWithWebhooks(), FastMTABaseline(),
+                           FastMTAWithLimits(), FastMTAInCluster())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")

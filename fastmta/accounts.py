@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 
@@ -63,8 +64,12 @@ class Accounts:
         self._env = env
         self._db = env.open_db(_USERS_DB)
         self._hasher = hasher or argon2.PasswordHasher()
-        # Checked against when the user is unknown, so a wrong username costs as long as a wrong password.
-        self._dummy_hash = self._hasher.hash("fastmta-no-such-user")
+
+    @functools.cached_property
+    def _dummy_hash(self) -> str:
+        """Checked against when the user is unknown, so a wrong username costs as long as a wrong password.
+        Made on first need: a hash costs tens of milliseconds of CPU, in every process that opens accounts."""
+        return self._hasher.hash("fastmta-no-such-user")
 
     def add(self, username: str, password: str, admin: bool = False, quota: int = 0) -> User:
         name = normalize(username)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,7 +50,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    print(config_module.to_toml(_load(args)), end="")
+    print(config_module.to_toml(_load(args), redact=not args.show_secrets), end="")
     return 0
 
 
@@ -315,6 +316,60 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- DKIM keys ------------------------------------------------------------------------------
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from fastmta.config import DkimKeyConfig
+    from fastmta.dkim import keys
+
+    try:
+        entry = DkimKeyConfig(domain=args.domain, selector=args.selector)
+    except ValueError as exc:
+        print(f"fastmta dkim keygen: {exc}", file=sys.stderr)
+        return 2
+    data_dir = config_module.load(args.config, dkim_keys=False).data_dir
+    path = keys.default_path(data_dir, entry.domain, entry.selector)
+    if path.exists():
+        print(f"{path} exists already: a key that may be signing is never replaced; choose a new selector", file=sys.stderr)
+        return 1
+    key = keys.generate(args.algorithm, args.bits)
+    keys.write(data_dir, entry.domain, entry.selector, key)
+    sys.stdout.write(keys.zone_entry(entry.domain, entry.selector, keys.dns_record(key)))
+    print(
+        f"key written to {path}\npublish the record above, then add to the config and reload:\n"
+        f'[[dkim.keys]]\ndomain = "{entry.domain}"\nselector = "{entry.selector}"',
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ----- store ----------------------------------------------------------------------------------
+
+
+def cmd_store_decrypt(args: argparse.Namespace) -> int:
+    """A sealed copy opened with [store] keys (whichever sealed it), to a file (0600) or standard output."""
+    from fastmta.stores.sealed import Sealer, SealError
+
+    sealer = Sealer.configured(_load(args).store)
+    try:
+        with open(args.file, "rb") as sealed:
+            plain = sealer.unseal(sealed.read())
+    except OSError as exc:
+        print(f"{args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except SealError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    if args.output is None:
+        sys.stdout.buffer.write(plain)
+        return 0
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(plain)
+    return 0
+
+
 # ----- parser ---------------------------------------------------------------------------------
 
 
@@ -328,9 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", parents=[common], help="run everything in the foreground").set_defaults(
         func=cmd_serve
     )
-    commands.add_parser("check-config", parents=[common], help="validate and print the effective config").set_defaults(
-        func=cmd_check_config
-    )
+    check = commands.add_parser("check-config", parents=[common], help="validate and print the effective config")
+    check.add_argument("--show-secrets", action="store_true", help="print passwords, secrets and keys too (redacted otherwise)")
+    check.set_defaults(func=cmd_check_config)
 
     status = commands.add_parser(
         "status", parents=[common], help="health, workers, queue, delivery, events lag and listeners (exit 1: unhealthy)"
@@ -395,6 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = tokens.add_parser("revoke", parents=[common])
     revoke.add_argument("token", help="the token's id or name")
     revoke.set_defaults(func=cmd_token_revoke)
+
+    store = commands.add_parser("store", help="what routes of a storing kind stored").add_subparsers(dest="action", required=True)
+    decrypt = store.add_parser("decrypt", parents=[common], help="open a sealed copy (encrypt = true) with [store] keys")
+    decrypt.add_argument("file")
+    decrypt.add_argument("--output", "-o", help="write here (mode 0600) instead of standard output")
+    decrypt.set_defaults(func=cmd_store_decrypt)
+
+    dkim = commands.add_parser("dkim", help="DKIM signing keys").add_subparsers(dest="action", required=True)
+    keygen = dkim.add_parser(
+        "keygen", parents=[common], help="make a key in data_dir/dkim/DOMAIN/SELECTOR.key and print its DNS TXT record"
+    )
+    keygen.add_argument("domain")
+    keygen.add_argument("selector")
+    keygen.add_argument(
+        "--algorithm", choices=["rsa", "ed25519"], default="rsa", help="rsa-sha256 (default) or ed25519-sha256 (RFC 8463)"
+    )
+    keygen.add_argument("--bits", type=int, choices=[2048, 3072, 4096], default=2048, help="RSA key size (default 2048)")
+    keygen.set_defaults(func=cmd_dkim_keygen)
     return parser
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -240,19 +243,36 @@ class DeliveryConfig(_Section):
         _check_addresses("dns_servers", self.dns_servers)
 
 
+# Route kinds that store each copy here or in S3 instead of sending it on (fastmta/stores/).
+STORE_KINDS = ("maildir", "mbox", "eml-tree", "sqlite", "s3")
+# Of those, the ones that keep each message in a file or object of its own, which [store] keys can seal.
+SEALABLE_KINDS = ("maildir", "eml-tree", "s3")
+
+
 class RouteConfig(_Section):
     match: Annotated[list[str], msgspec.Meta(min_length=1)]
-    kind: Literal["mx", "smarthost", "maildir", "discard"]
+    kind: Literal["mx", "smarthost", "discard", "maildir", "mbox", "eml-tree", "sqlite", "s3"]
     host: str = ""
     port: Port = 25
-    tls: Literal["none", "opportunistic", "required"] = "opportunistic"
+    # "dane" and "mta-sts" require that policy for every host the route uses (README, "Outbound TLS policy").
+    tls: Literal["none", "opportunistic", "required", "dane", "mta-sts"] = "opportunistic"
     username: str = ""
     password: str = ""
     max_connections: Positive = 10
     max_messages_per_connection: Positive = 100
     rate: Rate = Rate(0)
     source_ips: list[str] = msgspec.field(default_factory=list)
+    # maildir, mbox, eml-tree: a directory; sqlite: the database file.
     path: str = ""
+    # s3 (SMTP_S3_*): the bucket, its region and, for an S3-compatible store, its URL; without keys,
+    # boto3's own sources of credentials (AWS_* variables, ~/.aws, an instance role).
+    bucket: str = ""
+    region: str = ""
+    endpoint_url: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    # maildir, eml-tree, s3: each copy sealed with [store] active_key (AES-256-GCM).
+    encrypt: bool = False
 
     def __post_init__(self) -> None:
         for index, value in enumerate(self.source_ips):
@@ -260,6 +280,8 @@ class RouteConfig(_Section):
                 ipaddress.ip_address(value)
             except ValueError:
                 raise ValueError(f"source_ips[{index}]: not an IP address: {value!r}") from None
+        if self.endpoint_url:
+            _check_http_url("endpoint_url", self.endpoint_url)
 
 
 class AdminConfig(_Section):
@@ -378,6 +400,147 @@ class EventsConfig(_Section):
             seen[hook.sink_name] = index
 
 
+# A domain or a DKIM selector: dot-separated LDH labels (RFC 6376 3.1), in A-labels.
+_DNS_NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+# RFC 5322 field names: printable ASCII but the colon.
+_FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+
+
+class DkimKeyConfig(_Section):
+    domain: str
+    selector: str
+    # Empty: data_dir/dkim/<domain>/<selector>.key, where `fastmta dkim keygen` writes it.
+    key_file: str = ""
+    # Set: this key signs the domain's mail whose X-Workspace-ID is this, instead of the domain's key.
+    workspace: str = ""
+    # false: kept listed (and published in DNS) while a rotation retires it, no longer signing. One key of
+    # each algorithm (RSA, Ed25519) signs a domain's mail, or a workspace's.
+    signing: bool = True
+
+    def __post_init__(self) -> None:
+        self.domain = self.domain.lower().rstrip(".")
+        for key in ("domain", "selector"):
+            if not _DNS_NAME.match(getattr(self, key)):
+                raise ValueError(f"{key}: not a DNS name in A-labels: {getattr(self, key)!r}")
+
+
+def _default_signed_headers() -> list[str]:
+    # RFC 6376 5.4.1's list as Gmail's and Microsoft's sender guidelines read it, with what RFC 8058
+    # one-click unsubscribe requires signed (List-Unsubscribe, List-Unsubscribe-Post).
+    return [
+        "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
+        "mime-version", "content-type", "content-transfer-encoding", "list-id", "list-unsubscribe",
+        "list-unsubscribe-post", "feedback-id",
+    ]
+
+
+class DkimConfig(_Section):
+    """Outbound DKIM signing: the keys, and which header fields a signature covers."""
+
+    keys: list[DkimKeyConfig] = msgspec.field(default_factory=list)
+    # Each present instance is signed; From once more than present (oversigned), so none can be added.
+    headers: list[str] = msgspec.field(default_factory=_default_signed_headers)
+
+    def __post_init__(self) -> None:
+        self.headers = [name.lower() for name in self.headers]
+        for index, name in enumerate(self.headers):
+            if not _FIELD_NAME.match(name):
+                raise ValueError(f"headers[{index}]: not a header field name: {name!r}")
+        if "from" not in self.headers:
+            raise ValueError("headers: must include from (RFC 6376 5.4)")
+        if "dkim-signature" in self.headers:
+            # Each of a message's signatures is made over the message without the others.
+            raise ValueError("headers: dkim-signature cannot be signed")
+        # Two signing keys of one algorithm for the same mail are found when the key files are read (dkim/keys.py).
+        seen: dict[tuple[str, str, str], int] = {}
+        for index, key in enumerate(self.keys):
+            where = (key.domain, key.selector, key.workspace)
+            if where in seen:
+                raise ValueError(f"keys[{index}]: the same domain, selector and workspace as keys[{seen[where]}]")
+            seen[where] = index
+
+
+class StoreConfig(_Section):
+    """Keys that seal what routes with encrypt = true store: AES-256, 32 bytes each, base64."""
+
+    # By key id (also FASTMTA_STORE_KEY_<ID>); every key listed opens the copies it sealed.
+    keys: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,64}$")], str] = msgspec.field(default_factory=dict)
+    # The key new copies are sealed with; rotating: add a key, make it active, keep the old one.
+    active_key: str = ""
+
+    def __post_init__(self) -> None:
+        for key_id, value in self.keys.items():
+            try:
+                key = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                key = b""
+            if len(key) != 32:
+                raise ValueError(f"keys[{key_id}]: not 32 bytes in base64 (make one with: head -c 32 /dev/urandom | base64)")
+        if self.active_key and self.active_key not in self.keys:
+            variable = f"FASTMTA_STORE_KEY_{self.active_key.upper()}"
+            raise ValueError(f"active_key: no key {self.active_key!r} in store.keys (or {variable})")
+
+
+class TlsPolicyConfig(_Section):
+    """Recipient domains' own TLS policies for outbound mail: MTA-STS (RFC 8461) and DANE (RFC 7672)."""
+
+    # Opportunistic MX routes fetch, cache and honour the MTA-STS policy a recipient domain publishes.
+    mta_sts: bool = True
+    # The DNSSEC-validating resolver ("host" or "host:port") whose AD bit DANE trusts, and nothing
+    # else's; empty: no DANE. It should run on this host: the AD bit is only as safe as the path to it.
+    dnssec_resolver: str = ""
+    # CA certificates (PEM) for MTA-STS: the policy's HTTPS host and the MX hosts are verified
+    # against them; empty: the system's bundle.
+    ca_file: str = ""
+    # The policy fetch gives up after this long (RFC 8461 §3.3 asks for a short timeout).
+    fetch_timeout: Duration = _seconds("10s")
+
+    def __post_init__(self) -> None:
+        if self.dnssec_resolver:
+            _check_address("dnssec_resolver", self.dnssec_resolver)
+        if self.fetch_timeout <= 0:
+            raise ValueError("fetch_timeout: must be more than 0s")
+
+
+class ScanConfig(_Section):
+    """Content scanning after DATA, before the 250: SpamAssassin (spamd) and ClamAV (clamd)."""
+
+    spamassassin: bool = False
+    spamassassin_host: str = "127.0.0.1"
+    spamassassin_port: Port = 783
+    # What spam becomes: refused with 550 5.7.1, queued with X-Spam-* headers, or queued held
+    # (quarantined: `fastmta queue release` sends it). Every message spamd scanned gets the headers.
+    spam_action: Literal["reject", "tag", "hold"] = "tag"
+    # As spamc's --max-size: larger messages are not given to spamd (its time grows with size).
+    spam_max_size: Positive = 512000
+    clamav: bool = False
+    clamav_host: str = "127.0.0.1"
+    clamav_port: Port = 3310
+    # A virus is never queued to be sent: refused with 550 5.7.1, or queued held.
+    virus_action: Literal["reject", "hold"] = "reject"
+    # A scanner that is down, too slow or at max_concurrent: the client hears 451 4.7.1 and tries
+    # again later ("tempfail"), or the message is queued unscanned by it ("accept").
+    unavailable: Literal["tempfail", "accept"] = "tempfail"
+    connect_timeout: Duration = _seconds("2s")
+    # The whole exchange with a scanner, connect to verdict.
+    timeout: Duration = _seconds("30s")
+    # Messages one SMTP worker has under scan at once; the next is treated as `unavailable` rather
+    # than queued behind them, so a slow scanner cannot hold every connection of a worker.
+    max_concurrent: Positive = 16
+
+    def __post_init__(self) -> None:
+        for key in ("connect_timeout", "timeout"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: must be more than 0s")
+        for key in ("spamassassin_host", "clamav_host"):
+            if not getattr(self, key):
+                raise ValueError(f"{key}: a host is needed")
+
+    @property
+    def enabled(self) -> bool:
+        return self.spamassassin or self.clamav
+
+
 def _default_routes() -> list[RouteConfig]:
     return [RouteConfig(match=["*"], kind="mx")]
 
@@ -391,6 +554,10 @@ class Config(_Section):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    tls_policy: TlsPolicyConfig = msgspec.field(default_factory=TlsPolicyConfig)
+    scan: ScanConfig = msgspec.field(default_factory=ScanConfig)
+    dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
     @property
@@ -418,6 +585,12 @@ _SHORT_ENV: dict[str, tuple[str, str]] = {
     "SMTP_ENABLE_AUTH": ("smtp", "require_auth"),
     "SMTP_LOG_LEVEL": ("server", "log_level"),
     "SMTP_DATA_DIR": ("server", "data_dir"),
+    "SMTP_ENABLE_SPAMASSASSIN": ("scan", "spamassassin"),
+    "SMTP_SPAMASSASSIN_HOST": ("scan", "spamassassin_host"),
+    "SMTP_SPAMASSASSIN_PORT": ("scan", "spamassassin_port"),
+    "SMTP_ENABLE_CLAMAV": ("scan", "clamav"),
+    "SMTP_CLAMAV_HOST": ("scan", "clamav_host"),
+    "SMTP_CLAMAV_PORT": ("scan", "clamav_port"),
 }
 
 # Switches of the build and of the test suite that share the prefix but are not settings.
@@ -465,6 +638,48 @@ def _add_webhook(data: dict[str, Any], environ: dict[str, str]) -> None:
     hooks.append(hook)
 
 
+_STORE_KEY_ENV = "FASTMTA_STORE_KEY_"
+_S3_ENV = {
+    "SMTP_S3_BUCKET": "bucket", "SMTP_S3_REGION": "region", "SMTP_S3_ENDPOINT_URL": "endpoint_url",
+    "SMTP_S3_ACCESS_KEY": "access_key", "SMTP_S3_SECRET_KEY": "secret_key",
+}  # fmt: skip
+# Where SMTP_STORAGE_TYPE stores without SMTP_STORAGE_PATH: in data_dir.
+_STORAGE_PATHS = {"maildir": "maildir", "mbox": "mbox", "eml-tree": "eml", "sqlite": "stored.db", "s3": ""}
+
+
+def _apply_storage_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    """SMTP_STORAGE_TYPE and SMTP_STORAGE_PATH make the catch-all route (the last match = ["*"], added
+    when there is none) a store of that kind at that path; SMTP_S3_* set the keys of every s3 route."""
+    kind, path = environ.get("SMTP_STORAGE_TYPE"), environ.get("SMTP_STORAGE_PATH")
+    s3_names = [name for name in _S3_ENV if name in environ]
+    if not (kind or path or s3_names):
+        return
+    routes = data.setdefault("routes", [msgspec.to_builtins(route, enc_hook=_encode) for route in _default_routes()])
+    if not isinstance(routes, list) or not all(isinstance(route, dict) for route in routes):
+        raise ConfigError("routes: Expected an array of tables ([[routes]])")
+    if kind or path:
+        if kind and kind not in _STORAGE_PATHS:
+            raise ConfigError(f"SMTP_STORAGE_TYPE: not a kind of store: {kind!r} (one of {', '.join(_STORAGE_PATHS)})")
+        catch_all = next((route for route in reversed(routes) if route.get("match") == ["*"]), None)
+        if catch_all is None:
+            catch_all = {"match": ["*"]}
+            routes.append(catch_all)
+        catch_all["kind"] = kind or catch_all.get("kind")
+        if catch_all["kind"] not in _STORAGE_PATHS:
+            kept = catch_all["kind"]
+            raise ConfigError(f"SMTP_STORAGE_PATH: the catch-all route is of kind {kept!r}: set SMTP_STORAGE_TYPE too")
+        if path:
+            catch_all["path"] = path
+        elif not catch_all.get("path") and _STORAGE_PATHS[catch_all["kind"]]:
+            data_dir = _table(data, "server").get("data_dir", ServerConfig().data_dir)
+            catch_all["path"] = str(Path(data_dir) / _STORAGE_PATHS[catch_all["kind"]])
+    buckets = [route for route in routes if route.get("kind") == "s3"]
+    if s3_names and not buckets:
+        raise ConfigError(f"{s3_names[0]}: no route of kind s3 to apply it to (add one, or set SMTP_STORAGE_TYPE=s3)")
+    for route in buckets:
+        route.update({_S3_ENV[name]: environ[name] for name in s3_names})
+
+
 def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     defaults = msgspec.to_builtins(Config(), enc_hook=_encode)
 
@@ -501,10 +716,14 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     for name in environ:
         if not name.startswith("FASTMTA_") or name in _NOT_SETTINGS:
             continue
+        if name.startswith(_STORE_KEY_ENV):
+            _table(data, "store").setdefault("keys", {})[name[len(_STORE_KEY_ENV):].lower()] = environ[name]
+            continue
         section, _, key = name[len("FASTMTA_"):].lower().partition("_")
         if not (isinstance(defaults.get(section), dict) and key in defaults[section]):
             raise ConfigError(f"{name}: no such setting (FASTMTA_<SECTION>_<KEY>, e.g. FASTMTA_SMTP_WORKERS)")
         put(name, section, key)
+    _apply_storage_env(data, environ)
     # Last, so that a certificate given by any variable counts.
     if "SMTP_ENABLE_TLS" in environ:
         if not _env_value("SMTP_ENABLE_TLS", environ["SMTP_ENABLE_TLS"], False):
@@ -522,20 +741,42 @@ def _validate(config: Config) -> None:
         raise ConfigError("smtp.tls_cert and smtp.tls_key go together")
     if smtp.smtps_listen and not smtp.tls_cert:
         raise ConfigError("smtp.smtps_listen needs smtp.tls_cert and smtp.tls_key")
-    for key in ("tls_cert", "tls_key"):
-        path = getattr(smtp, key)
+    files = {"smtp.tls_cert": smtp.tls_cert, "smtp.tls_key": smtp.tls_key, "tls_policy.ca_file": config.tls_policy.ca_file}
+    for key, path in files.items():
         # is_file() is False for what is not there; a name too long or a directory it may not search raise.
         try:
             found = not path or Path(path).is_file()
         except OSError as exc:
-            raise ConfigError(f"smtp.{key}: {exc.strerror}: {path}") from None
+            raise ConfigError(f"{key}: {exc.strerror}: {path}") from None
         if not found:
-            raise ConfigError(f"smtp.{key}: no such file: {path}")
+            raise ConfigError(f"{key}: no such file: {path}")
     for index, route in enumerate(config.routes):
         if route.kind == "smarthost" and not route.host:
             raise ConfigError(f"routes[{index}].host: a smarthost route needs a host")
-        if route.kind == "maildir" and not route.path:
-            raise ConfigError(f"routes[{index}].path: a maildir route needs a path")
+        _check_store_route(f"routes[{index}]", route, config.store)
+        if route.tls == "dane" and not config.tls_policy.dnssec_resolver:
+            raise ConfigError(f"routes[{index}].tls: \"dane\" needs tls_policy.dnssec_resolver, whose answers it trusts")
+        if route.tls == "mta-sts" and route.kind != "mx":
+            raise ConfigError(f"routes[{index}].tls: \"mta-sts\" is a domain's policy for its MX hosts: only for kind = \"mx\"")
+
+
+def _check_store_route(name: str, route: RouteConfig, store: StoreConfig) -> None:
+    if route.kind in STORE_KINDS and route.kind != "s3" and not route.path:
+        raise ConfigError(f"{name}.path: a {route.kind} route needs a path")
+    if route.kind == "s3":
+        if not route.bucket:
+            raise ConfigError(f"{name}.bucket: an s3 route needs a bucket (or SMTP_S3_BUCKET)")
+        if importlib.util.find_spec("boto3") is None:
+            raise ConfigError(f"{name}.kind: an s3 route needs boto3: pip install 'fastmta[s3]'")
+    if route.encrypt and route.kind not in SEALABLE_KINDS:
+        raise ConfigError(
+            f"{name}.encrypt: only copies kept one message per file are sealed ({', '.join(SEALABLE_KINDS)}), "
+            f"not {route.kind}"
+        )
+    if route.encrypt and not store.active_key:
+        raise ConfigError(
+            f"{name}.encrypt: no key to seal with: set store.active_key and its key in store.keys (or FASTMTA_STORE_KEY_<ID>)"
+        )
 
 
 def _finish(config: Config) -> Config:
@@ -549,8 +790,21 @@ def _finish(config: Config) -> Config:
     return config
 
 
-def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Reads the TOML file (or the embedded default when path is None), applies the environment, validates."""
+def _check_dkim_keys(config: Config) -> None:
+    """Here, not at the first message: a missing key, or one others may read, stops the start (or the reload)."""
+    from fastmta.dkim.keys import UnusableKey, load_all
+
+    try:
+        load_all(config)
+    except UnusableKey as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None, dkim_keys: bool = True) -> Config:
+    """Reads the TOML file (or the embedded default when path is None), applies the environment, validates.
+
+    dkim_keys=False leaves the key files unread: for `fastmta dkim keygen`, which may be making one the config names.
+    """
     environ = dict(os.environ if environ is None else environ)
     data: dict[str, Any] = {}
     if path is not None:
@@ -573,6 +827,8 @@ def load(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | N
     except msgspec.ValidationError as exc:
         raise ConfigError(_readable(str(exc))) from None
     _validate(config)
+    if dkim_keys and config.dkim.keys:
+        _check_dkim_keys(config)
     return _finish(config)
 
 
@@ -592,5 +848,28 @@ def _readable(message: str) -> str:
     return f"{where}: {problem}" if where else problem
 
 
-def to_toml(config: Config) -> str:
-    return msgspec.toml.encode(config, enc_hook=_encode).decode()
+# Settings whose values are secrets: check-config shows that they are set, not what they are.
+SECRET_SETTINGS = frozenset({"password", "secret", "secret_key", "report_secret"})
+REDACTED = "<redacted>"
+
+
+def to_toml(config: Config, redact: bool = False) -> str:
+    """The config as TOML that loads back to it; with `redact`, secrets (and passwords in URLs) replaced by REDACTED."""
+    if not redact:
+        return msgspec.toml.encode(config, enc_hook=_encode).decode()
+    return msgspec.toml.encode(_redacted(msgspec.to_builtins(config, enc_hook=_encode))).decode()
+
+
+def _redacted(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        if key == "keys":  # [store] keys: every value is a key
+            return {name: REDACTED for name in value}
+        return {name: _redacted(item, name) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, key) for item in value]
+    if isinstance(value, str) and value:
+        if key in SECRET_SETTINGS:
+            return REDACTED
+        # A database or Redis URL may carry its password: scheme://user:password@host
+        return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]+@", rf"\g<1>{REDACTED}@", value)
+    return value

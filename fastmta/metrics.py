@@ -85,6 +85,14 @@ def families() -> SimpleNamespace:
         messages_sent=counter("smtp_messages_sent", "Recipients settled by delivery, by outcome", "status"),
         auth_attempts=counter("smtp_auth_attempts", "SMTP AUTH credential checks", "result"),
         ratelimit_hits=counter("smtp_ratelimit_hits", "Requests refused by a per-client limit", "limit"),
+        spam_scans=counter(
+            "smtp_spam_scans", "Messages given to spamd, by result (clean, detected, error, timeout, busy)", "result"
+        ),
+        virus_scans=counter(
+            "smtp_virus_scans", "Messages given to clamd, by result (clean, detected, error, timeout, busy)", "result"
+        ),
+        spam_detected=counter("smtp_spam_detected", "Spam found, by what became of it (rejected, held, tagged)", "action"),
+        virus_detected=counter("smtp_virus_detected", "Viruses found, by what became of the message (rejected, held)", "action"),
         processing=histogram(
             "smtp_processing_duration_seconds", "End of DATA to the 250 reply", PROCESSING_BUCKETS
         ),
@@ -105,6 +113,13 @@ def families() -> SimpleNamespace:
             "result",
         ),
         dead_letters=counter("fastmta_dead_letters", "Events a sink gave up on, kept as dead letters", "sink"),
+        tls_policy_failures=counter(
+            "fastmta_tls_policy_failures",
+            "Connections that failed a recipient domain's TLS policy (dane, mta-sts), refused (enforce) or reported"
+            " (testing), and deliveries a policy left no host for",
+            "policy",
+            "mode",
+        ),
         cluster_degraded=Gauge(
             "fastmta_cluster_degraded",
             "1 while this process counts limits in state.lmdb because Redis ([cluster] redis_url) is unreachable",
@@ -184,6 +199,11 @@ class SmtpMetrics:
         self.received: defaultdict[str, int] = defaultdict(int)
         self.auth: defaultdict[str, int] = defaultdict(int)
         self.ratelimit: defaultdict[str, int] = defaultdict(int)
+        # Content scanning: scans by result, findings by action.
+        self.spam_scans: defaultdict[str, int] = defaultdict(int)
+        self.virus_scans: defaultdict[str, int] = defaultdict(int)
+        self.spam_detected: defaultdict[str, int] = defaultdict(int)
+        self.virus_detected: defaultdict[str, int] = defaultdict(int)
         self.processing = Tally(PROCESSING_BUCKETS)
         self.size = Tally(SIZE_BUCKETS)
 
@@ -203,6 +223,10 @@ class SmtpMetrics:
         _move_counts(self.received, found.messages_received, worker)
         _move_counts(self.auth, found.auth_attempts, worker)
         _move_counts(self.ratelimit, found.ratelimit_hits, worker)
+        _move_counts(self.spam_scans, found.spam_scans, worker)
+        _move_counts(self.virus_scans, found.virus_scans, worker)
+        _move_counts(self.spam_detected, found.spam_detected, worker)
+        _move_counts(self.virus_detected, found.virus_detected, worker)
         self.processing.move_to(found.processing.labels(worker))
         self.size.move_to(found.message_size.labels(worker))
 
@@ -215,6 +239,7 @@ class DeliveryMetrics:
         self.enabled = enabled
         self.sent: defaultdict[str, int] = defaultdict(int)
         self.duration = Tally(DELIVERY_BUCKETS)
+        self.tls_policy_failures: defaultdict[tuple[str, str], int] = defaultdict(int)  # by (policy, mode)
 
     def flush(self) -> None:
         if not self.enabled:
@@ -222,6 +247,9 @@ class DeliveryMetrics:
         found = families()
         _move_counts(self.sent, found.messages_sent, self.worker)
         self.duration.move_to(found.delivery.labels(self.worker))
+        for (policy, mode), count in self.tls_policy_failures.items():
+            found.tls_policy_failures.labels(self.worker, policy, mode).inc(count)
+        self.tls_policy_failures.clear()
 
 
 class EventsMetrics:

@@ -37,6 +37,9 @@ class Overview(msgspec.Struct):
     delivery_suspended: bool
     disk_free_percent: float
     events_lag_seconds: dict[str, float]
+    # queue.lmdb: the pages it has used (freed ones are reused before it grows) of [server] queue_max_bytes.
+    store_used_bytes: int | None = None
+    store_size_bytes: int | None = None
 
     @property
     def healthy(self) -> bool:
@@ -53,12 +56,16 @@ def read(data_dir: Path, store: QueueStore) -> Overview:
     reasons = []
     depth: int | None = None
     oldest_age: float | None = None
+    used: int | None = None
+    size: int | None = None
     try:
         # The map stays readable after its file is gone; the workers' next open or commit would not.
         os.stat(Path(store.env.path()) / "data.mdb")
         depth = store.count()
         oldest = store.oldest_received_at()
         oldest_age = None if oldest is None else max(0.0, round(now - oldest, 3))
+        info = store.env.info()
+        used, size = (info["last_pgno"] + 1) * store.env.stat()["psize"], info["map_size"]
     except (OSError, lmdb.Error) as error:
         reasons.append(f"queue store unreachable: {getattr(error, 'strerror', None) or error}")
     try:
@@ -75,7 +82,7 @@ def read(data_dir: Path, store: QueueStore) -> Overview:
     except lmdb.Error:
         lags, suspended = {}, False
     states = [ChildState(c.name, c.pid, processes.alive(c.pid), c.started_at) for c in children.read(data_dir)]
-    overview = Overview(reasons, states, depth, oldest_age, suspended, round(free * 100, 2), lags)
+    overview = Overview(reasons, states, depth, oldest_age, suspended, round(free * 100, 2), lags, used, size)
     if not overview.smtp_workers_alive:
         reasons.append("no SMTP worker is alive")
     return overview

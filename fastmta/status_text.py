@@ -16,6 +16,22 @@ def duration(seconds: float) -> str:
     return " ".join(shown[:2]) or "0s"
 
 
+def size(amount: float) -> str:
+    """Bytes as people read them: 512 B, 3.2 MiB, 1.0 GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if amount < 1024:
+            return f"{amount:.0f} B" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} GiB"
+
+
+def store_use(overview: Overview) -> str:
+    if overview.store_used_bytes is None or not overview.store_size_bytes:
+        return "unreadable"
+    share = overview.store_used_bytes / overview.store_size_bytes
+    return f"{size(overview.store_used_bytes)} of {size(overview.store_size_bytes)} used ({share:.1%}, queue_max_bytes)"
+
+
 def listeners(config: Config) -> list[str]:
     smtp = config.smtp
     found = [f"smtp {a}" for a in smtp.listen] + [f"submission {a}" for a in smtp.submission_listen]
@@ -47,5 +63,6 @@ def render(config: Config, overview: Overview, now: float | None = None) -> str:
         ("delivery", "SUSPENDED" if overview.delivery_suspended else "active"),
         ("events lag", lags or "no sinks"),
         ("disk", f"{overview.disk_free_percent:.1f}% free in {config.data_dir}"),
+        ("store", store_use(overview)),
     ]
     return "".join(f"{label:<11} {value}\n" for label, value in rows)

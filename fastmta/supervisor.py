@@ -205,7 +205,8 @@ class Supervisor:
             notify(f"READY=1\nSTATUS=reload failed: {exc}")
             return
         old_pids = [pid for pid, spec in self.children.items() if spec.name != ADMIN]
-        admin_changed = (config.admin, config.server) != (self.config.admin, self.config.server)
+        # The admin lists the DKIM keys (GET /api/v1/dkim) from its config.
+        admin_changed = (config.admin, config.server, config.dkim) != (self.config.admin, self.config.server, self.config.dkim)
         self.config = config
         if listeners is not self.listeners:
             # The old workers hold their own copies of the old sockets until they finish draining.

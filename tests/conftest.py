@@ -224,3 +224,13 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server (tests/s3.py), a fake because no S3-compatible server runs offline here."""
+    pytest.importorskip("moto.server", reason="moto is not installed (pip install -e '.[test]')")
+    from tests import s3
+
+    with s3.server() as endpoint:
+        yield endpoint

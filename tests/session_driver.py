@@ -11,7 +11,8 @@ from fastmta.networks import Networks
 from fastmta.queue.records import Message, new_message_id
 from fastmta.smtp.envelope import queue_record
 from fastmta.smtp.policy import RelayPolicy
-from fastmta.smtp.session import Admit, Close, Commit, RecordEtrn, Reserve, Session, Settings, StartTls, VerifyAuth
+from fastmta.scan.verdict import ACCEPT, Verdict
+from fastmta.smtp.session import Admit, Close, Commit, RecordEtrn, Reserve, Scan, Session, Settings, StartTls, VerifyAuth
 
 
 def make_settings(**changes: object) -> Settings:
@@ -47,6 +48,7 @@ class Driver:
     """Feeds a session at a clock the test moves; commits succeed unless told otherwise; "right" is the password.
 
     A STARTTLS handshake stays pending unless `tls` is given: then it succeeds with that description.
+    A content scan (with Settings.scan) comes back as `verdict`.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Driver:
         now: float = 1000.0,
         exempt: bool = False,
         tls: str = "",
+        verdict: Verdict = Verdict(ACCEPT),
     ) -> None:
         self.session = session
         self.limits = LIMITS.get(session)
@@ -65,6 +68,8 @@ class Driver:
         self.now = now
         self.exempt = exempt
         self.tls = tls
+        self.verdict = verdict
+        self.scans: list[Scan] = []
         self.out = b""
         self.commits: list[Committed] = []
         self.reservations: list[Reserve] = []
@@ -99,9 +104,14 @@ class Driver:
                 step = self.session.reserved(granted)
             elif isinstance(action, Commit):
                 message_id = new_message_id(self.now)
-                message, body = queue_record(action.envelope, action.body, message_id, self.now, "mx.test", "smtp-0")
+                message, body = queue_record(
+                    action.envelope, action.body, message_id, self.now, "mx.test", "smtp-0", action.headers, action.held
+                )
                 self.commits.append(Committed(message, body, action.body))
                 step = self.session.committed(message_id, self.commit_error)
+            elif isinstance(action, Scan):
+                self.scans.append(action)
+                step = self.session.scanned(self.verdict)
             elif isinstance(action, RecordEtrn):
                 step = self.session.etrn_recorded()
             elif isinstance(action, VerifyAuth):

@@ -1,4 +1,5 @@
-"""The admin ASGI app: every endpoint module's routes, the request id, the guard, and the error envelope for the rest.
+"""The admin ASGI app: the routes of every endpoint module and of the web console, the request id, the guard,
+and the error envelope for the rest.
 
 Starlette supplies routing, requests, responses and streaming; validation, auth and the OpenAPI
 document come from the endpoint declarations (endpoint.py), built on msgspec like the rest of fastmta.
@@ -26,6 +27,8 @@ from fastmta.admin.api import (
     audit,
     cluster,
     delivery,
+    destinations,
+    dkim,
     docs,
     events,
     health,
@@ -35,10 +38,12 @@ from fastmta.admin.api import (
     queue,
     realtime,
     stats,
+    stored,
     tokens,
     users,
     webhooks,
 )
+from fastmta.admin.console import routes as console
 from fastmta.admin.endpoint import REQUEST_ID, Endpoint, error_response, route
 from fastmta.admin.errors import ApiError, MethodNotAllowed, NotFound
 from fastmta.admin.guard import Guard
@@ -55,7 +60,10 @@ def endpoints(feed: realtime.Feed | None = None) -> list[Endpoint]:
     feed = feed or realtime.Feed()
     described = [
         endpoint
-        for module in (health, metrics, stats, queue, delivery, users, tokens, audit, messages, maintenance, webhooks, cluster)
+        for module in (
+            health, metrics, stats, queue, delivery, destinations, users, tokens, audit, messages, maintenance, webhooks, stored,
+            dkim, cluster,
+        )
         for endpoint in module.ENDPOINTS
     ] + realtime.endpoints(feed) + events.endpoints(feed)
     return described + docs.endpoints(described)
@@ -104,8 +112,9 @@ def create_app(config: Config, feed: realtime.Feed) -> Starlette:
             beating.cancel()
         state.close()
 
+    api = endpoints(feed)
     return Starlette(
-        routes=[Route(e.path, route(e, state), methods=[e.method]) for e in endpoints(feed)],
+        routes=[Route(e.path, route(e, state), methods=[e.method]) for e in api] + console.routes(state, api),
         # RequestId outside, so that the guard's own 413 carries the request's id.
         middleware=[Middleware(RequestId), Middleware(Guard, max_body_bytes=config.admin.max_body_bytes)],
         exception_handlers={HTTPException: _routing_error},

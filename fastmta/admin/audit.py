@@ -52,7 +52,7 @@ class AuditLog:
         return entry
 
     def newest(
-        self, limit: int, offset: int, actor: str | None = None, action: str | None = None
+        self, limit: int, offset: int, actor: str | None = None, action: str | None = None, target: str | None = None
     ) -> tuple[list[AuditEntry], int]:
         """A page of entries, newest first, and how many entries match in all."""
         page: list[AuditEntry] = []
@@ -63,7 +63,7 @@ class AuditLog:
                 return page, 0
             for raw in cursor.iterprev(keys=False):
                 entry = _DECODER.decode(raw)
-                if (actor and entry.actor != actor) or (action and entry.action != action):
+                if (actor and entry.actor != actor) or (action and entry.action != action) or (target and entry.target != target):
                     continue
                 if offset <= matched < offset + limit:
                     page.append(entry)

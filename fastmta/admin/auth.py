@@ -1,4 +1,9 @@
-"""Who is calling: a Bearer token with its role, or HTTP Basic for an SMTP account flagged admin."""
+"""Who is calling: a Bearer token with its role, HTTP Basic for an SMTP account flagged admin, or the web console's session.
+
+The console's session cookie holds an API token too; it is taken for reads only (GET, HEAD), such
+as the event stream the console's charts follow: a write needs the header, which no other site
+can make a browser send, or the console's own forms, which check a CSRF token.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,11 @@ from starlette.requests import Request
 from fastmta.accounts import Accounts
 from fastmta.admin.errors import AuthRequired, InsufficientPermissions, TooManyRequests
 from fastmta.admin.roles import Role
+from fastmta.admin.session import Session
 from fastmta.admin.tokens import Tokens
 from fastmta.limits import ClientLimits, LimitExceeded
+
+_READS = ("GET", "HEAD")
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,10 @@ async def authenticate(
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     scheme = scheme.lower()
     if scheme == "bearer":
-        token = tokens.verify(credentials.strip())
-        if token is None:
-            raise AuthRequired("the token is unknown or revoked")
-        return Principal(f"token:{token.name}", Role.named(token.role))
+        return token_principal(tokens, credentials.strip())
+    session = Session.of(request)
+    if not scheme and session is not None and request.method in _READS:
+        return token_principal(tokens, session.token)
     if scheme == "basic" and basic_auth:
         username, password = _basic_credentials(credentials)
         ip = request.client.host if request.client else ""
@@ -50,6 +58,27 @@ async def authenticate(
             raise InsufficientPermissions(f"{user.username} is not an admin account")
         return Principal(f"user:{user.username}", Role.admin)
     raise AuthRequired("send Authorization: Bearer <token>" + (" or HTTP Basic" if basic_auth else ""))
+
+
+async def token_login(text: str, ip: str, tokens: Tokens, limits: ClientLimits) -> Principal:
+    """A token typed into the console's login form: a wrong one counts as a failed login from `ip`,
+    as a wrong Basic password does, so the form is no way round [limits] auth_failures_per_hour."""
+    try:
+        limits.check_auth_allowed(ip)
+    except LimitExceeded:
+        raise TooManyRequests("too many failed logins from your address; try again later") from None
+    try:
+        return token_principal(tokens, text)
+    except AuthRequired:
+        await anyio.to_thread.run_sync(limits.record_auth_failure, ip)
+        raise
+
+
+def token_principal(tokens: Tokens, text: str) -> Principal:
+    token = tokens.verify(text)
+    if token is None:
+        raise AuthRequired("the token is unknown or revoked")
+    return Principal(f"token:{token.name}", Role.named(token.role))
 
 
 def _basic_credentials(credentials: str) -> tuple[str, str]:

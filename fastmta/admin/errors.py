@@ -38,6 +38,12 @@ class InsufficientPermissions(ApiError):
     status, code = 403, "INSUFFICIENT_PERMISSIONS"
 
 
+class CsrfRejected(ApiError):
+    """A console form without its session's CSRF token: made elsewhere, or before the last login."""
+
+    status, code = 403, "CSRF_REJECTED"
+
+
 class NotFound(ApiError):
     status, code = 404, "RESOURCE_NOT_FOUND"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker
 from fastmta.ratelimit import RateLimiter
+from fastmta.stores import sqlite
 
 if TYPE_CHECKING:
     from fastmta.counters.failover import FailoverCounters
@@ -39,6 +41,7 @@ class AdminState:
     limits: ClientLimits  # SMTP's per-address limits, for HTTP Basic logins
     cluster: FailoverCounters | None  # Redis, with [cluster] redis_url: the limiter, heartbeats, the node list
     _history: sa.Engine | None = field(default=None, init=False)
+    _stored: dict[Path, sa.Engine] = field(default_factory=dict, init=False)
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
@@ -75,12 +78,23 @@ class AdminState:
             self._history = db.engine(db.url(self.config))
         return self._history
 
+    def stored_database(self, path: Path) -> sa.Engine | None:
+        """The engine of an sqlite route's database, made on first use; None while that route has stored
+        nothing (no file yet): the delivery runner creates it, and reading must not leave an empty one."""
+        if path not in self._stored:
+            if not path.exists():
+                return None
+            self._stored[path] = sqlite.engine(path)
+        return self._stored[path]
+
     def wake_runners(self) -> None:
         self.poker.poke()
 
     def close(self) -> None:
         if self._history is not None:
             self._history.dispose()
+        for engine in self._stored.values():
+            engine.dispose()
         self.poker.close()
         self.limiter.close()
         self.store.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _ssl
 import re
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import aiosmtplib
 
@@ -18,6 +20,7 @@ class Destination:
     route_index: int
     host: str  # the name: for TLS, the limits and the delivery log
     port: int
+    tls: TlsPolicy  # connections are shared only by mail that holds them to the same policy
     source_ip: str = ""
 
 
@@ -67,12 +70,20 @@ def one_line(reply: str, limit: int = REPLY_LIMIT) -> str:
 class ConnectionFailed(Exception):
     """The next hop could not be reached or dropped us: every recipient of the attempt is deferred."""
 
+    def __init__(self, message: str, status: str = "4.4.1") -> None:
+        super().__init__(message)
+        self.status = status  # the enhanced status code the deferral is given
+
 
 @dataclass(frozen=True)
 class TlsPolicy:
     mode: str  # "none" | "opportunistic" | "required"
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
+    # A policy's own check of the next hop (DANE, MTA-STS; delivery/tlspolicy) in place of the
+    # system's CAs: given the certificate chain (DER, leaf first) right after STARTTLS, or None when
+    # there was none, it says why the connection must not be used, or "".
+    check: Callable[[list[bytes] | None], str] | None = None
 
 
 _OPPORTUNISTIC = ssl.create_default_context()
@@ -139,7 +150,7 @@ class Connection:
         await smtp.connect(timeout=self._connect_timeout)
         await smtp.ehlo()
         if starttls and smtp.supports_extension("starttls"):
-            verify = policy.mode == "required"
+            verify = policy.mode == "required" and policy.check is None
             try:
                 await smtp.starttls(
                     server_hostname=self.destination.host,
@@ -149,9 +160,12 @@ class Connection:
             except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as exc:
                 raise _HandshakeFailed(f"STARTTLS failed: {exc}") from None
             self.tls = True
+            self._check(policy, self._peer_chain())
             await smtp.ehlo()
-        elif policy.mode == "required":
+        elif policy.mode == "required" and policy.check is None:
             raise ConnectionFailed(f"{self.destination.host} does not offer STARTTLS, which the route requires")
+        else:
+            self._check(policy, None)
         if policy.username:
             if not self.tls and policy.mode != "none":
                 # As Postfix's smtp_sasl_security_options = noplaintext: only a route that says
@@ -160,6 +174,20 @@ class Connection:
                     f"{self.destination.host} offers no working STARTTLS; not sending credentials in clear text"
                 )
             await smtp.login(policy.username, policy.password)
+
+    def _peer_chain(self) -> list[bytes]:
+        """The certificates the next hop sent, leaf first, as DER."""
+        tls = self._smtp.get_transport_info("ssl_object")
+        # SSLObject.get_unverified_chain() is public from Python 3.13; before, only its _ssl object has it.
+        chain = tls._sslobj.get_unverified_chain() if tls is not None else None
+        return [certificate.public_bytes(_ssl.ENCODING_DER) for certificate in chain or ()]
+
+    @staticmethod
+    def _check(policy: TlsPolicy, chain: list[bytes] | None) -> None:
+        if policy.check is not None:
+            refusal = policy.check(chain)
+            if refusal:
+                raise ConnectionFailed(refusal, "4.7.5")  # "Cryptographic failure" (RFC 5248)
 
     @property
     def usable(self) -> bool:

@@ -37,6 +37,8 @@ from fastmta.events.records import (
     Rejected,
     Released,
     Retried,
+    SpamDetected,
+    VirusDetected,
 )
 from fastmta.history import cleanup, db, dead_letters
 from fastmta.history.schema import DELETED, FAILED, QUEUED, REJECTED, SENT, events, messages, recipients
@@ -250,8 +252,8 @@ def _apply_change(connection: sa.Connection, event: AnyEvent) -> None:
             _touch(connection, event, held=isinstance(event, Held))
         case DelayNotified() | Retried():
             _touch(connection, event)
-        case Received() | Rejected() | AuthFailed():
-            pass  # rows of their own (inserted with the batch), or about a client, not a message
+        case Received() | Rejected() | AuthFailed() | SpamDetected() | VirusDetected():
+            pass  # rows of their own (inserted with the batch), about a client, or in the timeline only
 
 
 def _touch(connection: sa.Connection, event: Event, **values: Any) -> None:

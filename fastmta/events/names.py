@@ -16,6 +16,8 @@ WEBHOOK_NAMES: dict[str, str] = {
     "released": "message.released",
     "retried": "message.retried",
     "auth_failed": "auth.failed",
+    "spam_detected": "spam.detected",
+    "virus_detected": "virus.detected",
 }
 
 WEBHOOK_EVENTS = tuple(dict.fromkeys(WEBHOOK_NAMES.values()))

@@ -114,9 +114,28 @@ class AuthFailed(Event, tag="auth_failed"):
     listener: str = ""
 
 
+class Detected(Event, kw_only=True):
+    """A scanner's finding in a message, after DATA. `message_id` is the queue id, or for a refused
+    message the id of its `rejected` event; `action` is what became of it: rejected, held or tagged."""
+
+    action: str
+    client_ip: str = ""
+    sender: str = ""
+
+
+class SpamDetected(Detected, tag="spam_detected"):
+    score: float = 0.0
+    threshold: float = 0.0
+    rules: list[str] = msgspec.field(default_factory=list)
+
+
+class VirusDetected(Detected, tag="virus_detected"):
+    virus: str = ""
+
+
 AnyEvent = (
     Received | Delivered | Deferred | Failed | Expired | DelayNotified | Deleted | Held | Released | Retried | Rejected
-    | AuthFailed
+    | AuthFailed | SpamDetected | VirusDetected
 )
 
 EVENT_ENCODER = msgspec.msgpack.Encoder()

@@ -10,8 +10,6 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fastmta.config import Config
@@ -65,6 +63,11 @@ def migrate(db: sa.Engine) -> None:
     The nodes of a cluster start their events processes at once against one PostgreSQL: each
     migrates under an advisory lock, so the migrations run once.
     """
+    # Imported here: Alembic takes longer to import than the rest of the admin process, which only
+    # migrates when history is on (and then once).
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     # Alembic says at INFO what it sets up on every start; the log should say only what changed.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     settings = AlembicConfig()

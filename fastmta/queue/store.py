@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
 import lmdb
@@ -101,19 +101,24 @@ class QueueStore:
         self.env.close()
 
     def insert(
-        self, batch: list[tuple[Message, bytes]], session_events: Sequence[events.Event] = ()
+        self,
+        batch: list[tuple[Message, bytes]],
+        session_events: Sequence[events.Event] = (),
+        message_events: Mapping[str, Sequence[events.Event]] | None = None,
     ) -> list[StoreFullError | None]:
         """Stores messages with their bodies and schedule entries in one durable transaction.
 
         Each message's outcome: None when stored, StoreFullError when it did not fit (and nothing
         of it was written). When the whole batch does not fit, each message goes into a nested
         transaction of one outer one, so those that fit still share a single fsync. The sessions'
-        refusals ride along as events.
+        refusals ride along as events; `message_events` (by queue id) are stored exactly when
+        their message is.
         """
+        about = message_events or {}
         try:
             with self.env.begin(write=True) as txn:
                 for message, body in batch:
-                    self.put_new(txn, message, body)
+                    self.put_new(txn, message, body, about.get(message.id, ()))
                 if self.events:
                     self.outbox.append(txn, session_events)
             return [None] * len(batch)
@@ -128,7 +133,7 @@ class QueueStore:
                 for message, body in batch:
                     try:
                         with self.env.begin(write=True, parent=txn) as child:
-                            self.put_new(child, message, body)
+                            self.put_new(child, message, body, about.get(message.id, ()))
                         outcomes.append(None)
                     except lmdb.MapFullError:
                         outcomes.append(StoreFullError(_MAP_FULL))
@@ -158,14 +163,21 @@ class QueueStore:
 
     # The building blocks of write transactions, for this class and the scheduler.
 
-    def put_new(self, txn: lmdb.Transaction, message: Message, body: bytes) -> None:
+    def put_new(
+        self, txn: lmdb.Transaction, message: Message, body: bytes, also: Sequence[events.Event] = ()
+    ) -> None:
+        """A new message; held (quarantined by a scanner), it waits for a release instead of the schedule."""
         key = message.id.encode()
         txn.put(key, MESSAGE_ENCODER.encode(message), db=self.messages)
         txn.put(key, body, db=self.bodies)
         if message.state == ACTIVE:
             txn.put(schedule_key(message.next_attempt, message.id), b"", db=self.schedule)
         if self.events:
-            self.outbox.append(txn, [events.received(message, self.node, time.time())])
+            arrived: list[events.Event] = [events.received(message, self.node, time.time())]
+            if message.state == HELD:
+                arrived.append(events.about_message(events.Held, message.id, self.node))
+            arrived.extend(also)
+            self.outbox.append(txn, arrived)
 
     def read(self, txn: lmdb.Transaction, message_id: str) -> Message | None:
         """The record, or None when it is missing or corrupt (corrupt ones are for `scan` to report)."""
@@ -201,10 +213,19 @@ class QueueStore:
         with self.env.begin() as txn:
             return txn.get(message_id.encode(), db=self.bodies)
 
-    def scan(self) -> Iterator[Message | CorruptRecord]:
-        """Every record in id (so arrival) order; corrupt ones are yielded as CorruptRecord, not skipped."""
+    def scan(self, after: str | None = None) -> Generator[Message | CorruptRecord, None, None]:
+        """Every record in id (so arrival) order, or those past the id `after`: a page starts where the
+        last one ended without reading what came before. Corrupt ones are yielded as CorruptRecord, not skipped."""
         with self.env.begin() as txn:
-            for key, raw in txn.cursor(db=self.messages):
+            cursor = txn.cursor(db=self.messages)
+            if after is not None:
+                # An unpositioned cursor would start again at the first record: past the end is the end.
+                found = cursor.set_range(after.encode())
+                if found and cursor.key() == after.encode():
+                    found = cursor.next()
+                if not found:
+                    return
+            for key, raw in cursor.iternext():
                 try:
                     yield self._decode(key, raw)
                 except CorruptRecord as corrupt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastmta.queue.records import Message, Recipient
+from fastmta.queue.records import ACTIVE, HELD, Message, Recipient
 from fastmta.smtp import replies as R
 from fastmta.smtp.address import xtext_decode
 from fastmta.smtp.trace import received_header
@@ -85,9 +85,11 @@ class Envelope:
 
 
 def queue_record(
-    envelope: Envelope, body: bytes, message_id: str, now: float, hostname: str, worker: str
+    envelope: Envelope, body: bytes, message_id: str, now: float, hostname: str, worker: str,
+    added_headers: bytes = b"", held: bool = False,
 ) -> tuple[Message, bytes]:
-    """The record and the stored bytes (our Received header, then the body as received)."""
+    """The record and the stored bytes: our Received header, `added_headers` (the scanners'), then the
+    body as received; `held` queues it held (quarantined) rather than due now."""
     recipients = envelope.recipients
     received = received_header(
         helo=envelope.helo,
@@ -99,7 +101,7 @@ def queue_record(
         message_id=message_id,
         now=now,
     )
-    stored = received + body
+    stored = received + added_headers + body
     params = envelope.params
     headers = envelope.headers
     message = Message(
@@ -109,6 +111,7 @@ def queue_record(
         received_at=now,
         size=len(stored),
         next_attempt=now,
+        state=HELD if held else ACTIVE,
         client_ip=envelope.client_ip,
         client_port=envelope.client_port,
         helo=envelope.helo,
@@ -131,6 +134,6 @@ def queue_record(
         campaign_id=headers.get("x-campaign-id", ""),
         user_id=headers.get("x-user-id", ""),
         priority=headers.get("x-priority", ""),
-        headers_size=envelope.headers_size + len(received),
+        headers_size=envelope.headers_size + len(received) + len(added_headers),
     )
     return message, stored

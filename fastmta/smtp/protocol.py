@@ -14,8 +14,10 @@ from fastmta.events import records as events
 from fastmta.limits import LimitExceeded
 from fastmta.queue.records import Message, new_message_id
 from fastmta.queue.store import EtrnRequest, StoreFullError
+from fastmta.scan.scanner import Outcome, detections
+from fastmta.scan.verdict import TEMPFAIL, Verdict
 from fastmta.smtp.envelope import queue_record
-from fastmta.smtp.session import Admit, Close, Commit, RecordEtrn, Reserve, Session, StartTls, Step, VerifyAuth
+from fastmta.smtp.session import Admit, Close, Commit, RecordEtrn, Reserve, Scan, Session, StartTls, Step, VerifyAuth
 from fastmta.smtp.tls import describe
 
 if TYPE_CHECKING:
@@ -43,6 +45,9 @@ class SmtpProtocol(asyncio.Protocol):
         self._counted = True  # false when state.lmdb could not count this connection
         self._linger: asyncio.TimerHandle | None = None
         self._auth_username = ""
+        self._scanning: asyncio.Task[Outcome] | None = None
+        # The scanners' last outcome, until its findings are recorded with the commit or the refusal.
+        self._scanned: Outcome | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -71,6 +76,8 @@ class SmtpProtocol(asyncio.Protocol):
         self._worker.connections.discard(self)
         if self._linger is not None:
             self._linger.cancel()
+        if self._scanning is not None:
+            self._scanning.cancel()
         if self.session is not None:
             unused = self.session.connection_lost()
             if unused is not None and self._counted:
@@ -114,9 +121,17 @@ class SmtpProtocol(asyncio.Protocol):
             now = time.time()
             message_id = new_message_id(now)
             settings = self._worker.settings
-            message, body = queue_record(action.envelope, action.body, message_id, now, settings.hostname, settings.worker)
+            message, body = queue_record(
+                action.envelope, action.body, message_id, now, settings.hostname, settings.worker, action.headers, action.held
+            )
             self._committing = message
-            self._worker.committer.submit((message, body), self._committed)
+            found = self._findings(message_id, message.sender) if self._scanned is not None else []
+            self._worker.committer.submit((message, body, found), self._committed)
+        elif isinstance(action, Scan):
+            scanner = self._worker.scanner
+            assert scanner is not None
+            self._scanning = asyncio.ensure_future(scanner.scan(action.body))
+            self._scanning.add_done_callback(self._scan_done)
         elif isinstance(action, Close):
             self._close(transport)
         elif isinstance(action, VerifyAuth):
@@ -182,6 +197,26 @@ class SmtpProtocol(asyncio.Protocol):
         else:
             metrics.received["store_full" if isinstance(error, StoreFullError) else "error"] += 1
 
+    def _scan_done(self, task: asyncio.Task[Outcome]) -> None:
+        self._scanning = None
+        if task.cancelled() or self.session is None or self.session.closed:
+            return
+        error = task.exception()
+        if error is not None:  # a fault of ours, not a scanner's: the client tries again later
+            log.error("scanning failed", exc_info=error)
+            self._apply(self.session.scanned(Verdict(TEMPFAIL)))
+            return
+        self._scanned = outcome = task.result()
+        self._apply(self.session.scanned(outcome.verdict))
+
+    def _findings(self, message_id: str, sender: str) -> list[events.Event]:
+        """The events of the last scan's findings, about message_id (a queue id, or a refusal's event id)."""
+        outcome, self._scanned = self._scanned, None
+        store = self._worker.store
+        if outcome is None or self.session is None or not store.events:
+            return []
+        return detections(outcome, message_id, store.node, time.time(), self.session.client_ip, sender)
+
     def _record_rejections(self, session: Session) -> None:
         now = time.time()
         keep = self._worker.store.events
@@ -189,10 +224,12 @@ class SmtpProtocol(asyncio.Protocol):
             if rejection.stage != "connect":
                 self._worker.metrics.received["rejected"] += 1
             if not keep:
+                self._scanned = None
                 continue
+            event_id = events.new_event_id(now)
             self._worker.record(
                 events.Rejected(
-                    id=events.new_event_id(now),
+                    id=event_id,
                     at=now,
                     node=self._worker.store.node,
                     reply=rejection.reply.decode("utf-8", "replace").rstrip("\r\n"),
@@ -205,6 +242,9 @@ class SmtpProtocol(asyncio.Protocol):
                     listener=session.listener,
                 )
             )
+            if rejection.stage == "data" and self._scanned is not None:
+                for found in self._findings(event_id, rejection.sender):
+                    self._worker.record(found)
         session.rejections.clear()
 
     def _auth_verified(self, result: object) -> None:

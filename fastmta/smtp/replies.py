@@ -158,6 +158,14 @@ class BareLineEnding(SmtpReplyError):
     code, status, text = 550, "5.6.0", "Message contains bare CR or bare LF line endings"
 
 
+class ContentRejected(SmtpReplyError):
+    code, status, text = 550, "5.7.1", "Message content rejected"
+
+
+class ScanUnavailable(SmtpReplyError):
+    code, status, text = 451, "4.7.1", "Content scanning is unavailable, try again later"
+
+
 class StoreFull(SmtpReplyError):
     code, status, text = 452, "4.3.1", "Insufficient system storage"
 

@@ -3,13 +3,14 @@
 The asyncio shell (protocol.py) owns the socket, the clock and every store. A session never
 blocks and never reads a clock or a store: the time comes with each call, and whatever needs the
 outside world (counting the connection, reserving from a rate limit, the durable commit, a
-password check, the TLS handshake, an ETRN record) is handed out as an effect. The session stops
+password check, the TLS handshake, an ETRN record, the content scan) is handed out as an effect. The session stops
 consuming input until the shell reports the effect's outcome; input stays buffered meanwhile, so
 pipelined commands are answered in order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from fastmta.config import Config
 from fastmta.networks import Networks
 from fastmta.queue.records import Recipient
 from fastmta.queue.store import StoreFullError
+from fastmta.scan.verdict import HOLD, REJECT, TEMPFAIL, Verdict, without_spam_headers
 from fastmta.smtp import address as A
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import MECHANISMS, Credentials, SaslExchange
@@ -64,6 +66,8 @@ class Settings:
     command_timeout: float = 300.0
     min_data_rate: int = 500
     max_session: float = 3600.0
+    # A finished message is scanned (Scan) before it is committed.
+    scan: bool = False
     _ehlo: dict[tuple[bool, bool], bytes] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -91,6 +95,7 @@ class Settings:
             command_timeout=smtp.timeout_seconds,
             min_data_rate=smtp.min_data_rate,
             max_session=smtp.max_session_seconds,
+            scan=config.scan.enabled,
         )
 
     def ehlo_reply(self, offer_starttls: bool, offer_auth: bool) -> bytes:
@@ -126,7 +131,16 @@ class Reserve(NamedTuple):
 
 
 class Commit(NamedTuple):
-    """Make the message durable -> committed()."""
+    """Make the message durable, `headers` before it, held if `held` -> committed()."""
+
+    envelope: Envelope
+    body: bytes
+    headers: bytes = b""
+    held: bool = False
+
+
+class Scan(NamedTuple):
+    """Have the message's content scanned -> scanned()."""
 
     envelope: Envelope
     body: bytes
@@ -162,7 +176,7 @@ class Rejection(NamedTuple):
     sender: str  # the transaction's sender, if MAIL was accepted
 
 
-Action = Admit | Reserve | Commit | VerifyAuth | StartTls | RecordEtrn | Close
+Action = Admit | Reserve | Commit | Scan | VerifyAuth | StartTls | RecordEtrn | Close
 Step = tuple[bytes, "Action | None"]
 
 _CLOSE = Close()
@@ -344,6 +358,25 @@ class Session:
             self._refuse(R.StoreFull())
         else:
             self._refuse(R.LocalError())
+        return self._transaction_over()
+
+    def scanned(self, verdict: Verdict) -> Step:
+        """The scanners' verdict: the message is committed (tagged, or held), refused, or put off."""
+        request = self._action
+        assert isinstance(request, Scan)
+        if verdict.action not in (REJECT, TEMPFAIL):
+            envelope, body = request.envelope, request.body
+            if verdict.replaces_spam_headers:
+                body = without_spam_headers(body)
+                envelope = dataclasses.replace(envelope, headers_size=envelope.headers_size - (len(request.body) - len(body)))
+            self._action = Commit(envelope, body, verdict.headers, verdict.action == HOLD)
+            return self._flush()
+        self._action = None
+        self._mode = _COMMAND
+        self._refuse(R.ContentRejected(verdict.reason) if verdict.action == REJECT else R.ScanUnavailable())
+        return self._transaction_over()
+
+    def _transaction_over(self) -> Step:
         self._reset_transaction()
         if self._draining and self._mode != _CLOSED:
             self._close_with(R.SHUTTING_DOWN)
@@ -745,7 +778,7 @@ class Session:
             headers=headers,
             headers_size=headers_size,
         )
-        self._action = Commit(envelope, body)
+        self._action = Scan(envelope, body) if self.settings.scan else Commit(envelope, body)
         self._mode = _WAIT
 
     def _protocol_name(self) -> str:

@@ -25,11 +25,16 @@ from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import Message
 from fastmta.queue.store import QueueStore, StoreFullError
 from fastmta.queue.wakeup import Poker
+from fastmta.scan.scanner import Scanner
 from fastmta.smtp.protocol import SmtpProtocol
 from fastmta.smtp.session import SMTPS, Settings
 from fastmta.smtp.tls import server_context
 
 log = logging.getLogger("fastmta.smtp")
+
+
+# A message to commit: its record, its stored bytes, and the events of what the scanners found in it.
+Incoming = tuple[Message, bytes, Sequence[Event]]
 
 
 def _ignore(error: BaseException | None) -> None:
@@ -62,17 +67,27 @@ class Worker:
         )
         self.settings = Settings.configured(config, name, tls_available=self.tls_context is not None)
         self._poker = Poker(config.data_dir) if config.delivery.workers else None
-        self.committer: GroupCommit[tuple[Message, bytes] | Event] = GroupCommit(self._insert, loop)
+        self.scanner = Scanner(config.scan, self.metrics) if config.scan.enabled else None
+        self.committer: GroupCommit[Incoming | Event] = GroupCommit(self._insert, loop)
         self.connections: set[SmtpProtocol] = set()
         self._loop = loop
         # Password hashing takes tens of milliseconds; it must not stall other clients.
         self._blocking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blocking")
 
-    def _insert(self, batch: list[tuple[Message, bytes] | Event]) -> list[StoreFullError | None]:
+    def _insert(self, batch: list[Incoming | Event]) -> list[StoreFullError | None]:
         """Runs in the commit thread: store the messages with the sessions' refusal events, then wake a delivery runner."""
-        messages = [item for item in batch if isinstance(item, tuple)]
-        refusals = [item for item in batch if not isinstance(item, tuple)]
-        stored = iter(self.store.insert(messages, refusals))
+        messages: list[tuple[Message, bytes]] = []
+        refusals: list[Event] = []
+        findings: dict[str, Sequence[Event]] = {}
+        for item in batch:
+            if isinstance(item, tuple):
+                message, body, found = item
+                messages.append((message, body))
+                if found:
+                    findings[message.id] = found
+            else:
+                refusals.append(item)
+        stored = iter(self.store.insert(messages, refusals, findings))
         self.wake_runners()
         return [next(stored) if isinstance(item, tuple) else None for item in batch]
 

@@ -16,10 +16,10 @@ from tests.conftest import Server
 class Admin:
     """The running server, its admin URL and one token per role."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, roles: tuple[str, ...] = ("viewer", "operator", "admin")) -> None:
         self.server = server
         self.url = server.admin_url
-        self.tokens = {role: self.create_token(role, f"test-{role}") for role in ("viewer", "operator", "admin")}
+        self.tokens = {role: self.create_token(role, f"test-{role}") for role in roles}
 
     def create_token(self, role: str, name: str) -> str:
         result = self.server.cli("token", "create", "--role", role, "--name", name)

@@ -52,7 +52,10 @@ INVALID = [
     ("GET", "/api/v1/queue", {"params": {"limit": "0"}}, "limit"),
     ("GET", "/api/v1/queue", {"params": {"status": "lost"}}, "status"),
     ("GET", "/api/v1/queue", {"params": {"offset": "many"}}, "offset"),
+    ("GET", "/api/v1/queue", {"params": {"older_than": "-1"}}, "older_than"),
+    ("GET", "/api/v1/queue", {"params": {"after": "x" * 65}}, "after"),
     ("GET", "/api/v1/audit", {"params": {"limit": "100000"}}, "limit"),
+    ("GET", "/api/v1/delivery/destinations", {"params": {"minutes": "0"}}, "minutes"),
     ("GET", "/api/v1/stats/realtime", {"params": {"events": "0"}}, "events"),
     ("POST", "/api/v1/users", {"json": {"username": "dora"}}, "password"),
     ("POST", "/api/v1/users", {"json": {"username": "Not A Name!", "password": "pw"}}, "username"),
@@ -71,6 +74,7 @@ INVALID = [
     ("GET", "/api/v1/events", {"params": {"type": "bounced"}}, "type"),
     ("GET", "/api/v1/events/stream", {"headers": {"Last-Event-ID": "42"}}, "Last-Event-ID"),
     ("POST", "/api/v1/admin/maintenance/cleanup", {"json": {"older_than_days": -1}}, "older_than_days"),
+    ("GET", "/api/v1/stored", {"params": {"route": "99"}}, "route"),
 ]
 
 
@@ -122,6 +126,7 @@ def test_realtime_sends_one_metrics_event_a_second(admin: Admin) -> None:
     for block in events:
         kind, data = block.split("\n")
         assert kind == "event: metrics" and '"messages_per_second"' in data and '"queue_depth"' in data
+        assert all(f'"{rate}_per_second"' in data for rate in ("sent", "deferred", "rejected"))
 
 
 def test_queue_operations_are_audited(admin: Admin) -> None:

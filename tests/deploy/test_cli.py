@@ -43,6 +43,7 @@ def test_status_of_a_running_node_and_of_a_stopped_one(make_server: Any) -> None
     assert f"smtp 127.0.0.1:{server.port}" in text and f"admin http://127.0.0.1:{server.admin_port}" in text
     assert "2 SMTP alive" in text and "smtp-0 (pid" in text and "smtp-1 (pid" in text
     assert "queue       empty" in text and "delivery    active" in text
+    assert "of 8.0 GiB used" in text  # the store, of queue_max_bytes
 
     document = json.loads(server.cli("status", "--json").stdout)
     assert document["healthy"] and {child["name"] for child in document["children"]} == {"smtp-0", "smtp-1", "events", "admin"}

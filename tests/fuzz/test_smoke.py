@@ -1,4 +1,4 @@
-"""Each fuzz target runs for FUZZ_SMOKE_SECONDS (30) without a crash: what CI runs of the fuzzing.
+"""Each fuzz target runs for FUZZ_SMOKE_SECONDS (6) without a crash: what CI runs of the fuzzing.
 
 The committed corpus is read, not written: what a run finds goes to a temporary directory. On a
 failure the message holds the crashing input (as libFuzzer prints it) and the seed.
@@ -14,7 +14,7 @@ import pytest
 from tests.fuzz import TARGETS
 from tests.fuzz.harness import corpus_dir, run_target
 
-SECONDS = int(os.environ.get("FUZZ_SMOKE_SECONDS", "30"))
+SECONDS = int(os.environ.get("FUZZ_SMOKE_SECONDS", "6"))
 
 pytest.importorskip("atheris", reason="atheris is in the test extras: pip install -e '.[test]'")
 

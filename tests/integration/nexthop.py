@@ -12,7 +12,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
-from dnslib import AAAA, MX, QTYPE, RR, SOA, A, DNSLabel
+from dnslib import AAAA, MX, QTYPE, RR, SOA, TLSA, TXT, A, DNSLabel
 from dnslib.server import BaseResolver, DNSServer
 
 from tests.conftest import free_port
@@ -140,9 +140,12 @@ class _ZoneResolver(BaseResolver):
         if (name, qtype) in zone.servfail:
             reply.header.rcode = 2  # SERVFAIL
             return reply
-        if name not in zone.mx and name not in zone.a and name not in zone.aaaa:
+        if not any(name in records for records in (zone.mx, zone.a, zone.aaaa, zone.txt, zone.tlsa)):
             reply.header.rcode = 3  # NXDOMAIN
+            reply.add_auth(_soa(name, zone.negative_ttl))
             return reply
+        # As a validating resolver: AD for what it validated (a signed zone), never merely echoed from the query.
+        reply.header.ad = int(name in zone.secure)
         if qtype == "MX":
             for preference, exchange in zone.mx.get(name, []):
                 reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(DNSLabel(exchange), preference), ttl=zone.ttl))
@@ -150,25 +153,41 @@ class _ZoneResolver(BaseResolver):
             reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(zone.a[name]), ttl=zone.ttl))
         elif qtype == "AAAA" and name in zone.aaaa:
             reply.add_answer(RR(request.q.qname, QTYPE.AAAA, rdata=AAAA(zone.aaaa[name]), ttl=zone.ttl))
+        elif qtype == "TXT":
+            for text in zone.txt.get(name, []):
+                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(text), ttl=zone.ttl))
+        elif qtype == "TLSA":
+            for usage, selector, matching, data in zone.tlsa.get(name, []):
+                reply.add_answer(RR(request.q.qname, QTYPE.TLSA, rdata=TLSA(usage, selector, matching, data), ttl=zone.ttl))
         if not reply.rr:
-            # No such record: the zone's SOA says how long that answer may be cached (RFC 2308).
-            soa = SOA(DNSLabel("ns.test"), DNSLabel("hostmaster.test"), (1, 60, 60, 600, zone.negative_ttl))
-            reply.add_auth(RR(DNSLabel(name), QTYPE.SOA, rdata=soa, ttl=zone.negative_ttl))
+            reply.add_auth(_soa(name, zone.negative_ttl))
         return reply
 
 
+def _soa(name: str, negative_ttl: int) -> RR:
+    """For "no such name" and "no such record": the zone's SOA says how long that answer may be cached (RFC 2308)."""
+    soa = SOA(DNSLabel("ns.test"), DNSLabel("hostmaster.test"), (1, 60, 60, 600, negative_ttl))
+    return RR(DNSLabel(name), QTYPE.SOA, rdata=soa, ttl=negative_ttl)
+
+
 class Dns:
-    """UDP and TCP on one loopback port; names in `mx`, `a` and `aaaa` exist, all others are NXDOMAIN.
+    """UDP and TCP on one loopback port; names in `mx`, `a`, `aaaa`, `txt` and `tlsa` exist, all others are NXDOMAIN.
 
     `servfail` holds (name, type) pairs that fail; `queries` counts what was asked, for cache tests.
+    Answers about names in `secure` carry the AD bit: the server plays a DNSSEC-validating resolver.
+    A `txt` record is its text, or its character-strings where it is longer than one may hold (255
+    octets), as a DKIM RSA key's record is.
     """
 
     def __init__(
         self, mx: dict[str, list[tuple[int, str]]], a: dict[str, str], aaaa: dict[str, str] | None = None,
         ttl: int = 60, negative_ttl: int = 60, servfail: set[tuple[str, str]] | None = None,
+        txt: dict[str, list[str | list[str]]] | None = None, tlsa: dict[str, list[tuple[int, int, int, bytes]]] | None = None,
+        secure: set[str] | None = None,
     ) -> None:
         self.port = free_port()
         self.mx, self.a, self.aaaa = mx, a, aaaa or {}
+        self.txt, self.tlsa, self.secure = txt or {}, tlsa or {}, secure or set()
         self.ttl, self.negative_ttl = ttl, negative_ttl
         self.servfail = servfail or set()
         self.queries: Counter[tuple[str, str]] = Counter()

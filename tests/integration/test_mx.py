@@ -45,16 +45,21 @@ def test_preference_order_with_both_address_families(dns: Dns) -> None:
 
 def test_answers_are_cached_for_their_ttl_and_so_are_empty_ones(dns: Dns) -> None:
     resolver = MxResolver([f"127.0.0.1:{dns.port}"], timeout=2)
-    resolve(resolver, "example.org")
-    resolve(resolver, "bare.example")
+
+    def ask_all() -> None:
+        resolve(resolver, "example.org")
+        resolve(resolver, "bare.example")
+        with pytest.raises(DnsFailure):  # no such domain: kept as long as an empty answer
+            resolve(resolver, "nowhere.example")
+
+    ask_all()
     asked = dict(dns.queries)
-    resolve(resolver, "example.org")
-    resolve(resolver, "bare.example")
+    ask_all()
     assert dict(dns.queries) == asked  # all from the cache
     time.sleep(1.2)  # past the records' TTL and the SOA's negative TTL
-    resolve(resolver, "example.org")
-    resolve(resolver, "bare.example")
+    ask_all()
     assert dns.queries[("example.org", "MX")] == 2 and dns.queries[("bare.example", "MX")] == 2
+    assert dns.queries[("nowhere.example", "MX")] == 2
 
 
 def test_one_family_failing_for_now_leaves_the_other(dns: Dns) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
@@ -57,9 +58,21 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[delivery]\nretry_schedule = ['soon']\n", "delivery.retry_schedule"),
         ("[delivery]\nbounce_size_limit = 0\n", "delivery.bounce_size_limit"),
         ("[[routes]]\nmatch = ['*']\nkind = 'maildir'\n", "routes[0].path"),
-        ("[[routes]]\nmatch = ['*']\nkind = 'pigeon'\n", "routes"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'pigeon'\n", "routes[0].kind: Invalid enum value 'pigeon'"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'mbox'\n", "routes[0].path: a mbox route needs a path"),
+        ("[[routes]]\nmatch = ['*']\nkind = 's3'\n", "routes[0].bucket: an s3 route needs a bucket"),
+        ("[[routes]]\nmatch = ['*']\nkind = 's3'\nbucket = 'b'\nendpoint_url = 'minio:9000'\n", "routes[0].endpoint_url"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'mbox'\npath = 'm'\nencrypt = true\n", "routes[0].encrypt: only copies kept one"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'maildir'\npath = 'm'\nencrypt = true\n", "routes[0].encrypt: no key to seal with"),
+        ("[store]\nkeys = { k1 = 'c2hvcnQ=' }\n", "store.keys[k1]: not 32 bytes in base64"),
+        ("[store]\nactive_key = 'k9'\n", "store.active_key: no key 'k9'"),
         ("[admin]\nmax_stream_clients = 0\n", "admin.max_stream_clients"),
         ("[admin]\nmax_body_bytes = -1\n", "admin.max_body_bytes"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'mx'\ntls = 'dane'\n", "routes[0].tls"),
+        ("[[routes]]\nmatch = ['*']\nkind = 'smarthost'\nhost = 'relay.example'\ntls = 'mta-sts'\n", "routes[0].tls"),
+        ("[tls_policy]\ndnssec_resolver = '127.0.0.1:99999'\n", "tls_policy.dnssec_resolver"),
+        ("[tls_policy]\nca_file = '/nonexistent/ca.pem'\n", "tls_policy.ca_file"),
+        ("[tls_policy]\nfetch_timeout = '0s'\n", "tls_policy.fetch_timeout"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, named: str) -> None:
@@ -87,6 +100,32 @@ def test_env_type_error_names_the_key() -> None:
 def test_bad_environment_is_an_error_naming_the_variable(environ: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load(environ=environ)
+
+
+def test_storage_variables_make_the_catch_all_route_a_store(tmp_path: Path) -> None:
+    routes = load(environ={"SMTP_STORAGE_TYPE": "sqlite", "SMTP_DATA_DIR": "/srv/q"}).routes
+    assert [(r.match, r.kind, r.path) for r in routes] == [(["*"], "sqlite", "/srv/q/stored.db")]
+    path = tmp_path / "c.toml"
+    path.write_text("[[routes]]\nmatch = ['example.org']\nkind = 'discard'\n")
+    routes = load(path, environ={"SMTP_STORAGE_TYPE": "mbox", "SMTP_STORAGE_PATH": "/var/mail"}).routes
+    assert [(r.kind, r.path) for r in routes] == [("discard", ""), ("mbox", "/var/mail")]
+    s3 = {"SMTP_S3_BUCKET": "mail", "SMTP_S3_REGION": "eu-west-1", "SMTP_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+          "SMTP_S3_ACCESS_KEY": "id", "SMTP_S3_SECRET_KEY": "secret"}  # fmt: skip
+    [route] = load(environ={"SMTP_STORAGE_TYPE": "s3", **s3}).routes
+    assert (route.kind, route.bucket, route.region, route.endpoint_url, route.access_key, route.secret_key) == (
+        "s3", "mail", "eu-west-1", "http://127.0.0.1:9000", "id", "secret"
+    )
+    key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+    store = load(environ={"FASTMTA_STORE_KEY_K1": key, "FASTMTA_STORE_ACTIVE_KEY": "k1"}).store
+    assert store.keys == {"k1": key} and store.active_key == "k1"
+    for environ, named in (
+        ({"SMTP_STORAGE_TYPE": "pigeon"}, "SMTP_STORAGE_TYPE: not a kind of store: 'pigeon'"),
+        ({"SMTP_STORAGE_PATH": "/var/mail"}, "SMTP_STORAGE_PATH: the catch-all route is of kind 'mx'"),
+        ({"SMTP_S3_BUCKET": "mail"}, "SMTP_S3_BUCKET: no route of kind s3"),
+        ({"SMTP_STORAGE_TYPE": "s3"}, r"routes\[0\].bucket: an s3 route needs a bucket \(or SMTP_S3_BUCKET\)"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            load(environ=environ)
 
 
 def test_smtp_port_alone_keeps_the_configured_host(tmp_path: Path) -> None:
@@ -125,7 +164,12 @@ def test_the_example_config_is_valid(tls_files: tuple[Path, Path], tmp_path: Pat
     assert config.delivery.delay_warning == 4 * 3600 and config.server.metrics is True
     everything = tmp_path / "everything.toml"
     everything.write_text(re.sub(r"(?m)^# (?=\[\[|[a-z_]+ = )", "", example.read_text()))
-    assert [r.kind for r in load(everything, environ=environ).routes] == ["smarthost", "mx"]
+    # Its sealing key comes from the environment, as the file advises; the DKIM key it names is not
+    # shipped, of course: only its entry is checked.
+    environ["FASTMTA_STORE_KEY_K2025"] = "a2V5LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzLWxvbmc="
+    switched_on = load(everything, environ=environ, dkim_keys=False)
+    assert [r.kind for r in switched_on.routes] == ["smarthost", "eml-tree", "sqlite", "s3", "mx"]
+    assert switched_on.dkim.keys[0].selector == "s2026"
 
 
 def test_typed_values_are_parsed_once_and_errors_name_the_key(tmp_path: Path) -> None:
@@ -148,6 +192,18 @@ def test_typed_values_are_parsed_once_and_errors_name_the_key(tmp_path: Path) ->
     route.write_text('[[routes]]\nmatch = ["*"]\nkind = "smarthost"\nhost = "h"\nsource_ips = ["not-an-ip"]\n')
     with pytest.raises(ConfigError, match=r"routes\[0\].source_ips\[0\]: not an IP address"):
         load(route, environ={})
+
+
+def test_check_config_redacts_secrets_unless_asked(tmp_path: Path) -> None:
+    secrets = {
+        "FASTMTA_STORE_KEY_K1": base64.b64encode(b"k" * 32).decode(), "SMTP_WEBHOOK_URL": "https://hooks.example/in",
+        "SMTP_WEBHOOK_SECRET": "webhook-secret", "FASTMTA_HISTORY_URL": "postgresql://fastmta:db-password@db.example/history",
+    }  # fmt: skip
+    config = load(None, environ=secrets)
+    shown = to_toml(config, redact=True)
+    assert not {"webhook-secret", "db-password", secrets["FASTMTA_STORE_KEY_K1"]} & set(re.findall(r'"([^"]*)"', shown))
+    assert 'k1 = "<redacted>"' in shown and "postgresql://fastmta:<redacted>@db.example/history" in shown
+    assert "webhook-secret" in to_toml(config)
 
 
 def test_check_config_output_loads_back_to_the_same_config(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The delivery side's pure parts: routes, retry timing, bounces, the token bucket, maildir, the wake-up FIFO."""
+"""The delivery side's pure parts: routes, retry timing, bounces, the token bucket, the wake-up FIFO."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastmta.config import RouteConfig, parse_rate
-from fastmta.delivery import dsn, maildir, retry
+from fastmta.delivery import dsn, retry
 from fastmta.delivery.outbound import crlf_lines, dot_stuffed, xtext
 from fastmta.delivery.pool import TokenBucket
 from fastmta.delivery.routes import Router, matches
@@ -129,16 +129,6 @@ def test_status_of_a_reply(reply: str, status: str) -> None:
 
 def test_xtext() -> None:
     assert xtext("rfc822;a+b=c@d é") == "rfc822;a+2Bb+3Dc@d+20+C3+A9"
-
-
-def test_maildir_delivery_is_complete_and_unique(tmp_path: Path) -> None:
-    first = maildir.deliver(tmp_path, "Bob@X.test", b"one")
-    second = maildir.deliver(tmp_path, "bob@x.test", b"two")
-    assert first.parent == tmp_path / "bob@x.test" / "new" and first != second
-    assert first.read_bytes() == b"one" and list((tmp_path / "bob@x.test" / "tmp").iterdir()) == []
-    for hostile in ("../etc@x", "a/b@x", ".hidden@x"):
-        with pytest.raises(maildir.MaildirError):
-            maildir.deliver(tmp_path, hostile, b"x")
 
 
 def test_a_poke_wakes_the_waiter_and_no_waiter_costs_nothing(tmp_path: Path) -> None:

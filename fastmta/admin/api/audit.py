@@ -16,6 +16,7 @@ class AuditQuery(msgspec.Struct):
     offset: Annotated[int, msgspec.Meta(ge=0)] = 0
     actor: str | None = None
     action: str | None = None
+    target: str | None = None  # a message id, token id, username, "queue", "delivery"
 
 
 class AuditPage(msgspec.Struct):
@@ -28,7 +29,7 @@ class AuditPage(msgspec.Struct):
 async def audit(call: Call) -> AuditPage:
     query: AuditQuery = call.query
     items, total = await anyio.to_thread.run_sync(
-        call.state.audit.newest, query.limit, query.offset, query.actor, query.action
+        call.state.audit.newest, query.limit, query.offset, query.actor, query.action, query.target
     )
     return AuditPage(items, total, query.limit, query.offset)
 

@@ -112,7 +112,11 @@ _ID_LIMIT = 64
 
 
 async def show(call: Call) -> MessageDetail:
-    state, message_id = call.state, call.path("id")
+    return await detail(call.state, call.path("id"))
+
+
+async def detail(state: AdminState, message_id: str) -> MessageDetail:
+    """What history knows of the message, or else the queue; NotFound when neither does."""
     if len(message_id.encode()) > _ID_LIMIT:
         raise NotFound(f"no message {message_id[:_ID_LIMIT]}…: longer than any message id")
     queued, body = await anyio.to_thread.run_sync(_from_queue, state, message_id)

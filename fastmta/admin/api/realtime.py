@@ -37,10 +37,15 @@ class RealtimeQuery(msgspec.Struct):
 
 
 class RealtimeEvent(msgspec.Struct):
+    """Rates are per second since the event before; fields may be added, never removed or renamed."""
+
     at: float
-    messages_per_second: float
+    messages_per_second: float  # accepted over SMTP
     queue_depth: int
     active_connections: int
+    sent_per_second: float = 0.0  # recipients delivered
+    deferred_per_second: float = 0.0  # recipients deferred
+    rejected_per_second: float = 0.0  # messages refused in the SMTP session, or not stored
 
 
 class Feed:
@@ -102,7 +107,7 @@ class Feed:
         self._latest = None
 
     async def _read(self, state: AdminState) -> None:
-        previous: tuple[float, float] | None = None
+        previous: Counts | None = None
         try:
             while True:
                 event, previous = await anyio.to_thread.run_sync(_reading, state, previous)
@@ -122,19 +127,35 @@ class Feed:
             queue.put_nowait(item)
 
 
-def _reading(state: AdminState, previous: tuple[float, float] | None) -> tuple[RealtimeEvent, tuple[float, float]]:
-    """The event, and the (time, messages received) the next one measures its rate from; runs in a thread."""
+# What each rate counts: (metric, its `status`, or None: every status but "accepted").
+_RATES = {
+    "messages_per_second": ("smtp_messages_received_total", "accepted"),
+    "sent_per_second": ("smtp_messages_sent_total", "delivered"),
+    "deferred_per_second": ("smtp_messages_sent_total", "deferred"),
+    "rejected_per_second": ("smtp_messages_received_total", None),
+}
+Counts = tuple[float, dict[str, float]]  # when they were read (monotonic), and each rate's counter then
+
+
+def _reading(state: AdminState, previous: Counts | None) -> tuple[RealtimeEvent, Counts]:
+    """The event, and the counts the next one measures its rates from; runs in a thread."""
     snapshot = state.readings.snapshot()
     now = time.monotonic()
-    received = snapshot.total("smtp_messages_received_total", status="accepted")
-    rate = 0.0 if previous is None else (received - previous[1]) / max(now - previous[0], 1e-6)
+    counts = {}
+    for rate, (metric, status) in _RATES.items():
+        by_status = snapshot.by_label(metric, "status")
+        counts[rate] = by_status.get(status, 0.0) if status else sum(v for k, v in by_status.items() if k != "accepted")
+    rates = {
+        rate: 0.0 if previous is None else round((count - previous[1][rate]) / max(now - previous[0], 1e-6), 2)
+        for rate, count in counts.items()
+    }
     event = RealtimeEvent(
         at=round(time.time(), 3),
-        messages_per_second=round(rate, 2),
         queue_depth=state.store.count(),
         active_connections=int(snapshot.total("smtp_connections_active")),
+        **rates,
     )
-    return event, (now, received)
+    return event, (now, counts)
 
 
 class Stream(StreamingResponse):
@@ -175,7 +196,7 @@ def endpoints(feed: Feed) -> list[Endpoint]:
         Endpoint(
             "GET",
             "/api/v1/stats/realtime",
-            "A `metrics` event every second: messages/s, queue depth, active connections",
+            "A `metrics` event every second: messages received, sent, deferred and rejected per second, queue depth, active connections",
             realtime,
             "monitoring",
             query=RealtimeQuery,

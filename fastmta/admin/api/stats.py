@@ -1,4 +1,4 @@
-"""GET /stats: totals since start over every worker, the queue by state, and processing-time percentiles."""
+"""GET /stats: totals since start over every worker, the queue by state, processing-time percentiles, scan findings."""
 
 from __future__ import annotations
 
@@ -40,12 +40,21 @@ class Percentiles(msgspec.Struct):
     p99: float | None
 
 
+class ScanStats(msgspec.Struct):
+    """Messages a scanner found something in, and their share of those it gave a verdict on (null: none yet)."""
+
+    detected: int
+    rate: float | None
+
+
 class Stats(msgspec.Struct):
     messages: MessageStats
     connections: ConnectionStats
     auth: AuthStats
     queue: dict[str, int]
     processing: Percentiles
+    spam: ScanStats
+    virus: ScanStats
 
 
 def queue_states(store: QueueStore) -> dict[str, int]:
@@ -61,6 +70,14 @@ def queue_states(store: QueueStore) -> dict[str, int]:
         else:
             states["active"] += 1
     return dict(states)
+
+
+def scan_stats(snapshot: Snapshot, scanner: str) -> ScanStats:
+    """From smtp_<scanner>_scans_total: scans with a verdict (clean or detected), detected among them."""
+    results = snapshot.by_label(f"smtp_{scanner}_scans_total", "result")
+    detected = int(results.get("detected", 0))
+    judged = detected + int(results.get("clean", 0))
+    return ScanStats(detected=detected, rate=round(detected / judged, 4) if judged else None)
 
 
 def summarize(snapshot: Snapshot, queue: dict[str, int]) -> Stats:
@@ -84,6 +101,8 @@ def summarize(snapshot: Snapshot, queue: dict[str, int]) -> Stats:
         AuthStats(success=int(auth.get("success", 0)), failure=int(auth.get("failure", 0))),
         queue,
         Percentiles(*(snapshot.quantile(histogram, q) for q in (0.5, 0.95, 0.99))),
+        scan_stats(snapshot, "spam"),
+        scan_stats(snapshot, "virus"),
     )
 
 

@@ -1,0 +1,192 @@
+"""MTA-STS and DANE against the real server: a loopback DNS (TXT, TLSA with the AD bit), the policy host on
+HTTPS, next hops with certificates the test makes; and the policy cache across restarts and id changes."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from fastmta import metrics
+from fastmta.delivery.mx import MxResolver
+from fastmta.delivery.tlspolicy import pkix
+from fastmta.delivery.tlspolicy.fetch import PolicyFetcher
+from fastmta.delivery.tlspolicy.sts_cache import StsPolicies
+from tests.conftest import Server, free_port
+from tests.integration.nexthop import Dns, NextHop
+from tests.integration.sts_peers import Issued, PolicyHost, TestCa, policy
+from tests.integration.test_delivery import journal, wait_until
+from tests.integration.test_delivery_tls import server_context
+from tests.integration.test_ingress import MESSAGE
+
+# Each recipient domain is one case: its MX host, which next hop that name leads to, its policy.
+GOOD, SELF_SIGNED = "127.0.0.1", "127.0.0.2"
+MX_ADDRESS = {
+    "enforce.test": GOOD, "unlisted.test": GOOD, "badcert.test": SELF_SIGNED, "testing.test": SELF_SIGNED,
+    "dane.test": SELF_SIGNED, "danebad.test": GOOD, "insecure.test": GOOD, "cached.test": GOOD,
+}
+POLICIES = {
+    "enforce.test": policy("enforce", "*.enforce.test"),
+    "unlisted.test": policy("enforce", "mx.elsewhere.test"),
+    "badcert.test": policy("enforce", "mx.badcert.test"),
+    "testing.test": policy("testing", "mx.testing.test"),
+    "cached.test": policy("enforce", "mx.cached.test", max_age=3600),
+}
+DANE_SIGNED = ("dane.test", "danebad.test")
+# Its TXT record promises a policy the policy host does not serve (404).
+UNSERVED = "missing.test"
+
+
+@dataclass
+class World:
+    ca: TestCa
+    dns: Dns
+    policy_host: PolicyHost
+    good: NextHop
+    self_signed: NextHop
+    server: Server
+
+
+def _dns(port: int, policy_host: PolicyHost, self_signed_spki: bytes) -> Dns:
+    tlsa_name = "_{}._tcp.mx.{}".format
+    secure = {name for domain in DANE_SIGNED for name in (domain, f"mx.{domain}", tlsa_name(port, domain))}
+    return Dns(
+        mx={domain: [(10, f"mx.{domain}")] for domain in MX_ADDRESS},
+        a={f"mx.{domain}": address for domain, address in MX_ADDRESS.items()}
+        | {f"mta-sts.{domain}": policy_host.address for domain in (*POLICIES, UNSERVED)},
+        txt={f"_mta-sts.{domain}": ["v=STSv1; id=1;"] for domain in (*POLICIES, UNSERVED)},
+        # DANE-EE for the self-signed hop: dane.test matches it, danebad.test (whose MX is the other
+        # hop) does not, and insecure.test's records come without the AD bit, so they do not count.
+        tlsa={tlsa_name(port, domain): [(3, 1, 1, self_signed_spki)] for domain in (*DANE_SIGNED, "insecure.test")},
+        secure=secure,
+    ).start()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path]) -> Iterator[World]:
+    directory = tmp_path_factory.mktemp("tlspolicy")
+    ca = TestCa(directory)
+    try:
+        policy_host = PolicyHost(ca.issue("policy-host", *(f"mta-sts.{domain}" for domain in (*POLICIES, UNSERVED))))
+    except PermissionError:
+        pytest.skip("the MTA-STS policy host listens on port 443, as RFC 8461 has it: that needs root")
+    policy_host.policies.update(POLICIES)
+    policy_host.start()
+    port = free_port()
+    good_certificate = ca.issue("good-hop", *(f"mx.{domain}" for domain, address in MX_ADDRESS.items() if address == GOOD))
+    good = NextHop(port=port, host=GOOD, tls_context=good_certificate.server_context()).start()
+    self_signed = NextHop(port=port, host=SELF_SIGNED, tls_context=server_context(tls_files)).start()
+    dns = _dns(port, policy_host, Issued.load(tls_files).spki_sha256())
+    server = Server(directory, {
+        "delivery": {"workers": 1, "dns_servers": [f"127.0.0.1:{dns.port}"], "connect_timeout": "2s", "retry_schedule": ["1h"]},
+        "routes": [{"match": ["*"], "kind": "mx", "port": port}],  # tls = "opportunistic", the default
+        "tls_policy": {"ca_file": str(ca.ca_file), "dnssec_resolver": f"127.0.0.1:{dns.port}"},
+    }).start()
+    cases = [domain for domain in MX_ADDRESS if domain != "cached.test"]
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        for domain in cases:
+            client.sendmail("alice@example.com", [f"bob@{domain}"], MESSAGE)
+    wait_until(lambda: len(journal(server)) == len(cases))
+    yield World(ca, dns, policy_host, good, self_signed, server)
+    server.stop()
+    for peer in (good, self_signed, dns, policy_host):
+        peer.stop()
+
+
+def outcome(world: World, domain: str) -> dict[str, Any]:
+    (entry,) = [e for e in journal(world.server) if e["recipient"] == f"bob@{domain}"]
+    return entry
+
+
+def arrived(hop: NextHop, domain: str) -> bool:
+    return any(a.recipients == [f"bob@{domain}"] and a.tls for a in hop.recorder.arrivals)
+
+
+def test_enforce_delivers_to_a_listed_mx_with_a_certificate_for_its_name(world: World) -> None:
+    assert outcome(world, "enforce.test")["status"] == "delivered" and arrived(world.good, "enforce.test")
+    assert world.policy_host.fetches["enforce.test"] == 1
+
+
+@pytest.mark.parametrize(("domain", "reason"), [
+    ("unlisted.test", "4.7.5 mx.unlisted.test is not an MX host of unlisted.test's MTA-STS policy"),
+    ("badcert.test", "4.7.5 certificate of mx.badcert.test not trusted"),
+])
+def test_enforce_defers_an_unlisted_mx_or_a_bad_certificate(world: World, domain: str, reason: str) -> None:
+    entry = outcome(world, domain)
+    assert entry["status"] == "deferred" and entry["reply"].startswith(f"451 {reason}"), entry
+
+
+def test_testing_mode_delivers_and_counts_the_failure(world: World) -> None:
+    assert outcome(world, "testing.test")["status"] == "delivered" and arrived(world.self_signed, "testing.test")
+    # Written by the runner once a second: one each for unlisted.test and badcert.test, testing.test, danebad.test.
+    expected = {("mta-sts", "enforce"): 2, ("mta-sts", "testing"): 1, ("dane", "enforce"): 1}
+    wait_until(lambda: failures(world.server) == expected)
+
+
+def test_dane_ee_match_delivers_and_a_mismatch_defers(world: World) -> None:
+    # The self-signed certificate is for mx.test: DANE-EE checks the key, not the name or the CA.
+    assert outcome(world, "dane.test")["status"] == "delivered" and arrived(world.self_signed, "dane.test")
+    entry = outcome(world, "danebad.test")
+    assert entry["status"] == "deferred" and "4.7.5 certificate of mx.danebad.test matches none of its TLSA" in entry["reply"]
+
+
+def test_tlsa_records_without_the_ad_bit_are_ignored(world: World) -> None:
+    assert outcome(world, "insecure.test")["status"] == "delivered" and arrived(world.good, "insecure.test")
+
+
+def failures(server: Server) -> dict[tuple[str, str], float]:
+    """fastmta_tls_policy_failures_total by (policy, mode), from the files /metrics is made of."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(metrics.directory_for(server.data_dir)))
+    return {
+        (sample.labels["policy"], sample.labels["mode"]): sample.value
+        for family in registry.collect() if family.name == "fastmta_tls_policy_failures"
+        for sample in family.samples if sample.name.endswith("_total")
+    }
+
+
+def test_the_policy_is_cached_across_restarts_and_fetched_again_when_its_id_changes(world: World, tmp_path: Path) -> None:
+    clock = [1000.0]
+
+    async def look_up() -> Any:
+        # A new resolver and cache each time, as a restarted runner has: only the files remain.
+        resolver = MxResolver([f"127.0.0.1:{world.dns.port}"], timeout=2)
+        fetcher = PolicyFetcher(resolver, pkix.ca_context(str(world.ca.ca_file)), timeout=5)
+        policies = StsPolicies(resolver, fetcher, tmp_path, clock=lambda: clock[0])
+        try:
+            return [await policies.policy("cached.test") for _ in range(2)]
+        finally:
+            await fetcher.close()
+
+    fetches = world.policy_host.fetches
+    first = asyncio.run(look_up())
+    assert first[0] == first[1] and first[0].mode == "enforce" and fetches["cached.test"] == 1
+    assert asyncio.run(look_up()) == first and fetches["cached.test"] == 1  # from data_dir, after a "restart"
+    world.policy_host.policies["cached.test"] = policy("testing", "mx.cached.test", max_age=3600)
+    world.dns.txt["_mta-sts.cached.test"] = ["v=STSv1; id=2;"]
+    assert [p.mode for p in asyncio.run(look_up())] == ["testing", "testing"] and fetches["cached.test"] == 2
+    del world.dns.txt["_mta-sts.cached.test"]  # the TXT record gone: the cached policy holds until its max_age
+    assert asyncio.run(look_up())[0].mode == "testing"
+    clock[0] += 3601
+    assert asyncio.run(look_up()) == [None, None] and fetches["cached.test"] == 2
+
+
+def test_a_policy_that_cannot_be_fetched_counts_as_none_and_is_not_fetched_again_at_once(world: World, tmp_path: Path) -> None:
+    async def look_up_twice() -> list[Any]:
+        resolver = MxResolver([f"127.0.0.1:{world.dns.port}"], timeout=2)
+        fetcher = PolicyFetcher(resolver, pkix.ca_context(str(world.ca.ca_file)), timeout=5)
+        policies = StsPolicies(resolver, fetcher, tmp_path)
+        try:
+            return [await policies.policy(UNSERVED) for _ in range(2)]
+        finally:
+            await fetcher.close()
+
+    assert asyncio.run(look_up_twice()) == [None, None]  # as if there were none (RFC 8461 §5.1)
+    assert world.policy_host.fetches[UNSERVED] == 1
