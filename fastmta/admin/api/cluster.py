@@ -13,6 +13,7 @@ import msgspec
 from fastmta.admin.endpoint import Call, Endpoint
 from fastmta.admin.errors import ClusterUnreachable
 from fastmta.admin.heartbeat import DECODER, NodeReport, report
+from fastmta.admin.state import AdminState
 
 
 class NodeView(msgspec.Struct):
@@ -25,20 +26,25 @@ class Nodes(msgspec.Struct):
     nodes: list[NodeView]
 
 
-async def nodes(call: Call) -> Nodes:
-    cluster = call.state.cluster
+async def seen(state: AdminState) -> Nodes:
+    """The nodes heard from within heartbeat_ttl (this node alone outside a cluster); the console shows them too."""
+    cluster = state.cluster
     if cluster is None:
-        alone = await anyio.to_thread.run_sync(report, call.state, False)
-        return Nodes(call.state.config.server.node_id, [NodeView(alone, 0.0)])
+        alone = await anyio.to_thread.run_sync(report, state, False)
+        return Nodes(state.config.server.node_id, [NodeView(alone, 0.0)])
     found = await anyio.to_thread.run_sync(cluster.nodes)
     if found is None:
         raise ClusterUnreachable("Redis ([cluster] redis_url) is unreachable; this node counts its limits alone meanwhile")
     now = time.time()
     views = []
     for raw in found.values():
-        seen = DECODER.decode(raw)
-        views.append(NodeView(seen, round(max(0.0, now - seen.at), 3)))
-    return Nodes(call.state.config.server.node_id, views)
+        heard = DECODER.decode(raw)
+        views.append(NodeView(heard, round(max(0.0, now - heard.at), 3)))
+    return Nodes(state.config.server.node_id, views)
+
+
+async def nodes(call: Call) -> Nodes:
+    return await seen(call.state)
 
 
 ENDPOINTS = [
