@@ -22,8 +22,13 @@ def test_the_overview_lists_the_nodes_heard_from(tmp_path: Path, redis_server: R
     try:
         with console.client() as browser:  # entering runs the app's lifespan: this node's first heartbeat
             console.log_in(browser, "viewer")
-            # The first heartbeat is written by a task of the app's: the page shows it once it is done.
-            page = wait_until(lambda: (text := browser.get("/ui").text) if "(this node)" in text else None) or ""
+
+            def overview() -> str | None:
+                """The page once it shows this node: its first heartbeat is written by a task of the app's."""
+                text = browser.get("/ui").text
+                return text if "(this node)" in text else None
+
+            page = wait_until(overview) or ""
     finally:
         console.close()
     assert "<h2>Cluster</h2>" in page
