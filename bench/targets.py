@@ -76,10 +76,25 @@ def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def started(name: str, port: int, process: subprocess.Popen[bytes], cleanup: Path | None = None) -> Running:
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until the port accepts a connection (a server behind PROXY protocol greets only after a header)."""
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} within {READY_SECONDS:.0f} s")
+
+
+def started(
+    name: str, port: int, process: subprocess.Popen[bytes], cleanup: Path | None = None, probe: bool = True
+) -> Running:
+    """Once the server greets, or with `probe` false once its port accepts."""
     running = Running(name, port, process.pid, process=process, cleanup=cleanup)
     try:
-        wait_for_greeting(port, process)
+        (wait_for_greeting if probe else wait_for_port)(port, process)
     except BaseException:
         running.stop()
         raise
@@ -106,6 +121,7 @@ class FastMTA(Target):
     durability = "fsync before 250"
     relays = True
     server_settings: tuple[str, ...] = ()
+    smtp_settings: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()  # further config lines after the others, whole sections
 
     def executable(self) -> str | None:
@@ -123,6 +139,7 @@ class FastMTA(Target):
             "[smtp]",
             f'listen = ["127.0.0.1:{port}"]',
             'mynetworks = ["127.0.0.0/8"]',
+            *self.smtp_settings,
             "[admin]",
             f'listen = "127.0.0.1:{admin_port or free_port()}"',
             "[delivery]",
@@ -139,7 +156,9 @@ class FastMTA(Target):
             ]
         return "\n".join(lines + list(self.sections)) + "\n"
 
-    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
+    def start(
+        self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None, probe: bool = True
+    ) -> Running:
         executable = self.executable()
         assert executable is not None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +166,7 @@ class FastMTA(Target):
         config.write_text(self.config(workdir, port, relay_port, admin_port))
         self.prepare(executable, config)
         process = spawn([executable, "serve", "--config", str(config)], workdir / "fastmta.log")
-        return started(self.name, port, process, cleanup=workdir / "var")
+        return started(self.name, port, process, cleanup=workdir / "var", probe=probe)
 
     def prepare(self, executable: str, config: Path) -> None:
         """What a variant needs in place before its server starts with `config`."""
@@ -209,6 +228,66 @@ class FastMTAWithWebhooks(FastMTA):
             raise
         running.companions = (receiver,)
         return running
+
+
+# Per-client limits high enough never to refuse, counted for every client (loopback included):
+# beside each other, fastmta-limits and fastmta-cluster show what counting them in Redis costs.
+COUNTED_LIMITS = ("[limits]", "exempt_mynetworks = false", "messages_per_hour = 100000000",
+                   "recipients_per_hour = 100000000", "connections_per_minute = 100000000")
+
+
+class FastMTAWithLimits(FastMTA):
+    """fastmta counting per-client limits in state.lmdb (a node without a cluster)."""
+
+    name = "fastmta-limits"
+    smtp_settings = ("max_connections_per_ip = 100000",)
+    durability = "fsync before 250; limits in state.lmdb"
+    sections = COUNTED_LIMITS
+
+
+class FastMTAInCluster(FastMTA):
+    """fastmta counting the same limits in a redis-server of its own on loopback: cluster mode, one node."""
+
+    name = "fastmta-cluster"
+    durability = "fsync before 250; limits in Redis"
+    redis_port = 0  # of the last start
+    smtp_settings = FastMTAWithLimits.smtp_settings
+
+    def missing(self) -> str | None:
+        if not shutil.which("redis-server"):
+            return "redis-server is not installed (apt-get install redis-server)"
+        return super().missing()
+
+    def start(self, workdir: Path, port: int, relay_port: int | None = None, admin_port: int | None = None) -> Running:
+        workdir.mkdir(parents=True, exist_ok=True)
+        redis_port = self.redis_port = free_port()
+        redis = spawn(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(workdir),
+             "--save", "", "--appendonly", "no"],
+            workdir / "redis.log",
+        )  # fmt: skip
+        self.sections = (*COUNTED_LIMITS, "[cluster]", f'redis_url = "redis://127.0.0.1:{redis_port}/0"')
+        try:
+            wait_for_redis(redis_port, redis)
+            running = super().start(workdir, port, relay_port, admin_port)
+        except BaseException:
+            redis.terminate()
+            raise
+        running.companions = (redis,)
+        return running
+
+
+def wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"redis-server did not answer on 127.0.0.1:{port}")
 
 
 class FastMTABaseline(FastMTA):
@@ -280,7 +359,8 @@ class SmtpSink(Target):
 
 TARGETS: dict[str, Target] = {
     t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTAWithHistory(),
-                           FastMTAWithDkim(), FastMTAWithEd25519(), FastMTAWithWebhooks(), FastMTABaseline())
+                           FastMTAWithDkim(), FastMTAWithEd25519(), FastMTAWithWebhooks(), FastMTABaseline(),
+                           FastMTAWithLimits(), FastMTAInCluster())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")

@@ -147,7 +147,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ServerConfig(_Section):
     hostname: str = ""
-    # Names this node in events (and, later, in metrics and the cluster); the hostname by default.
+    # Names this node in events, in the fastmta_node_info metric and in the cluster's heartbeats; the hostname by default.
     node_id: str = ""
     data_dir: str = "./var"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -316,6 +316,26 @@ class HistoryConfig(_Section):
         scheme = self.url.partition("://")[0].partition("+")[0]
         if self.url and scheme not in ("sqlite", "postgresql"):
             raise ValueError(f"url: not an sqlite:// or postgresql:// URL: {self.url!r}")
+
+
+class ClusterConfig(_Section):
+    # Empty: every limit and switch is this node's own (state.lmdb, queue.lmdb). "redis://host:port/db"
+    # (or rediss://, unix://): per-IP limits, daily quotas, per-destination limits, the delivery switch
+    # and the node heartbeats are shared by every node pointed at it.
+    redis_url: str = ""
+    # A command that takes longer counts as Redis unreachable: the node falls back to its local limits.
+    redis_timeout: Duration = _seconds("250ms")
+    # Every key this cluster writes starts with it, so several clusters can share one Redis.
+    key_prefix: str = "fastmta:"
+    # A node whose heartbeat is older than this is no longer listed (its key expires).
+    heartbeat_ttl: Duration = _seconds("30s")
+
+    def __post_init__(self) -> None:
+        scheme = self.redis_url.partition("://")[0]
+        if self.redis_url and scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"redis_url: not a redis://, rediss:// or unix:// URL: {self.redis_url!r}")
+        if self.redis_timeout <= 0:
+            raise ValueError("redis_timeout: must be more than 0s")
 
 
 class WebhookConfig(_Section):
@@ -538,6 +558,7 @@ class Config(_Section):
     tls_policy: TlsPolicyConfig = msgspec.field(default_factory=TlsPolicyConfig)
     scan: ScanConfig = msgspec.field(default_factory=ScanConfig)
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
     @property
     def events_wanted(self) -> bool:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from fastmta.config import Config, LimitsConfig
+from fastmta.counters.interface import Counters, Unused
 from fastmta.networks import Networks
-from fastmta.ratelimit import RateLimiter, Unused
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -50,7 +50,7 @@ class ClientLimits:
 
     def __init__(
         self,
-        limiter: RateLimiter,
+        limiter: Counters,
         limits: LimitsConfig,
         max_connections: int,
         max_connections_per_ip: int,
@@ -71,7 +71,7 @@ class ClientLimits:
 
     @classmethod
     def configured(
-        cls, limiter: RateLimiter, config: Config, refused: Callable[[str], None] = lambda limit: None
+        cls, limiter: Counters, config: Config, refused: Callable[[str], None] = lambda limit: None
     ) -> ClientLimits:
         """The limits of [limits] and [smtp]; mynetworks are exempt unless limits.exempt_mynetworks is false."""
         return cls(

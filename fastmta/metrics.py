@@ -120,7 +120,30 @@ def families() -> SimpleNamespace:
             "policy",
             "mode",
         ),
+        cluster_degraded=Gauge(
+            "fastmta_cluster_degraded",
+            "1 while this process counts limits in state.lmdb because Redis ([cluster] redis_url) is unreachable",
+            ["worker"],
+            registry=None,
+            multiprocess_mode="livemax",
+        ),
+        node_info=Gauge(
+            "fastmta_node_info",
+            "Always 1; its node label is [server] node_id, to join with the other series of this node",
+            ["node"],
+            registry=None,
+            multiprocess_mode="max",
+        ),
     )
+
+
+def node_seen(node: str) -> None:
+    """fastmta_node_info{node} 1, written by the admin process, which serves /metrics."""
+    families().node_info.labels(node).set(1)
+
+
+def cluster_degraded(worker: str, degraded: bool) -> None:
+    families().cluster_degraded.labels(worker).set(1 if degraded else 0)
 
 
 class Tally:

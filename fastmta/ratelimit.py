@@ -1,5 +1,7 @@
 """Per-IP counters in state.lmdb shared by every worker: sliding-window rate limits and open connections.
 
+The state.lmdb store of fastmta.counters.interface; in a cluster it stands in while Redis is unreachable.
+
 Rates use the sliding-window counter (the previous fixed window weighted by how much of it still
 overlaps the sliding one, plus the current window): two keys per client and limit, no per-event
 records. Open connections are counted per process as well as in total, so the connections of a
@@ -17,10 +19,10 @@ import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
 
 import lmdb
 
+from fastmta.counters.interface import Unused
 from fastmta.processes import alive
 
 _RATE = struct.Struct(">Qd")  # count, expires_at
@@ -28,15 +30,6 @@ _COUNT = struct.Struct(">q")
 _WINDOW_INDEX = struct.Struct(">Q")
 _TOTAL = b"\0total"
 MAP_SIZE = 256 * 1024 * 1024
-
-
-class Unused(NamedTuple):
-    """Events reserved with take() and not used: given back when the connection closes."""
-
-    kind: str
-    key: str
-    window: float
-    amount: int
 
 
 class RateLimiter:

@@ -21,6 +21,14 @@ import tomli_w
 from fastmta import metrics
 
 
+def installed(command: str, package: str) -> str:
+    """The path of `command`; the test is skipped, saying why, when its Debian package is absent."""
+    found = shutil.which(command)
+    if found is None:
+        pytest.skip(f"{command} is not installed (apt-get install {package})")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -194,7 +202,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("tls")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -7,6 +7,7 @@ document come from the endpoint declarations (endpoint.py), built on msgspec lik
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -21,8 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fastmta.admin import heartbeat
 from fastmta.admin.api import (
     audit,
+    cluster,
     delivery,
     destinations,
     dkim,
@@ -59,7 +62,7 @@ def endpoints(feed: realtime.Feed | None = None) -> list[Endpoint]:
         endpoint
         for module in (
             health, metrics, stats, queue, delivery, destinations, users, tokens, audit, messages, maintenance, webhooks, stored,
-            dkim,
+            dkim, cluster,
         )
         for endpoint in module.ENDPOINTS
     ] + realtime.endpoints(feed) + events.endpoints(feed)
@@ -103,7 +106,10 @@ def create_app(config: Config, feed: realtime.Feed) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        beating = None if state.cluster is None else asyncio.ensure_future(heartbeat.beat_forever(state, state.cluster))
         yield
+        if beating is not None:
+            beating.cancel()
         state.close()
 
     api = endpoints(feed)

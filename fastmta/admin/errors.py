@@ -76,6 +76,10 @@ class HistoryDisabled(ApiError):
     status, code = 503, "HISTORY_DISABLED"
 
 
+class ClusterUnreachable(ApiError):
+    status, code = 503, "CLUSTER_UNREACHABLE"
+
+
 def validation_failed(error: msgspec.ValidationError | msgspec.DecodeError, where: str) -> ValidationFailed:
     """msgspec says '... - at `$.limit`'; the field named there is the one the client must fix."""
     text = str(error)

@@ -15,6 +15,7 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server.embed import Server
 
+from fastmta import metrics
 from fastmta.admin.api.realtime import Feed
 from fastmta.admin.app import create_app
 from fastmta.config import Config, parse_hostport
@@ -28,6 +29,8 @@ _GRANIAN_LOGGING = {"loggers": {"_granian": {"handlers": [], "propagate": True}}
 def run(config: Config, name: str) -> int:
     async def main() -> None:
         host, port = parse_hostport(config.admin.listen, 8080)
+        if config.server.metrics:
+            metrics.node_seen(config.server.node_id)
         feed = Feed()
         server = Server(
             create_app(config, feed),

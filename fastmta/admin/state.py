@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -12,6 +13,7 @@ from fastmta.admin.audit import AuditLog
 from fastmta.admin.readings import Readings
 from fastmta.admin.tokens import Tokens
 from fastmta.config import Config
+from fastmta.counters import configured
 from fastmta.history import db
 from fastmta.limits import ClientLimits
 from fastmta.queue.control import DeliveryControl
@@ -20,6 +22,9 @@ from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker
 from fastmta.ratelimit import RateLimiter
 from fastmta.stores import sqlite
+
+if TYPE_CHECKING:
+    from fastmta.counters.failover import FailoverCounters
 
 
 @dataclass
@@ -32,26 +37,29 @@ class AdminState:
     delivery: DeliveryControl
     readings: Readings
     poker: Poker
-    limiter: RateLimiter
+    limiter: RateLimiter | FailoverCounters
     limits: ClientLimits  # SMTP's per-address limits, for HTTP Basic logins
+    cluster: FailoverCounters | None  # Redis, with [cluster] redis_url: the limiter, heartbeats, the node list
     _history: sa.Engine | None = field(default=None, init=False)
     _stored: dict[Path, sa.Engine] = field(default_factory=dict, init=False)
 
     @classmethod
     def open(cls, config: Config) -> AdminState:
         store = QueueStore.opened(config)
-        limiter = RateLimiter(config.data_dir / "state.lmdb")
+        cluster = configured.shared(config, "admin")
+        limiter = cluster or RateLimiter(config.data_dir / "state.lmdb")
         return cls(
             config,
             store,
             Accounts(store.env),
             Tokens(store.env),
             AuditLog(store.env),
-            DeliveryControl(store.env),
+            DeliveryControl(store.env, cluster),
             Readings(config.data_dir, store),
             Poker(config.data_dir),
             limiter,
             ClientLimits.configured(limiter, config),
+            cluster,
         )
 
     def make_due(self, message_ids: list[str] | None) -> int:

@@ -25,6 +25,7 @@ import uvloop
 
 from fastmta import stores
 from fastmta.config import Config, RouteConfig
+from fastmta.counters import configured
 from fastmta.delivery import dsn, retry
 from fastmta.delivery.mx import DnsFailure, MxResolver
 from fastmta.delivery.outbound import Connection, ConnectionFailed, Destination, Reply, crlf_lines, one_line
@@ -96,11 +97,13 @@ class Runner:
         self.owner = f"{name}:{os.getpid()}"
         self.store = QueueStore.opened(config)
         self.scheduler = Scheduler(self.store)
-        self.control = DeliveryControl(self.store.env)
+        # In a cluster: the delivery switch and the destinations' limits are the cluster's.
+        self.cluster = configured.shared(config, name)
+        self.control = DeliveryControl(self.store.env, self.cluster)
         self.router = Router(config.routes)
         self.signer = Signer.configured(config)
         self.resolver = MxResolver(delivery.dns_servers, delivery.connect_timeout)
-        self.pools = Pools(self._open)
+        self.pools = Pools(self._open, self.cluster)
         self.tls_policies = TlsPolicies(
             config.tls_policy, self.resolver, config.data_dir, delivery.connect_timeout, self._tls_policy_failed
         )
@@ -207,6 +210,8 @@ class Runner:
         while True:
             await asyncio.sleep(1.0)
             self.metrics.flush()
+            if self.cluster is not None:
+                self.cluster.renew()
 
     def _look(self, limit: int) -> list[Message]:
         """In a thread: ETRN requests first (a read transaction when there are none; ETRN pokes too), then a lease.
@@ -246,6 +251,8 @@ class Runner:
         self._waiter.close()
         self._poker.close()
         self.journal.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.store.close()
 
     # ----- one message ------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from fastmta.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The PostgreSQL advisory lock that nodes of a cluster sharing one database migrate under, one at a
+# time: any 64-bit number that nothing else in that database locks ("fastmta" in ASCII).
+MIGRATION_LOCK = 0x666173746D7461
 
 
 def url(config: Config) -> str:
@@ -55,7 +58,11 @@ def _sqlite_settings(connection: Any, _record: Any, synchronous: str) -> None:
 
 
 def migrate(db: sa.Engine) -> None:
-    """Brings the schema to the newest revision; on a database already there it changes nothing."""
+    """Brings the schema to the newest revision; on a database already there it changes nothing.
+
+    The nodes of a cluster start their events processes at once against one PostgreSQL: each
+    migrates under an advisory lock, so the migrations run once.
+    """
     # Imported here: Alembic takes longer to import than the rest of the admin process, which only
     # migrates when history is on (and then once).
     from alembic import command
@@ -66,6 +73,9 @@ def migrate(db: sa.Engine) -> None:
     settings = AlembicConfig()
     settings.set_main_option("script_location", str(MIGRATIONS))
     with db.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Held to the end of this transaction: a node that waited finds the schema at head.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         settings.attributes["connection"] = connection
         command.upgrade(settings, "head")
 

@@ -16,6 +16,7 @@ import uvloop
 
 from fastmta.accounts import Accounts
 from fastmta.config import Config
+from fastmta.counters.configured import opened
 from fastmta.events.records import Event
 from fastmta.limits import ClientLimits
 from fastmta.listeners import ListenerSocket
@@ -24,7 +25,6 @@ from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import Message
 from fastmta.queue.store import QueueStore, StoreFullError
 from fastmta.queue.wakeup import Poker
-from fastmta.ratelimit import RateLimiter
 from fastmta.scan.scanner import Scanner
 from fastmta.smtp.protocol import SmtpProtocol
 from fastmta.smtp.session import SMTPS, Settings
@@ -51,7 +51,7 @@ class Worker:
         self.name = name
         self.store = QueueStore.opened(config)
         self.metrics = SmtpMetrics(name, config.server.metrics)
-        self.limiter = RateLimiter(config.data_dir / "state.lmdb")
+        self.limiter = opened(config, name)  # state.lmdb, or Redis before it in a cluster
         # Connections closed while state.lmdb could not be written: given back by the sweep.
         self._unreleased: list[tuple[str, Mapping[tuple[str, str], int]]] = []
         self._state_failing = False

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,7 +13,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from fastmta.config import ConfigError, load
+from fastmta.config import Config, ConfigError, load
 from fastmta.events import records, sinks
 from fastmta.events.history import HistorySink
 from fastmta.events.records import AnyEvent
@@ -262,3 +264,24 @@ def test_retention_runs_with_the_first_batch_then_hourly(sink: HistorySink) -> N
     sink.clock = lambda: T0 + sink.keep + 3600 * 2
     sink.deliver(numbered([records.about_message(records.Retried, "other", NODE)], 4))
     assert by_id(sink) == {}
+
+
+@pytest.mark.parametrize("history_config", ["postgresql"], indirect=True)
+def test_nodes_migrating_one_database_at_once_migrate_it_once(history_config: Config) -> None:
+    """The events processes of a cluster's nodes start together against one PostgreSQL."""
+    nodes = 3
+    engines = [db.for_writing(history_config) for _ in range(nodes)]
+    together = threading.Barrier(nodes)
+
+    def start(engine: sa.Engine) -> None:
+        together.wait()
+        db.migrate(engine)
+
+    try:
+        with ThreadPoolExecutor(nodes) as pool:
+            list(pool.map(start, engines))  # re-raises what any of them raised
+        with engines[0].connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() is not None
+    finally:
+        for engine in engines:
+            engine.dispose()

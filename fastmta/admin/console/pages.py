@@ -13,7 +13,7 @@ import msgspec
 from starlette.responses import Response
 
 from fastmta import overview as node
-from fastmta.admin.api import destinations, messages, queue, tokens, users
+from fastmta.admin.api import cluster, destinations, messages, queue, tokens, users
 from fastmta.admin.auth import require
 from fastmta.admin.console.web import Visit
 from fastmta.admin.errors import ApiError, validation_failed
@@ -32,8 +32,16 @@ async def overview(visit: Visit) -> Response:
     state = visit.state
     now = await anyio.to_thread.run_sync(node.read, state.config.data_dir, state.store)
     snapshot = await anyio.to_thread.run_sync(state.readings.snapshot)
+    nodes: cluster.Nodes | None = None
+    if state.cluster is not None:
+        try:
+            nodes = await cluster.seen(state)
+        except ApiError:
+            nodes = None  # the page says Redis is unreachable
     return visit.render(
         "overview.html",
+        in_cluster=state.cluster is not None,
+        nodes=nodes,
         page="overview",
         node=now,
         listeners=listeners(state.config),

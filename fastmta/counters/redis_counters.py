@@ -1,0 +1,408 @@
+"""The counters of fastmta.counters.interface in Redis, shared by every node of a cluster, plus its switches and heartbeats.
+
+Every update is one Lua script (EVALSHA), so it is atomic and costs one round trip; every key has
+an expiry. Rates use the same sliding-window counter as state.lmdb: two string keys per kind, key
+and window, expiring when they stop counting.
+
+An SMTP connection's close needs no answer: it waits for the process's next script (the next
+connection's opening, usually) and goes in the same pipeline, or for the once-a-second sweep, so a
+connection costs one round trip of its own. Meanwhile the limits count it as still open: stricter
+for up to a second, never more lenient.
+
+What is held open (SMTP connections per IP and per node, connections to a destination) is kept per
+owner, "<node>:<pid>", as a field of one hash per thing counted. The owner keeps the truth in its
+own memory and writes its absolute count, so Redis can always be told again (republish). An owner
+says it is alive with a key that expires after ALIVE_SECONDS unless renewed (sweep, once a
+second); the scripts drop the fields of owners whose alive key is gone, so the connections of a
+node that died stop counting within ALIVE_SECONDS.
+
+The window of a rate is computed from the caller's clock: nodes need synchronised clocks (NTP),
+as for any cluster; a skew of s seconds shifts a window's weighting by s/window.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from fastmta.counters.interface import Unused
+from fastmta.processes import alive
+
+# An owner that stops renewing its alive key stops counting after this long.
+ALIVE_SECONDS = 15.0
+# A hash of held counts outlives its last change by this long (a held connection keeps renewing it).
+HOLD_SECONDS = 86400.0
+# A switch outlives its last change by this long; every node keeps a copy and writes it back if it is gone.
+SWITCH_SECONDS = 30 * 86400.0
+_NODES_SECONDS = 7 * 86400.0
+
+# The sliding window of fastmta.ratelimit, in Lua: room under ARGV limit given the current and previous windows.
+_WINDOW = """
+local function window_take(current_key, previous_key, limit, want, partial, overlap, ttl_ms)
+  local current = tonumber(redis.call('GET', current_key) or '0')
+  local previous = tonumber(redis.call('GET', previous_key) or '0')
+  local room = math.floor(limit - (current + previous * overlap))
+  if room < 0 then room = 0 end
+  local granted = want
+  if want > room then
+    if partial == 1 then granted = room else granted = 0 end
+  end
+  if granted > 0 then
+    redis.call('INCRBY', current_key, granted)
+    redis.call('PEXPIRE', current_key, ttl_ms)
+  end
+  return granted
+end
+"""
+
+_TAKE = _WINDOW + """
+return window_take(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
+"""
+
+# KEYS: alive, rate current, rate previous, hash...; ARGV: owner, alive prefix, alive ms, hold ms,
+# rate limit (0: none), overlap, rate ms, limit of the first hash (0: none), the owner's new count per hash.
+# Returns {-1} when the rate refuses, {-2} when the first hash is at its limit (nothing written then),
+# else the live total of each hash, this owner's new count included.
+_HOLD = _WINDOW + """
+local owner, prefix = ARGV[1], ARGV[2]
+local function others(key)
+  local sum = 0
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local who = fields[i]
+    if who ~= owner then
+      if redis.call('EXISTS', prefix .. who) == 1 then sum = sum + tonumber(fields[i + 1])
+      else redis.call('HDEL', key, who) end
+    end
+  end
+  return sum
+end
+local sums = {}
+for i = 4, #KEYS do sums[i - 3] = others(KEYS[i]) + tonumber(ARGV[i + 5]) end
+local limit = tonumber(ARGV[8])
+if limit > 0 and sums[1] > limit then return {-2} end
+local rate = tonumber(ARGV[5])
+if rate > 0 and window_take(KEYS[2], KEYS[3], rate, 1, 0, tonumber(ARGV[6]), ARGV[7]) == 0 then return {-1} end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+for i = 4, #KEYS do
+  redis.call('HSET', KEYS[i], owner, ARGV[i + 5])
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+end
+return sums
+"""
+
+# KEYS: hash..., then rate keys to give back to; ARGV: owner, number of hashes, hold ms, the
+# owner's count per hash (0: its field goes), then the amount per rate key.
+_RELEASE = """
+local owner, hashes = ARGV[1], tonumber(ARGV[2])
+for i = 1, hashes do
+  if tonumber(ARGV[i + 3]) > 0 then
+    redis.call('HSET', KEYS[i], owner, ARGV[i + 3])
+    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  else
+    redis.call('HDEL', KEYS[i], owner)
+  end
+end
+for i = hashes + 1, #KEYS do
+  local count = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if count > 0 then
+    local left = count - tonumber(ARGV[i + 3])
+    if left < 0 then left = 0 end
+    redis.call('SET', KEYS[i], left, 'KEEPTTL')
+  end
+end
+return 0
+"""
+
+# KEYS: the switch's hash; ARGV: changed at, value, ms. The later change wins, whichever node saw it first.
+_SWITCH = """
+local at = redis.call('HGET', KEYS[1], 'at')
+if at and tonumber(at) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'at', ARGV[1], 'value', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def client(url: str, timeout: float) -> redis.Redis:
+    """A pooled client that fails fast: no retries of its own, `timeout` for connecting and for each reply.
+
+    The caller falls back to local state on failure rather than wait, so retrying here would
+    only stall a session.
+    """
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+
+
+def _bytes(value: bytes | str) -> bytes:
+    """redis-py types replies as bytes or str, by a client option; this client never decodes."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+class RedisCounters:
+    """One process's view; `node` names the node, the pid the process within it."""
+
+    def __init__(self, connection: redis.Redis, prefix: str, node: str) -> None:
+        self._redis = connection
+        self._prefix = prefix
+        self._node = node
+        self.owner = f"{node}:{os.getpid()}"
+        self._alive_key = f"{prefix}alive:{self.owner}"
+        self._take = connection.register_script(_TAKE)
+        self._hold = connection.register_script(_HOLD)
+        self._release = connection.register_script(_RELEASE)
+        self._switch = connection.register_script(_SWITCH)
+        # This owner's counts by hash key: the truth that Redis is told; and every hash it wrote a
+        # field in since it last told Redis everything, so a republish can remove what no longer holds.
+        self._held: Counter[str] = Counter()
+        self._touched: set[str] = set()
+        # Releases not sent yet (keys, arguments of _RELEASE): they go before the next script.
+        self._pending: list[tuple[list[str], list[Any]]] = []
+
+    def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """The script's answer; releases waiting to be sent go first, in the same round trip."""
+        if not self._pending:
+            return script(keys, args)
+        return self._with_pending(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))[-1]
+
+    def _with_pending(self, then: Callable[[redis.client.Pipeline], object]) -> list[Any]:
+        """One pipeline: the releases waiting to be sent, then what `then` adds; the replies.
+
+        Scripts go by EVALSHA alone: redis-py's Script objects would add a SCRIPT EXISTS round trip
+        to every pipeline. A Redis that does not know them (restarted) is told them, once, and the
+        pipeline runs again: none of it ran, as none of its scripts was known.
+        """
+        pending, self._pending = self._pending, []
+
+        def run() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for release_keys, release_args in pending:
+                    pipe.evalsha(self._release.sha, len(release_keys), *release_keys, *release_args)
+                then(pipe)
+                return pipe.execute()
+
+        try:
+            return run()
+        except redis.exceptions.NoScriptError:
+            for script in (self._take, self._hold, self._release, self._switch):
+                self._redis.script_load(script.script)
+            return run()
+
+    # ----- rates ------------------------------------------------------------------------------
+
+    def _rate_keys(self, kind: str, key: str, window: float, now: float) -> tuple[list[str], float, int]:
+        """The current and previous window's keys, the previous one's overlap, the current one's time to live."""
+        index = math.floor(now / window)
+        base = f"{self._prefix}rate:{kind}:{key}:"
+        return [f"{base}{index}", f"{base}{index - 1}"], 1.0 - (now / window - index), _ms((index + 2) * window - now)
+
+    def _window_take(self, kind: str, key: str, limit: int, window: float, want: int, now: float | None, partial: bool) -> int:
+        keys, overlap, ttl = self._rate_keys(kind, key, window, time.time() if now is None else now)
+        return int(self._run(self._take, keys, [limit, want, int(partial), repr(overlap), ttl]))
+
+    def hit(self, kind: str, key: str, limit: int, window: float, now: float | None = None, amount: int = 1) -> bool:
+        if limit <= 0:
+            return True
+        return self._window_take(kind, key, limit, window, amount, now, partial=False) == amount
+
+    def take(self, kind: str, key: str, limit: int, window: float, want: int, now: float | None = None) -> int:
+        return self._window_take(kind, key, limit, window, want, now, partial=True)
+
+    def count(self, kind: str, key: str, window: float, now: float | None = None) -> float:
+        keys, overlap, _ = self._rate_keys(kind, key, window, time.time() if now is None else now)
+        current, previous = (int(raw or 0) for raw in self._with_pending(lambda pipe: pipe.mget(keys))[-1])
+        return current + previous * overlap
+
+    def add(self, kind: str, key: str, window: float, at: float, amount: int) -> None:
+        """Counts `amount` events that happened at `at` without a limit: what a node counted alone, told later."""
+        index = math.floor(at / window)
+        ttl = (index + 2) * window - time.time()
+        if ttl > 0:
+            name = f"{self._prefix}rate:{kind}:{key}:{index}"
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incrby(name, amount)
+                pipe.pexpire(name, _ms(ttl))
+                pipe.execute()
+
+    # ----- what is held open ------------------------------------------------------------------
+
+    def _holding(
+        self, hashes: Sequence[str], limit: int, rate: tuple[str, str, int, float] | None, now: float | None
+    ) -> list[int]:
+        counts = [self._held[name] + 1 for name in hashes]
+        if rate is None:
+            rate_keys, overlap, rate_ttl, rate_limit = ["", ""], 0.0, 1, 0
+        else:
+            kind, key, rate_limit, window = rate
+            rate_keys, overlap, rate_ttl = self._rate_keys(kind, key, window, time.time() if now is None else now)
+        answer = self._run(
+            self._hold,
+            [self._alive_key, *rate_keys, *hashes],
+            [self.owner, f"{self._prefix}alive:", _ms(ALIVE_SECONDS), _ms(HOLD_SECONDS), rate_limit, repr(overlap),
+             rate_ttl, limit, *counts],
+        )  # fmt: skip
+        sums = [int(value) for value in answer]
+        if sums[0] >= 0:
+            for name in hashes:
+                self._held[name] += 1
+                self._touched.add(name)
+        return sums
+
+    def _letting_go(self, hashes: Sequence[str], give_back: Iterable[Unused], now: float | None, later: bool = False) -> None:
+        """Written now, or with the next script when `later`."""
+        for name in hashes:
+            self._held[name] = max(0, self._held[name] - 1)
+        rate_keys, amounts = [], []
+        for kind, key, window, amount in give_back:
+            keys, _, _ = self._rate_keys(kind, key, window, time.time() if now is None else now)
+            rate_keys.append(keys[0])
+            amounts.append(amount)
+        counts = [self._held[name] for name in hashes]
+        release = ([*hashes, *rate_keys], [self.owner, len(hashes), _ms(HOLD_SECONDS), *counts, *amounts])
+        if later:
+            self._pending.append(release)
+        else:
+            self._run(self._release, *release)
+        for name in hashes:
+            if not self._held[name]:
+                del self._held[name]
+
+    def _connection_hashes(self, ip: str) -> list[str]:
+        return [f"{self._prefix}conn:{ip}", f"{self._prefix}conn-total:{self._node}"]
+
+    def connection_opened(self, ip: str, per_minute: int = 0, now: float | None = None) -> tuple[int, int] | None:
+        rate = ("connections", ip, per_minute, 60.0) if per_minute > 0 else None
+        sums = self._holding(self._connection_hashes(ip), 0, rate, now)
+        return None if sums[0] < 0 else (sums[0], sums[1])
+
+    def connection_closed(self, ip: str, give_back: Iterable[Unused] = (), now: float | None = None) -> None:
+        self._letting_go(self._connection_hashes(ip), give_back, now, later=True)
+
+    def acquire(self, kind: str, key: str, limit: int) -> bool:
+        """One more of `kind` held for `key` unless `limit` are held across the cluster already."""
+        return self._holding([f"{self._prefix}hold:{kind}:{key}"], limit, None, None)[0] >= 0
+
+    def release(self, kind: str, key: str) -> None:
+        self._letting_go([f"{self._prefix}hold:{kind}:{key}"], (), None)
+
+    def connections(self) -> Counter[str]:
+        """This owner's open connections by client IP."""
+        start = f"{self._prefix}conn:"
+        return Counter({name[len(start):]: count for name, count in self._held.items() if name.startswith(start)})
+
+    def adopt_connections(self, by_ip: Counter[str]) -> None:
+        """Connections counted elsewhere (while Redis was unreachable) become this owner's; republish() tells Redis."""
+        for ip, count in by_ip.items():
+            for name in self._connection_hashes(ip):
+                self._held[name] += count
+
+    def forget_connections(self) -> None:
+        """Counted elsewhere from now on; their fields stay until a republish removes them or this owner is taken for dead."""
+        start = (f"{self._prefix}conn:", f"{self._prefix}conn-total:")
+        for name in [name for name in self._held if name.startswith(start)]:
+            del self._held[name]
+
+    def forget_hold(self, kind: str, key: str) -> None:
+        """A hold let go while Redis was unreachable: republish() tells Redis."""
+        name = f"{self._prefix}hold:{kind}:{key}"
+        self._held[name] = max(0, self._held[name] - 1)
+        if not self._held[name]:
+            del self._held[name]
+
+    def holds(self, kind: str, key: str) -> int:
+        return self._held[f"{self._prefix}hold:{kind}:{key}"]
+
+    def republish(self) -> None:
+        """Tells Redis this owner's counts again: after an outage, or when its fields were dropped as dead."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._alive_key, "1", px=_ms(ALIVE_SECONDS))
+            for name in self._touched - set(self._held):
+                pipe.hdel(name, self.owner)
+            for name, count in self._held.items():
+                pipe.hset(name, self.owner, count)
+                pipe.pexpire(name, _ms(HOLD_SECONDS))
+            pipe.execute()
+        self._touched = set(self._held)
+        # The counts just written are newer than the waiting releases' (what those gave back of rate
+        # windows is dropped: stricter until the window passes).
+        self._pending.clear()
+
+    def _scan(self, pattern: str) -> list[str]:
+        return [name.decode() for name in self._redis.scan_iter(match=pattern, count=1000)]
+
+    # ----- upkeep -----------------------------------------------------------------------------
+
+    def sweep(self, now: float | None = None) -> int:
+        """Sends releases still waiting; renews this owner's alive key; if it had expired (a stall, a
+        Redis restart), tells its counts again."""
+        created = self._with_pending(lambda pipe: pipe.set(self._alive_key, "1", px=_ms(ALIVE_SECONDS), nx=True))[-1]
+        if created and self._held:
+            self.republish()
+        elif not created:
+            self._redis.pexpire(self._alive_key, _ms(ALIVE_SECONDS))
+        return 0
+
+    def forget_dead_processes(self) -> int:
+        """This node's owners whose process is gone stop counting now rather than when their alive key expires."""
+        dead = [
+            name for name in self._scan(f"{self._prefix}alive:{self._node}:*")
+            if name.rpartition(":")[2].isdigit() and not alive(int(name.rpartition(":")[2]))
+        ]  # fmt: skip
+        if dead:
+            self._redis.delete(*dead)
+        return len(dead)
+
+    def ping(self) -> None:
+        self._redis.ping()
+
+    # ----- switches and heartbeats ------------------------------------------------------------
+
+    def switch(self, name: str) -> tuple[float, bytes] | None:
+        """A switch's value and when it was changed, or None if it was never set (or expired)."""
+        found = self._redis.hmget(f"{self._prefix}switch:{name}", ["at", "value"])
+        return None if found[0] is None else (float(found[0]), _bytes(found[1] or b""))
+
+    def set_switch(self, name: str, at: float, value: bytes) -> bool:
+        """Sets the switch unless it was changed later than `at`; True if it was set."""
+        return bool(self._switch([f"{self._prefix}switch:{name}"], [repr(at), value, _ms(SWITCH_SECONDS)]))
+
+    def beat(self, report: bytes, ttl: float) -> None:
+        """This node's heartbeat: `report` is listed by nodes() until `ttl` passes without another."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{self._prefix}node:{self._node}", report, px=_ms(ttl))
+            pipe.sadd(f"{self._prefix}nodes", self._node)
+            pipe.pexpire(f"{self._prefix}nodes", _ms(_NODES_SECONDS))
+            pipe.execute()
+
+    def nodes(self) -> dict[str, bytes]:
+        """The last heartbeat of every node seen within its ttl, by node id."""
+        names = sorted(_bytes(name).decode() for name in self._redis.smembers(f"{self._prefix}nodes"))
+        if not names:
+            return {}
+        reports = self._redis.mget([f"{self._prefix}node:{name}" for name in names])
+        gone = [name for name, report in zip(names, reports, strict=True) if report is None]
+        if gone:
+            self._redis.srem(f"{self._prefix}nodes", *gone)
+        return {name: _bytes(report) for name, report in zip(names, reports, strict=True) if report is not None}
+
+    def close(self) -> None:
+        """A process that stops holds nothing: its alive key goes, so its fields stop counting at once."""
+        try:
+            self._with_pending(lambda pipe: pipe.delete(self._alive_key))
+        except redis.RedisError:
+            pass  # they stop counting when the key expires
+        self._redis.close()

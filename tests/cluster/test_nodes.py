@@ -1,0 +1,203 @@
+"""Two real `fastmta serve` nodes sharing a real redis-server, behind a real HAProxy (TCP, PROXY v2):
+limits, the delivery switch and a destination's connections hold across them, a Redis outage
+degrades them without stopping mail, and a node killed under load loses no acknowledged message."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.admin.conftest import wait_until
+from tests.conftest import Server, installed
+from tests.haproxy import Haproxy
+from tests.integration.nexthop import NextHop
+from tests.redis_server import RedisServer
+
+LIMIT = 6  # messages_per_hour per client address, across the cluster
+
+
+@dataclass
+class Node:
+    server: Server
+    token: str
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.server.admin_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    nodes: list[Node]
+    next_hop: NextHop
+    balancer: Haproxy
+
+    def send(self, source: str, subject: str) -> int:
+        """One message through HAProxy in its own connection from `source`: the reply code to DATA, or
+        to what refused it first; 0 when the connection broke before an answer (not acknowledged)."""
+        try:
+            with smtplib.SMTP("127.0.0.1", self.balancer.port, timeout=10, source_address=(source, 0)) as smtp:
+                smtp.ehlo("client.test")
+                code = smtp.mail("alice@example.com")[0]
+                if code != 250:
+                    return code
+                smtp.rcpt("bob@example.org")
+                return smtp.data(f"Subject: {subject}\r\n\r\nbody\r\n".encode())[0]
+        except smtplib.SMTPResponseException as refused:
+            return refused.smtp_code
+        except (smtplib.SMTPServerDisconnected, OSError):
+            return 0
+
+
+def _started(server: Server) -> Node:
+    """The node started, with an operator token made by its CLI."""
+    server.start()
+    created = server.cli("token", "create", "--role", "operator", "--name", "test")
+    assert created.returncode == 0, created.stderr
+    return Node(server, created.stdout.decode().split()[-1])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    installed("redis-server", "redis-server")
+    installed("haproxy", "haproxy")
+    redis_dir = tmp_path_factory.mktemp("redis")
+    redis = RedisServer(redis_dir).start()
+    next_hop = NextHop().start()
+    next_hop.recorder.data_delay = 0.1  # connections stay open long enough to overlap if they could
+    servers = []
+    try:
+        for number in range(2):
+            settings = {
+                "server": {"node_id": f"node{number}"},
+                "smtp": {"workers": 1, "proxy_protocol": True},
+                "limits": {"messages_per_hour": LIMIT, "exempt_mynetworks": False},
+                "delivery": {"workers": 1},
+                "routes": [
+                    {"match": ["*"], "kind": "smarthost", "host": "127.0.0.1", "port": next_hop.port, "tls": "none",
+                     "max_connections": 1},
+                ],
+                "admin": {"enabled": True},
+                "cluster": {"redis_url": redis.url, "heartbeat_ttl": "3s", "redis_timeout": "200ms"},
+            }  # fmt: skip
+            servers.append(Server(tmp_path_factory.mktemp(f"node{number}"), settings))
+        # The nodes start side by side: each start is mostly waiting for its children to come up.
+        with ThreadPoolExecutor(len(servers)) as pool:
+            nodes = list(pool.map(_started, servers))
+        balancer = Haproxy(tmp_path_factory.mktemp("haproxy"), [server.port for server in servers]).start()
+        try:
+            yield Cluster(redis, nodes, next_hop, balancer)
+        finally:
+            balancer.stop()
+    finally:
+        for server in servers:
+            if server.process is not None:
+                server.stop()
+        next_hop.stop()
+        if redis.process is not None:
+            redis.stop()
+
+
+def test_a_per_ip_limit_holds_across_nodes(cluster: Cluster) -> None:
+    """Reservations are taken one message at a time at this limit, so it is exact: LIMIT, not one more."""
+    codes = [cluster.send("127.0.0.2", f"limit {attempt}") for attempt in range(LIMIT + 4)]
+    assert codes.count(250) == LIMIT
+    assert codes[:LIMIT] == [250] * LIMIT
+    cluster.next_hop.recorder.wait_for(LIMIT)
+
+
+def test_suspending_through_one_node_stops_every_runner_and_a_destination_limit_is_cluster_wide(cluster: Cluster) -> None:
+    first, second = cluster.nodes
+    with first.api() as api:
+        assert api.post("/api/v1/delivery/suspend").json()["data"]["suspended"]
+    with second.api() as api:
+        assert api.get("/api/v1/delivery").json()["data"]["suspended"]
+    arrived = len(cluster.next_hop.recorder.arrivals)
+    for number in range(6):  # HAProxy takes turns: three to each node
+        assert cluster.send("127.0.0.3", f"held {number}") == 250
+    # Every runner looks at the switch at least once a second, and before each batch.
+    assert not wait_until(lambda: len(cluster.next_hop.recorder.arrivals) > arrived, timeout=1.5)
+    with second.api() as api:
+        assert not api.post("/api/v1/delivery/activate").json()["data"]["suspended"]
+    cluster.next_hop.recorder.wait_for(arrived + 6)
+    # Both nodes had mail for the next hop at once; one connection at a time across them.
+    assert cluster.next_hop.recorder.most_open == 1
+
+
+def test_the_nodes_list_each_other(cluster: Cluster) -> None:
+    with cluster.nodes[1].api() as api:
+        listed = wait_until(lambda: len(api.get("/api/v1/cluster/nodes").json()["data"]["nodes"]) == 2 or None)
+        assert listed
+        body = api.get("/api/v1/cluster/nodes").json()["data"]
+    assert body["this_node"] == "node1"
+    assert sorted(view["report"]["node"] for view in body["nodes"]) == ["node0", "node1"]
+    assert all(view["report"]["status"] == "ok" and view["report"]["queue_depth"] is not None for view in body["nodes"])
+
+
+def _health(node: Node) -> dict:  # type: ignore[type-arg]
+    return httpx.get(f"{node.server.admin_url}/health", timeout=10).json()["data"]
+
+
+def _degraded_gauge(node: Node) -> str:
+    with node.api() as api:
+        metrics = api.get("/metrics").text
+    series = 'fastmta_cluster_degraded{worker="smtp-0"}'
+    return next((line.rsplit(" ", 1)[1] for line in metrics.splitlines() if line.startswith(series)), "")
+
+
+def test_without_redis_a_node_is_degraded_and_serves_then_recovers(cluster: Cluster, tmp_path: Path) -> None:
+    node = cluster.nodes[0]
+    cluster.redis.stop()
+    try:
+        health = _health(node)
+        assert (health["status"], health["cluster"]) == ("degraded", "degraded")
+        assert cluster.send("127.0.0.4", "during the outage") == 250  # counted in state.lmdb meanwhile
+        assert wait_until(lambda: _degraded_gauge(node) == "1.0")
+    finally:
+        cluster.redis.start()  # on the same port, empty
+    assert wait_until(lambda: _health(node)["cluster"] == "ok")
+    assert wait_until(lambda: _degraded_gauge(node) == "0.0")
+    # What the node counted alone is in Redis again: the limit goes on from there.
+    codes = [cluster.send("127.0.0.4", f"after {number}") for number in range(LIMIT)]
+    assert codes.count(250) == LIMIT - 1
+
+
+def test_a_node_killed_under_load_loses_no_acknowledged_message(cluster: Cluster) -> None:
+    """SIGKILL to a whole node (supervisor and children) while mail arrives: HAProxy sends new sessions to
+    the other, and once restarted the killed node delivers everything it had acknowledged. Delivery is
+    suspended meanwhile, so the killed node dies holding all the mail it took."""
+    survivor, victim = cluster.nodes[0], cluster.nodes[1].server
+    with survivor.api() as api:
+        assert api.post("/api/v1/delivery/suspend").json()["data"]["suspended"]
+    acknowledged: list[int] = []
+    # Many client addresses, so that the per-IP limit refuses none of this mail.
+    sources = [f"127.0.1.{number}" for number in range(1, 41)]
+    kill_at = 20
+
+    def load(sender: int) -> None:
+        for number in range(sender, len(sources) * 2, 4):
+            if cluster.send(sources[number % len(sources)], f"load {number}") == 250:
+                acknowledged.append(number)
+            if number == kill_at:
+                victim.kill()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(load, range(4)))
+    # Sessions went on through the surviving node after the kill, the killed node's share included.
+    assert len([number for number in acknowledged if number > kill_at + 4]) >= 40
+    victim.start()
+    with survivor.api() as api:
+        assert not api.post("/api/v1/delivery/activate").json()["data"]["suspended"]
+
+    def missing() -> list[int]:
+        arrived = b"".join(arrival.content for arrival in cluster.next_hop.recorder.arrivals)
+        return [number for number in acknowledged if f"Subject: load {number}\r\n".encode() not in arrived]
+
+    wait_until(lambda: not missing(), timeout=30)
+    assert missing() == []
