@@ -17,7 +17,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from fastmta import metrics
 from fastmta.delivery.mx import MxResolver
 from fastmta.delivery.tlspolicy import pkix
-from fastmta.delivery.tlspolicy.fetch import PolicyFetcher
+from fastmta.delivery.tlspolicy.fetch import FetchFailed, PolicyFetcher
+from fastmta.delivery.tlspolicy.mta_sts import StsPolicy
 from fastmta.delivery.tlspolicy.sts_cache import StsPolicies
 from tests.conftest import Server, free_port
 from tests.integration.nexthop import Dns, NextHop
@@ -190,3 +191,24 @@ def test_a_policy_that_cannot_be_fetched_counts_as_none_and_is_not_fetched_again
 
     assert asyncio.run(look_up_twice()) == [None, None]  # as if there were none (RFC 8461 §5.1)
     assert world.policy_host.fetches[UNSERVED] == 1
+
+
+def test_a_connection_verified_for_one_policy_host_is_not_reused_for_another_at_its_address(world: World) -> None:
+    # mta-sts.victim.test leads to the policy host's address, whose certificate does not name it; the
+    # host keeps connections alive, so only a new connection (and handshake) for this name can catch that.
+    world.dns.a["mta-sts.victim.test"] = world.policy_host.address
+    world.policy_host.policies["victim.test"] = policy("enforce", "mx.attacker.test")
+
+    async def fetch_both() -> tuple[StsPolicy, str]:
+        fetcher = PolicyFetcher(MxResolver([f"127.0.0.1:{world.dns.port}"], timeout=2), pkix.ca_context(str(world.ca.ca_file)), 5)
+        try:
+            first = await fetcher("enforce.test")
+            with pytest.raises(FetchFailed) as refused:
+                await fetcher("victim.test")
+            return first, str(refused.value)
+        finally:
+            await fetcher.close()
+
+    first, refusal = asyncio.run(fetch_both())
+    assert first.mode == "enforce" and "mta-sts.victim.test" in refusal and "certificate" in refusal.lower(), refusal
+    assert world.policy_host.fetches["victim.test"] == 0
