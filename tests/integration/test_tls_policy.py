@@ -4,12 +4,16 @@ HTTPS, next hops with certificates the test makes; and the policy cache across r
 from __future__ import annotations
 
 import asyncio
+import os
 import smtplib
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -19,7 +23,7 @@ from fastmta.delivery.mx import MxResolver
 from fastmta.delivery.tlspolicy import pkix
 from fastmta.delivery.tlspolicy.fetch import FetchFailed, PolicyFetcher
 from fastmta.delivery.tlspolicy.mta_sts import StsPolicy
-from fastmta.delivery.tlspolicy.sts_cache import StsPolicies
+from fastmta.delivery.tlspolicy.sts_cache import CachedPolicy, StsPolicies
 from tests.conftest import Server, free_port
 from tests.integration.nexthop import Dns, NextHop
 from tests.integration.sts_peers import Issued, PolicyHost, TestCa, policy
@@ -212,3 +216,41 @@ def test_a_connection_verified_for_one_policy_host_is_not_reused_for_another_at_
     first, refusal = asyncio.run(fetch_both())
     assert first.mode == "enforce" and "mta-sts.victim.test" in refusal and "certificate" in refusal.lower(), refusal
     assert world.policy_host.fetches["victim.test"] == 0
+
+
+def test_the_policy_files_are_read_and_written_off_the_event_loop(world: World, tmp_path: Path) -> None:
+    """A slow disk, played by FIFOs: the cached file, then the new one's temporary name, each wait for the "disk"
+    thread, which serves them once the loop has run something else meanwhile (or after 5 s, to a loop that cannot)."""
+    cached, temporary = tmp_path / "slow.test.json", tmp_path / f".slow.test.json.{os.getpid()}"
+    for fifo in (cached, temporary):
+        os.mkfifo(fifo)
+    world.dns.txt["_mta-sts.slow.test"] = ["v=STSv1; id=2;"]
+    old, new = StsPolicy("testing", ("mx.slow.test",), 3600), StsPolicy("enforce", ("mx.slow.test",), 3600)
+    # Set by the loop just after the read, then the write, began: only a loop that is not held up by them can.
+    read_begun, write_begun = threading.Event(), threading.Event()
+    went_on: list[bool] = []
+    written: list[bytes] = []
+
+    def disk() -> None:
+        went_on.append(read_begun.wait(5))
+        cached.write_bytes(msgspec.json.encode(CachedPolicy("1", old, time.time())))
+        went_on.append(write_begun.wait(5))
+        written.append(temporary.read_bytes())
+
+    async def fetch(domain: str) -> StsPolicy:
+        # Not the HTTPS fetch (tested above): the file written next is the point here.
+        asyncio.get_running_loop().call_soon(write_begun.set)
+        return new
+
+    async def look_up() -> StsPolicy | None:
+        policies = StsPolicies(MxResolver([f"127.0.0.1:{world.dns.port}"], timeout=2), fetch, tmp_path)
+        looking = asyncio.ensure_future(policies.policy("slow.test"))
+        asyncio.get_running_loop().call_soon(read_begun.set)
+        return await looking
+
+    serving = threading.Thread(target=disk, daemon=True)
+    serving.start()
+    assert asyncio.run(look_up()) == new
+    serving.join(10)
+    assert went_on == [True, True]
+    assert msgspec.json.decode(written[0], type=CachedPolicy).policy == new
