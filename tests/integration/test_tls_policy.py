@@ -19,10 +19,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from fastmta import metrics
-from fastmta.delivery.mx import MxResolver
+from fastmta.config import RouteConfig, TlsPolicyConfig
+from fastmta.delivery.mx import DnsFailure, MxResolver
 from fastmta.delivery.tlspolicy import pkix
 from fastmta.delivery.tlspolicy.fetch import FetchFailed, PolicyFetcher
 from fastmta.delivery.tlspolicy.mta_sts import StsPolicy
+from fastmta.delivery.tlspolicy.policy import TlsPolicies
 from fastmta.delivery.tlspolicy.sts_cache import CachedPolicy, StsPolicies
 from tests.conftest import Server, free_port
 from tests.integration.nexthop import Dns, NextHop
@@ -36,6 +38,7 @@ GOOD, SELF_SIGNED = "127.0.0.1", "127.0.0.2"
 MX_ADDRESS = {
     "enforce.test": GOOD, "unlisted.test": GOOD, "badcert.test": SELF_SIGNED, "testing.test": SELF_SIGNED,
     "dane.test": SELF_SIGNED, "danebad.test": GOOD, "insecure.test": GOOD, "cached.test": GOOD,
+    "spoofed.test": SELF_SIGNED,
 }
 POLICIES = {
     "enforce.test": policy("enforce", "*.enforce.test"),
@@ -44,7 +47,10 @@ POLICIES = {
     "testing.test": policy("testing", "mx.testing.test"),
     "cached.test": policy("enforce", "mx.cached.test", max_age=3600),
 }
-DANE_SIGNED = ("dane.test", "danebad.test")
+DANE_SIGNED = ("dane.test", "danebad.test", "spoofed.test")
+# What delivery's own resolver ([delivery] dns_servers) answers unlike the DNSSEC resolver: a forged MX
+# RRset for a signed domain, naming a host whose zone is not signed (so DANE would not apply to it).
+FORGED_MX = {"spoofed.test": [(10, "mx.forged.test")]}
 # Its TXT record promises a policy the policy host does not serve (404).
 UNSERVED = "missing.test"
 
@@ -52,7 +58,8 @@ UNSERVED = "missing.test"
 @dataclass
 class World:
     ca: TestCa
-    dns: Dns
+    dns: Dns  # the DNSSEC-validating resolver
+    ordinary_dns: Dns  # delivery's resolver
     policy_host: PolicyHost
     good: NextHop
     self_signed: NextHop
@@ -64,7 +71,7 @@ def _dns(port: int, policy_host: PolicyHost, self_signed_spki: bytes) -> Dns:
     secure = {name for domain in DANE_SIGNED for name in (domain, f"mx.{domain}", tlsa_name(port, domain))}
     return Dns(
         mx={domain: [(10, f"mx.{domain}")] for domain in MX_ADDRESS},
-        a={f"mx.{domain}": address for domain, address in MX_ADDRESS.items()}
+        a={f"mx.{domain}": address for domain, address in MX_ADDRESS.items()} | {"mx.forged.test": GOOD}
         | {f"mta-sts.{domain}": policy_host.address for domain in (*POLICIES, UNSERVED)},
         txt={f"_mta-sts.{domain}": ["v=STSv1; id=1;"] for domain in (*POLICIES, UNSERVED)},
         # DANE-EE for the self-signed hop: dane.test matches it, danebad.test (whose MX is the other
@@ -89,8 +96,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path]
     good = NextHop(port=port, host=GOOD, tls_context=good_certificate.server_context()).start()
     self_signed = NextHop(port=port, host=SELF_SIGNED, tls_context=server_context(tls_files)).start()
     dns = _dns(port, policy_host, Issued.load(tls_files).spki_sha256())
+    ordinary_dns = Dns(mx=dns.mx | FORGED_MX, a=dns.a, txt=dns.txt, tlsa=dns.tlsa).start()
     server = Server(directory, {
-        "delivery": {"workers": 1, "dns_servers": [f"127.0.0.1:{dns.port}"], "connect_timeout": "2s", "retry_schedule": ["1h"]},
+        "delivery": {
+            "workers": 1, "dns_servers": [f"127.0.0.1:{ordinary_dns.port}"], "connect_timeout": "2s", "retry_schedule": ["1h"],
+        },
         "routes": [{"match": ["*"], "kind": "mx", "port": port}],  # tls = "opportunistic", the default
         "tls_policy": {"ca_file": str(ca.ca_file), "dnssec_resolver": f"127.0.0.1:{dns.port}"},
     }).start()
@@ -99,9 +109,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path]
         for domain in cases:
             client.sendmail("alice@example.com", [f"bob@{domain}"], MESSAGE)
     wait_until(lambda: len(journal(server)) == len(cases))
-    yield World(ca, dns, policy_host, good, self_signed, server)
+    yield World(ca, dns, ordinary_dns, policy_host, good, self_signed, server)
     server.stop()
-    for peer in (good, self_signed, dns, policy_host):
+    for peer in (good, self_signed, dns, ordinary_dns, policy_host):
         peer.stop()
 
 
@@ -144,6 +154,37 @@ def test_dane_ee_match_delivers_and_a_mismatch_defers(world: World) -> None:
 
 def test_tlsa_records_without_the_ad_bit_are_ignored(world: World) -> None:
     assert outcome(world, "insecure.test")["status"] == "delivered" and arrived(world.good, "insecure.test")
+
+
+def test_a_signed_mx_rrset_is_taken_from_the_dnssec_resolver_not_a_forged_answer(world: World) -> None:
+    # Delivery's resolver names mx.forged.test, whose unsigned zone would mean "no DANE" (RFC 7672 §2.2).
+    entry = outcome(world, "spoofed.test")
+    assert entry["status"] == "delivered" and entry["host"] == "mx.spoofed.test", entry
+    assert arrived(world.self_signed, "spoofed.test") and not arrived(world.good, "spoofed.test")
+
+
+def test_a_signed_mx_rrset_names_the_hosts_and_a_host_it_does_not_name_is_refused(world: World, tmp_path: Path) -> None:
+    route = RouteConfig(match=["*"], kind="mx", port=world.good.port)
+    config = TlsPolicyConfig(ca_file=str(world.ca.ca_file), dnssec_resolver=f"127.0.0.1:{world.dns.port}")
+
+    async def look_up() -> tuple[str, list[tuple[str, str]], Any]:
+        resolver = MxResolver([f"127.0.0.1:{world.ordinary_dns.port}"], timeout=2)
+        policies = TlsPolicies(config, resolver, tmp_path, 2, lambda *report: None)
+        try:
+            # The DNSSEC resolver failing the RRset (as it fails a forged one): delivery's answer is not taken instead.
+            world.dns.servfail.add(("spoofed.test", "MX"))
+            with pytest.raises(DnsFailure) as failed:
+                await policies.destinations(route, "spoofed.test")
+            world.dns.servfail.discard(("spoofed.test", "MX"))
+            hosts = await policies.destinations(route, "spoofed.test")
+            return failed.value.status, hosts, await policies.plan(route, "spoofed.test", [("mx.forged.test", GOOD)])
+        finally:
+            world.dns.servfail.discard(("spoofed.test", "MX"))
+            await policies.close()
+
+    status, hosts, planned = asyncio.run(look_up())
+    assert status == "4.4.3" and hosts == [("mx.spoofed.test", SELF_SIGNED)]
+    assert planned == ([], "mx.forged.test is not a mail exchanger of spoofed.test's DNSSEC-signed MX records (DANE)")
 
 
 def failures(server: Server) -> dict[tuple[str, str], float]:

@@ -22,9 +22,10 @@ class FetchFailed(Exception):
 class PolicyFetcher:
     """Fetches https://mta-sts.<domain>/.well-known/mta-sts.txt.
 
-    The policy host is resolved with delivery's own resolver (as the MX hosts are) and reached at
-    that address, with its name in SNI and Host: the certificate is verified for the name. No
-    proxy from the environment is used, so the name is never resolved by anyone else.
+    The policy host is resolved with delivery's own resolver (as MX hosts are, unless a signed MX
+    RRset names them for DANE) and reached at that address, with its name in SNI and Host: the
+    certificate is verified for the name. No proxy from the environment is used, so the name is
+    never resolved by anyone else.
 
     No connection is kept for a later fetch: the pool knows a connection by scheme, address and
     port only, so one verified for mta-sts.a.example would carry b.example's fetch from the same
