@@ -102,10 +102,11 @@ class Runner:
         self.control = DeliveryControl(self.store.env, self.cluster)
         self.router = Router(config.routes)
         self.signer = Signer.configured(config)
-        self.resolver = MxResolver(delivery.dns_servers, delivery.connect_timeout)
         self.pools = Pools(self._open, self.cluster)
+        # MX hosts come through TlsPolicies: where DANE may apply, a DNSSEC-signed MX RRset names them, not this resolver.
+        resolver = MxResolver(delivery.dns_servers, delivery.connect_timeout)
         self.tls_policies = TlsPolicies(
-            config.tls_policy, self.resolver, config.data_dir, delivery.connect_timeout, self._tls_policy_failed
+            config.tls_policy, resolver, config.data_dir, delivery.connect_timeout, self._tls_policy_failed
         )
         self.settler: GroupCommit[Settlement] = GroupCommit(self.scheduler.settle, loop)
         self.journal = DeliveryLog(
@@ -396,7 +397,7 @@ class Runner:
             candidates = [(route.host, route.host)]
         else:
             try:
-                candidates = await self.resolver.destinations(domain)
+                candidates = await self.tls_policies.destinations(route, domain)
             except DnsFailure as failure:
                 code = 550 if failure.permanent else 451
                 if failure.status == "5.1.10":

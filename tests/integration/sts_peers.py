@@ -118,7 +118,11 @@ class TestCa:
 
 
 class PolicyHost:
-    """HTTPS on <loopback address>:443 serving /.well-known/mta-sts.txt by Host: `policies` maps a domain to its file."""
+    """HTTPS on <loopback address>:443 serving /.well-known/mta-sts.txt by Host: `policies` maps a domain to its file.
+
+    One certificate serves every name: a name it does not list gets its policy only from a client that
+    does not check the certificate for it.
+    """
 
     def __init__(self, issued: Issued) -> None:
         self.policies: dict[str, str] = {}
@@ -156,6 +160,10 @@ class PolicyHost:
         host = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # connections kept alive between requests, as real web servers keep them
+            # The headers and the body go out in two writes: without this the body waits for the client's delayed ACK.
+            disable_nagle_algorithm = True
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 

@@ -4,21 +4,28 @@ HTTPS, next hops with certificates the test makes; and the policy cache across r
 from __future__ import annotations
 
 import asyncio
+import os
 import smtplib
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from fastmta import metrics
-from fastmta.delivery.mx import MxResolver
+from fastmta.config import RouteConfig, TlsPolicyConfig
+from fastmta.delivery.mx import DnsFailure, MxResolver
 from fastmta.delivery.tlspolicy import pkix
-from fastmta.delivery.tlspolicy.fetch import PolicyFetcher
-from fastmta.delivery.tlspolicy.sts_cache import StsPolicies
+from fastmta.delivery.tlspolicy.fetch import FetchFailed, PolicyFetcher
+from fastmta.delivery.tlspolicy.mta_sts import StsPolicy
+from fastmta.delivery.tlspolicy.policy import TlsPolicies
+from fastmta.delivery.tlspolicy.sts_cache import CachedPolicy, StsPolicies
 from tests.conftest import Server, free_port
 from tests.integration.nexthop import Dns, NextHop
 from tests.integration.sts_peers import Issued, PolicyHost, TestCa, policy
@@ -31,6 +38,7 @@ GOOD, SELF_SIGNED = "127.0.0.1", "127.0.0.2"
 MX_ADDRESS = {
     "enforce.test": GOOD, "unlisted.test": GOOD, "badcert.test": SELF_SIGNED, "testing.test": SELF_SIGNED,
     "dane.test": SELF_SIGNED, "danebad.test": GOOD, "insecure.test": GOOD, "cached.test": GOOD,
+    "spoofed.test": SELF_SIGNED,
 }
 POLICIES = {
     "enforce.test": policy("enforce", "*.enforce.test"),
@@ -39,7 +47,10 @@ POLICIES = {
     "testing.test": policy("testing", "mx.testing.test"),
     "cached.test": policy("enforce", "mx.cached.test", max_age=3600),
 }
-DANE_SIGNED = ("dane.test", "danebad.test")
+DANE_SIGNED = ("dane.test", "danebad.test", "spoofed.test")
+# What delivery's own resolver ([delivery] dns_servers) answers unlike the DNSSEC resolver: a forged MX
+# RRset for a signed domain, naming a host whose zone is not signed (so DANE would not apply to it).
+FORGED_MX = {"spoofed.test": [(10, "mx.forged.test")]}
 # Its TXT record promises a policy the policy host does not serve (404).
 UNSERVED = "missing.test"
 
@@ -47,7 +58,8 @@ UNSERVED = "missing.test"
 @dataclass
 class World:
     ca: TestCa
-    dns: Dns
+    dns: Dns  # the DNSSEC-validating resolver
+    ordinary_dns: Dns  # delivery's resolver
     policy_host: PolicyHost
     good: NextHop
     self_signed: NextHop
@@ -59,7 +71,7 @@ def _dns(port: int, policy_host: PolicyHost, self_signed_spki: bytes) -> Dns:
     secure = {name for domain in DANE_SIGNED for name in (domain, f"mx.{domain}", tlsa_name(port, domain))}
     return Dns(
         mx={domain: [(10, f"mx.{domain}")] for domain in MX_ADDRESS},
-        a={f"mx.{domain}": address for domain, address in MX_ADDRESS.items()}
+        a={f"mx.{domain}": address for domain, address in MX_ADDRESS.items()} | {"mx.forged.test": GOOD}
         | {f"mta-sts.{domain}": policy_host.address for domain in (*POLICIES, UNSERVED)},
         txt={f"_mta-sts.{domain}": ["v=STSv1; id=1;"] for domain in (*POLICIES, UNSERVED)},
         # DANE-EE for the self-signed hop: dane.test matches it, danebad.test (whose MX is the other
@@ -84,8 +96,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path]
     good = NextHop(port=port, host=GOOD, tls_context=good_certificate.server_context()).start()
     self_signed = NextHop(port=port, host=SELF_SIGNED, tls_context=server_context(tls_files)).start()
     dns = _dns(port, policy_host, Issued.load(tls_files).spki_sha256())
+    ordinary_dns = Dns(mx=dns.mx | FORGED_MX, a=dns.a, txt=dns.txt, tlsa=dns.tlsa).start()
     server = Server(directory, {
-        "delivery": {"workers": 1, "dns_servers": [f"127.0.0.1:{dns.port}"], "connect_timeout": "2s", "retry_schedule": ["1h"]},
+        "delivery": {
+            "workers": 1, "dns_servers": [f"127.0.0.1:{ordinary_dns.port}"], "connect_timeout": "2s", "retry_schedule": ["1h"],
+        },
         "routes": [{"match": ["*"], "kind": "mx", "port": port}],  # tls = "opportunistic", the default
         "tls_policy": {"ca_file": str(ca.ca_file), "dnssec_resolver": f"127.0.0.1:{dns.port}"},
     }).start()
@@ -94,9 +109,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path]
         for domain in cases:
             client.sendmail("alice@example.com", [f"bob@{domain}"], MESSAGE)
     wait_until(lambda: len(journal(server)) == len(cases))
-    yield World(ca, dns, policy_host, good, self_signed, server)
+    yield World(ca, dns, ordinary_dns, policy_host, good, self_signed, server)
     server.stop()
-    for peer in (good, self_signed, dns, policy_host):
+    for peer in (good, self_signed, dns, ordinary_dns, policy_host):
         peer.stop()
 
 
@@ -139,6 +154,37 @@ def test_dane_ee_match_delivers_and_a_mismatch_defers(world: World) -> None:
 
 def test_tlsa_records_without_the_ad_bit_are_ignored(world: World) -> None:
     assert outcome(world, "insecure.test")["status"] == "delivered" and arrived(world.good, "insecure.test")
+
+
+def test_a_signed_mx_rrset_is_taken_from_the_dnssec_resolver_not_a_forged_answer(world: World) -> None:
+    # Delivery's resolver names mx.forged.test, whose unsigned zone would mean "no DANE" (RFC 7672 §2.2).
+    entry = outcome(world, "spoofed.test")
+    assert entry["status"] == "delivered" and entry["host"] == "mx.spoofed.test", entry
+    assert arrived(world.self_signed, "spoofed.test") and not arrived(world.good, "spoofed.test")
+
+
+def test_a_signed_mx_rrset_names_the_hosts_and_a_host_it_does_not_name_is_refused(world: World, tmp_path: Path) -> None:
+    route = RouteConfig(match=["*"], kind="mx", port=world.good.port)
+    config = TlsPolicyConfig(ca_file=str(world.ca.ca_file), dnssec_resolver=f"127.0.0.1:{world.dns.port}")
+
+    async def look_up() -> tuple[str, list[tuple[str, str]], Any]:
+        resolver = MxResolver([f"127.0.0.1:{world.ordinary_dns.port}"], timeout=2)
+        policies = TlsPolicies(config, resolver, tmp_path, 2, lambda *report: None)
+        try:
+            # The DNSSEC resolver failing the RRset (as it fails a forged one): delivery's answer is not taken instead.
+            world.dns.servfail.add(("spoofed.test", "MX"))
+            with pytest.raises(DnsFailure) as failed:
+                await policies.destinations(route, "spoofed.test")
+            world.dns.servfail.discard(("spoofed.test", "MX"))
+            hosts = await policies.destinations(route, "spoofed.test")
+            return failed.value.status, hosts, await policies.plan(route, "spoofed.test", [("mx.forged.test", GOOD)])
+        finally:
+            world.dns.servfail.discard(("spoofed.test", "MX"))
+            await policies.close()
+
+    status, hosts, planned = asyncio.run(look_up())
+    assert status == "4.4.3" and hosts == [("mx.spoofed.test", SELF_SIGNED)]
+    assert planned == ([], "mx.forged.test is not a mail exchanger of spoofed.test's DNSSEC-signed MX records (DANE)")
 
 
 def failures(server: Server) -> dict[tuple[str, str], float]:
@@ -190,3 +236,62 @@ def test_a_policy_that_cannot_be_fetched_counts_as_none_and_is_not_fetched_again
 
     assert asyncio.run(look_up_twice()) == [None, None]  # as if there were none (RFC 8461 §5.1)
     assert world.policy_host.fetches[UNSERVED] == 1
+
+
+def test_a_connection_verified_for_one_policy_host_is_not_reused_for_another_at_its_address(world: World) -> None:
+    # mta-sts.victim.test leads to the policy host's address, whose certificate does not name it; the
+    # host keeps connections alive, so only a new connection (and handshake) for this name can catch that.
+    world.dns.a["mta-sts.victim.test"] = world.policy_host.address
+    world.policy_host.policies["victim.test"] = policy("enforce", "mx.attacker.test")
+
+    async def fetch_both() -> tuple[StsPolicy, str]:
+        fetcher = PolicyFetcher(MxResolver([f"127.0.0.1:{world.dns.port}"], timeout=2), pkix.ca_context(str(world.ca.ca_file)), 5)
+        try:
+            first = await fetcher("enforce.test")
+            with pytest.raises(FetchFailed) as refused:
+                await fetcher("victim.test")
+            return first, str(refused.value)
+        finally:
+            await fetcher.close()
+
+    first, refusal = asyncio.run(fetch_both())
+    assert first.mode == "enforce" and "mta-sts.victim.test" in refusal and "certificate" in refusal.lower(), refusal
+    assert world.policy_host.fetches["victim.test"] == 0
+
+
+def test_the_policy_files_are_read_and_written_off_the_event_loop(world: World, tmp_path: Path) -> None:
+    """A slow disk, played by FIFOs: the cached file, then the new one's temporary name, each wait for the "disk"
+    thread, which serves them once the loop has run something else meanwhile (or after 5 s, to a loop that cannot)."""
+    cached, temporary = tmp_path / "slow.test.json", tmp_path / f".slow.test.json.{os.getpid()}"
+    for fifo in (cached, temporary):
+        os.mkfifo(fifo)
+    world.dns.txt["_mta-sts.slow.test"] = ["v=STSv1; id=2;"]
+    old, new = StsPolicy("testing", ("mx.slow.test",), 3600), StsPolicy("enforce", ("mx.slow.test",), 3600)
+    # Set by the loop just after the read, then the write, began: only a loop that is not held up by them can.
+    read_begun, write_begun = threading.Event(), threading.Event()
+    went_on: list[bool] = []
+    written: list[bytes] = []
+
+    def disk() -> None:
+        went_on.append(read_begun.wait(5))
+        cached.write_bytes(msgspec.json.encode(CachedPolicy("1", old, time.time())))
+        went_on.append(write_begun.wait(5))
+        written.append(temporary.read_bytes())
+
+    async def fetch(domain: str) -> StsPolicy:
+        # Not the HTTPS fetch (tested above): the file written next is the point here.
+        asyncio.get_running_loop().call_soon(write_begun.set)
+        return new
+
+    async def look_up() -> StsPolicy | None:
+        policies = StsPolicies(MxResolver([f"127.0.0.1:{world.dns.port}"], timeout=2), fetch, tmp_path)
+        looking = asyncio.ensure_future(policies.policy("slow.test"))
+        asyncio.get_running_loop().call_soon(read_begun.set)
+        return await looking
+
+    serving = threading.Thread(target=disk, daemon=True)
+    serving.start()
+    assert asyncio.run(look_up()) == new
+    serving.join(10)
+    assert went_on == [True, True]
+    assert msgspec.json.decode(written[0], type=CachedPolicy).policy == new

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import Store
 
-from fastmta.delivery.mx import DnsFailure, MxResolver
+from fastmta.delivery.mx import Answer, DnsFailure, MxResolver
 from fastmta.delivery.tlspolicy.pkix import path_problem
 
 DANE_TA, DANE_EE = 2, 3
@@ -32,11 +32,32 @@ class DaneUnavailable(Exception):
     """A host's TLSA records cannot be known now: the host is not used, rather than used without them (RFC 7672 §2.2)."""
 
 
+class NotAnMxHost(Exception):
+    """The domain's MX RRset is authenticated and does not name the host: an answer from elsewhere was forged (RFC 7672 §2.2)."""
+
+
 class TlsaLookup:
     """Asks the trusted resolver (made with dnssec=True), and believes its AD bit."""
 
     def __init__(self, resolver: MxResolver) -> None:
         self._resolver = resolver
+
+    async def destinations(self, domain: str) -> list[tuple[str, str]] | None:
+        """`domain`'s (host, address) pairs from the trusted resolver when it vouches for the MX RRset; else None.
+
+        None (an unsigned MX RRset, or no such domain): DANE does not apply to the domain, and any
+        resolver may name its hosts. Raises DnsFailure, also when the trusted resolver cannot answer
+        for now (as it fails a forged RRset): the hosts are then not taken from anyone else.
+        """
+        try:
+            answer = await self._resolver.lookup(domain, dns.rdatatype.MX)
+        except DnsFailure as failure:
+            if failure.permanent:
+                return None
+            raise
+        if not answer.authenticated:
+            return None
+        return await self._resolver.destinations(domain)
 
     async def records(self, host: str, port: int, domain: str | None) -> tuple[Tlsa, ...] | None:
         """None: DANE does not apply to `host` (reached through `domain`'s MX, when given); else its usable records.
@@ -44,24 +65,38 @@ class TlsaLookup:
         An empty tuple means TLSA records are published but none is usable: TLS is still mandatory,
         without authentication (RFC 7672 §2.2). DANE needs every step to be authenticated: the MX
         RRset, the host's address records (their zone is signed), then the TLSA RRset itself.
+        Raises NotAnMxHost when the MX RRset is authenticated and `host` is not one it names.
         """
-        steps: list[tuple[str, dns.rdatatype.RdataType]] = [(host, dns.rdatatype.A), (f"_{port}._tcp.{host}", dns.rdatatype.TLSA)]
         if domain is not None:
-            steps.insert(0, (domain, dns.rdatatype.MX))
-        for name, rdtype in steps:
-            try:
-                answer = await self._resolver.lookup(name, rdtype)
-            except DnsFailure as failure:
-                if failure.permanent:  # no such name: nothing to authenticate
-                    return None
-                # A validating resolver fails answers it finds forged: that is no reason to do without DANE.
-                raise DaneUnavailable(f"DANE: {failure}") from None
-            if not answer.authenticated:
+            mx = await self._authenticated(domain, dns.rdatatype.MX)
+            if mx is None:
                 return None
-        if not answer.records:  # the last step's: the TLSA RRset
+            if host.lower().rstrip(".") not in _mail_exchangers(mx, domain):
+                raise NotAnMxHost(f"{host} is not a mail exchanger of {domain}'s DNSSEC-signed MX records (DANE)")
+        if await self._authenticated(host, dns.rdatatype.A) is None:
             return None
-        found = (Tlsa(r.usage, r.selector, r.mtype, r.cert) for r in answer.records)  # type: ignore[attr-defined]
+        tlsa = await self._authenticated(f"_{port}._tcp.{host}", dns.rdatatype.TLSA)
+        if tlsa is None or not tlsa.records:
+            return None
+        found = (Tlsa(r.usage, r.selector, r.mtype, r.cert) for r in tlsa.records)  # type: ignore[attr-defined]
         return tuple(t for t in found if t.usage in _USAGES and t.selector in _SELECTORS and t.matching in _MATCHING)
+
+    async def _authenticated(self, name: str, rdtype: dns.rdatatype.RdataType) -> Answer | None:
+        """The answer when the trusted resolver vouches for it; None when it does not, or the name does not exist."""
+        try:
+            answer = await self._resolver.lookup(name, rdtype)
+        except DnsFailure as failure:
+            if failure.permanent:  # no such name: nothing to authenticate
+                return None
+            # A validating resolver fails answers it finds forged: that is no reason to do without DANE.
+            raise DaneUnavailable(f"DANE: {failure}") from None
+        return answer if answer.authenticated else None
+
+
+def _mail_exchangers(mx: Answer, domain: str) -> set[str]:
+    """The host names an MX RRset names; with no MX records, the domain itself is its mail exchanger."""
+    names = {str(r.exchange).rstrip(".").lower() for r in mx.records}  # type: ignore[attr-defined]
+    return names or {domain.lower().rstrip(".")}
 
 
 def _matches(record: Tlsa, certificate: x509.Certificate) -> bool:

@@ -22,15 +22,23 @@ class FetchFailed(Exception):
 class PolicyFetcher:
     """Fetches https://mta-sts.<domain>/.well-known/mta-sts.txt.
 
-    The policy host is resolved with delivery's own resolver (as the MX hosts are) and reached at
-    that address, with its name in SNI and Host: the certificate is verified for the name. No
-    proxy from the environment is used, so the name is never resolved by anyone else.
+    The policy host is resolved with delivery's own resolver (as MX hosts are, unless a signed MX
+    RRset names them for DANE) and reached at that address, with its name in SNI and Host: the
+    certificate is verified for the name. No proxy from the environment is used, so the name is
+    never resolved by anyone else.
+
+    No connection is kept for a later fetch: the pool knows a connection by scheme, address and
+    port only, so one verified for mta-sts.a.example would carry b.example's fetch from the same
+    address without b.example's certificate ever being checked. Each fetch makes its own handshake.
     """
 
     def __init__(self, resolver: MxResolver, context: ssl.SSLContext, timeout: float) -> None:
         self._resolver = resolver
         self._timeout = timeout
-        self._client = httpx.AsyncClient(verify=context, timeout=timeout, follow_redirects=False, trust_env=False)
+        self._client = httpx.AsyncClient(
+            verify=context, timeout=timeout, follow_redirects=False, trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     async def __call__(self, domain: str) -> StsPolicy:
         host = f"mta-sts.{domain}"

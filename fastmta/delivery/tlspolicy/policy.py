@@ -31,6 +31,8 @@ log = logging.getLogger("fastmta.delivery")
 
 # policy ("dane" | "mta-sts"), mode ("enforce" | "testing"), what failed
 Report = Callable[[str, str, str], None]
+# The route settings DANE applies under, when [tls_policy] dnssec_resolver is set.
+_DANE_TLS = ("opportunistic", "dane")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class StsCheck:
 class TlsPolicies:
     def __init__(self, config: TlsPolicyConfig, resolver: MxResolver, data_dir: Path, timeout: float, report: Report) -> None:
         self._config = config
+        self._resolver = resolver
         self._report = report
         context = pkix.ca_context(config.ca_file)
         self._anchors: Store | None
@@ -120,6 +123,19 @@ class TlsPolicies:
         self._sts = StsPolicies(resolver, self._fetcher, data_dir / "mta-sts")
         trusted = MxResolver([config.dnssec_resolver], timeout, dnssec=True) if config.dnssec_resolver else None
         self._tlsa = dane.TlsaLookup(trusted) if trusted is not None else None
+
+    async def destinations(self, route: RouteConfig, domain: str) -> list[tuple[str, str]]:
+        """The (host, address) pairs an MX route tries for `domain`, in order. Raises DnsFailure.
+
+        Where DANE may apply and the DNSSEC resolver vouches for the domain's MX RRset, the hosts are
+        that RRset's (RFC 7672 §2.2): a forged answer from delivery's resolver cannot swap in a host
+        of an unsigned zone, to which DANE would not apply. Otherwise delivery's resolver names them.
+        """
+        if self._tlsa is not None and route.tls in _DANE_TLS:
+            secure = await self._tlsa.destinations(domain)
+            if secure is not None:
+                return secure
+        return await self._resolver.destinations(domain)
 
     async def plan(self, route: RouteConfig, domain: str, candidates: list[tuple[str, str]]) -> tuple[list[Hop], str]:
         """The candidates (host, address) the route may use for `domain`, each with its TLS; and why any were left out."""
@@ -152,10 +168,10 @@ class TlsPolicies:
         self, route: RouteConfig, base: TlsPolicy, domain: str, host: str, sts: StsPolicy | None
     ) -> TlsPolicy | Refusal:
         """One host's TLS, or why it may not be used."""
-        if self._tlsa is not None and route.tls in ("opportunistic", "dane"):
+        if self._tlsa is not None and route.tls in _DANE_TLS:
             try:
                 records = await self._tlsa.records(host, route.port, domain if route.kind == "mx" else None)
-            except dane.DaneUnavailable as exc:
+            except (dane.DaneUnavailable, dane.NotAnMxHost) as exc:
                 return Refusal("dane", str(exc))
             if records is not None:
                 return replace(base, mode="required", check=DaneCheck(host, records, self._report))

@@ -4,6 +4,9 @@ A fetched policy is kept in memory and in data_dir/mta-sts/<domain>.json, so a r
 keeps honouring it without a fetch; it holds for its max_age. A policy whose TXT record is gone,
 or whose refetch fails, is still used until then: that is what keeps an attacker who strips the
 TXT record or blocks the HTTPS host from turning the policy off.
+
+The files are read and written in a thread: a slow disk holds up the deliveries to that domain,
+not the runner's event loop.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class StsPolicies:
         domain = domain.lower().rstrip(".")
         if not _DOMAIN.match(domain):
             return None
-        cached = self._cached(domain)
+        cached = await self._cached(domain)
         try:
             answer = await self._resolver.lookup(f"_mta-sts.{domain}", dns.rdatatype.TXT)
             current = policy_id([b"".join(r.strings).decode("ascii", "replace") for r in answer.records])  # type: ignore[attr-defined]
@@ -79,11 +82,13 @@ class StsPolicies:
             return fetched
         return cached.policy if cached is not None else None
 
-    def _cached(self, domain: str) -> CachedPolicy | None:
+    async def _cached(self, domain: str) -> CachedPolicy | None:
         if domain not in self._known:
+            read = await asyncio.to_thread(self._read, domain)
             if len(self._known) >= _MEMORY_ENTRIES:
                 self._known.clear()
-            self._known[domain] = self._read(domain)
+            # A policy fetched while the file was read is newer than the file.
+            self._known.setdefault(domain, read)
         entry = self._known[domain]
         return entry if entry is not None and entry.fresh(self._clock()) else None
 
@@ -110,7 +115,7 @@ class StsPolicies:
             return None
         entry = CachedPolicy(current, policy, self._clock())
         self._known[domain] = entry
-        self._write(domain, entry)
+        await asyncio.to_thread(self._write, domain, entry)
         return policy
 
     def _path(self, domain: str) -> Path:
