@@ -15,7 +15,7 @@ import lmdb
 import msgspec
 
 from fastmta import children, processes
-from fastmta.queue.control import DeliveryControl
+from fastmta.queue.control import DeliveryControl, MaintenanceControl
 from fastmta.queue.store import QueueStore
 
 # Below this share of free space on data_dir's disk the node reports itself unhealthy.
@@ -40,6 +40,7 @@ class Overview(msgspec.Struct):
     # queue.lmdb: the pages it has used (freed ones are reused before it grows) of [server] queue_max_bytes.
     store_used_bytes: int | None = None
     store_size_bytes: int | None = None
+    maintenance: bool = False  # new SMTP connections are refused (MaintenanceControl)
 
     @property
     def healthy(self) -> bool:
@@ -79,10 +80,11 @@ def read(data_dir: Path, store: QueueStore) -> Overview:
     try:
         lags = {sink: round(lag, 3) for sink, lag in store.outbox.lags(now).items()}
         suspended = DeliveryControl(store.env).suspended()
+        maintenance = MaintenanceControl(store.env).enabled()
     except lmdb.Error:
-        lags, suspended = {}, False
+        lags, suspended, maintenance = {}, False, False
     states = [ChildState(c.name, c.pid, processes.alive(c.pid), c.started_at) for c in children.read(data_dir)]
-    overview = Overview(reasons, states, depth, oldest_age, suspended, round(free * 100, 2), lags, used, size)
+    overview = Overview(reasons, states, depth, oldest_age, suspended, round(free * 100, 2), lags, used, size, maintenance)
     if not overview.smtp_workers_alive:
         reasons.append("no SMTP worker is alive")
     return overview

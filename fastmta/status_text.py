@@ -61,6 +61,7 @@ def render(config: Config, overview: Overview, now: float | None = None) -> str:
         ("workers", f"{overview.smtp_workers_alive} SMTP alive; " + (", ".join(workers) or "none running")),
         ("queue", queue),
         ("delivery", "SUSPENDED" if overview.delivery_suspended else "active"),
+        ("smtp", "MAINTENANCE: new connections refused" if overview.maintenance else "accepting"),
         ("events lag", lags or "no sinks"),
         ("disk", f"{overview.disk_free_percent:.1f}% free in {config.data_dir}"),
         ("store", store_use(overview)),

@@ -16,7 +16,7 @@ from fastmta.config import Config
 from fastmta.counters import configured
 from fastmta.history import db
 from fastmta.limits import ClientLimits
-from fastmta.queue.control import DeliveryControl
+from fastmta.queue.control import DeliveryControl, MaintenanceControl
 from fastmta.queue.schedule import Scheduler
 from fastmta.queue.store import QueueStore
 from fastmta.queue.wakeup import Poker
@@ -35,6 +35,7 @@ class AdminState:
     tokens: Tokens
     audit: AuditLog
     delivery: DeliveryControl
+    maintenance: MaintenanceControl
     readings: Readings
     poker: Poker
     limiter: RateLimiter | FailoverCounters
@@ -55,6 +56,7 @@ class AdminState:
             Tokens(store.env),
             AuditLog(store.env),
             DeliveryControl(store.env, cluster),
+            MaintenanceControl(store.env, cluster),
             Readings(config.data_dir, store),
             Poker(config.data_dir),
             limiter,

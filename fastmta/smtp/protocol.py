@@ -17,7 +17,7 @@ from fastmta.queue.store import EtrnRequest, StoreFullError
 from fastmta.scan.scanner import Outcome, detections
 from fastmta.scan.verdict import TEMPFAIL, Verdict
 from fastmta.smtp.envelope import queue_record
-from fastmta.smtp.session import Admit, Close, Commit, RecordEtrn, Reserve, Scan, Session, StartTls, Step, VerifyAuth
+from fastmta.smtp.session import MAINTENANCE, Admit, Close, Commit, RecordEtrn, Reserve, Scan, Session, StartTls, Step, VerifyAuth
 from fastmta.smtp.tls import describe
 
 if TYPE_CHECKING:
@@ -160,6 +160,9 @@ class SmtpProtocol(asyncio.Protocol):
     def _admit(self, session: Session, request: Admit) -> Step:
         limits = self._worker.limits
         exempt = request.known and limits.exempt(request.ip)
+        if self._worker.in_maintenance:
+            self._worker.metrics.rejected[MAINTENANCE] += 1
+            return session.admitted(MAINTENANCE, exempt)
         try:
             limits.admit(request.ip, exempt)
         except LimitExceeded as refusal:

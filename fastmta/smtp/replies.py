@@ -31,6 +31,7 @@ HELP = multiline(
     ],
 )
 SHUTTING_DOWN = reply(421, "4.3.2", "Service shutting down, closing connection")
+IN_MAINTENANCE = reply(421, "4.3.2", "Service in maintenance, try again later")
 TIMEOUT = reply(421, "4.4.2", "Timeout exceeded, closing connection")
 DATA_TOO_SLOW = reply(421, "4.4.2", "Data arriving too slowly, closing connection")
 SESSION_TOO_LONG = reply(421, "4.4.2", "Session time limit exceeded, closing connection")

@@ -194,7 +194,10 @@ _EXHAUSTED = {
     "quota": lambda limit: R.QuotaExceeded(f"Daily sending quota of {limit} messages reached, try again later"),
 }
 # Refusals at the greeting, by the limit that refused.
+# Admission refused because the node is in maintenance (MaintenanceControl), not by a limit.
+MAINTENANCE = "maintenance"
 _NOT_ADMITTED = {
+    MAINTENANCE: R.IN_MAINTENANCE,
     "connections_per_minute": R.RateLimited("Too many connections from your address, try again later").reply,
     "max_connections": R.TooManyConnections().reply,
     "max_connections_per_ip": R.TooManyFromAddress().reply,

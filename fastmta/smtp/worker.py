@@ -17,11 +17,13 @@ import uvloop
 from fastmta.accounts import Accounts
 from fastmta.config import Config
 from fastmta.counters.configured import opened
+from fastmta.counters.failover import FailoverCounters
 from fastmta.events.records import Event
 from fastmta.limits import ClientLimits
 from fastmta.listeners import ListenerSocket
 from fastmta.metrics import SmtpMetrics
 from fastmta.queue.commit import GroupCommit
+from fastmta.queue.control import MaintenanceControl
 from fastmta.queue.records import Message
 from fastmta.queue.store import QueueStore, StoreFullError
 from fastmta.queue.wakeup import Poker
@@ -61,6 +63,11 @@ class Worker:
         except lmdb.Error as exc:
             self.state_failed(exc)
         self.accounts = Accounts(self.store.env)
+        # Read once a second (the sweep), not per connection: in a cluster it may be a Redis round trip.
+        self._maintenance = MaintenanceControl(
+            self.store.env, self.limiter if isinstance(self.limiter, FailoverCounters) else None
+        )
+        self.in_maintenance = self._maintenance.enabled()
         self.limits = ClientLimits.configured(self.limiter, config, refused=self.metrics.limit_hit)
         self.tls_context: ssl.SSLContext | None = (
             server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
@@ -170,6 +177,7 @@ class Worker:
                 if session is not None and now >= session.deadline:
                     connection.expire(now)
             self._sweep_state()
+            self.in_maintenance = self._maintenance.enabled()
             self.metrics.flush(len(self.connections))
 
     async def _drain(self, servers: Sequence[asyncio.AbstractServer]) -> None:

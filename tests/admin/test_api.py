@@ -74,6 +74,7 @@ INVALID = [
     ("GET", "/api/v1/events", {"params": {"type": "bounced"}}, "type"),
     ("GET", "/api/v1/events/stream", {"headers": {"Last-Event-ID": "42"}}, "Last-Event-ID"),
     ("POST", "/api/v1/admin/maintenance/cleanup", {"json": {"older_than_days": -1}}, "older_than_days"),
+    ("POST", "/api/v1/admin/maintenance/mode", {"json": {"enabled": "yes"}}, "enabled"),
     ("GET", "/api/v1/stored", {"params": {"route": "99"}}, "route"),
 ]
 

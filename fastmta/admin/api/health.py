@@ -27,6 +27,9 @@ class Health(msgspec.Struct):
     events_lag_seconds: dict[str, float] = msgspec.field(default_factory=dict)
     # "off" without [cluster] redis_url; "ok" while Redis answers; "degraded" while it does not.
     cluster: Literal["off", "ok", "degraded"] = "off"
+    # In maintenance mode new SMTP connections hear 421; still 200, so an orchestrator does not
+    # restart the node an operator is working on.
+    maintenance: bool = False
 
 
 async def health(call: Call) -> Response:
@@ -43,6 +46,7 @@ async def health(call: Call) -> Response:
         now.disk_free_percent,
         now.events_lag_seconds,
         shared,
+        now.maintenance,
     )
     return json_response({"success": now.healthy, "data": report}, 200 if now.healthy else 503)
 

@@ -1,4 +1,10 @@
-"""POST /api/v1/admin/maintenance/cleanup: settled messages older than N days removed from history, or counted.
+"""Maintenance: the node's maintenance mode, and removing settled messages from history.
+
+/api/v1/admin/maintenance/mode: while enabled, SMTP workers answer new connections `421 4.3.2`
+(within a second of the change; sessions already open go on), so a load balancer or the sending
+MTAs move to other nodes; delivery and the admin API carry on.
+
+POST /api/v1/admin/maintenance/cleanup: settled messages older than N days removed from history, or counted.
 
 Which settled messages: sent ones (include_sent, on unless turned off), failed ones (include_failed),
 refusals in the SMTP session (include_rejected) and messages an operator deleted from the queue
@@ -12,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import anyio.to_thread
 import msgspec
 
 from fastmta.admin import history
@@ -19,6 +26,7 @@ from fastmta.admin.endpoint import Call, Endpoint, Outcome
 from fastmta.admin.roles import Role
 from fastmta.history.cleanup import Removed, remove_settled
 from fastmta.history.schema import DELETED, FAILED, REJECTED, SENT
+from fastmta.queue.control import MaintenanceState
 
 _DAY = 86400
 
@@ -52,6 +60,25 @@ async def cleanup(call: Call) -> Outcome:
     return Outcome(done, "history", after=done)
 
 
+class ModeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool
+
+
+async def mode(call: Call) -> MaintenanceState:
+    return await anyio.to_thread.run_sync(call.state.maintenance.state)
+
+
+async def set_mode(call: Call) -> Outcome:
+    assert call.principal is not None
+    asked: ModeRequest = call.body
+    control = call.state.maintenance
+    before = await anyio.to_thread.run_sync(control.state)
+    after = await anyio.to_thread.run_sync(control.set, asked.enabled, call.principal.name)
+    return Outcome(after, "maintenance", {"enabled": before.enabled}, {"enabled": after.enabled})
+
+
 ENDPOINTS = [
+    Endpoint("GET", "/api/v1/admin/maintenance/mode", "Whether the node is in maintenance (new SMTP connections refused)", mode, "maintenance", returns=MaintenanceState),
+    Endpoint("POST", "/api/v1/admin/maintenance/mode", "Turn maintenance mode on or off", set_mode, "maintenance", role=Role.operator, body=ModeRequest, returns=MaintenanceState, action="maintenance.mode"),
     Endpoint("POST", "/api/v1/admin/maintenance/cleanup", "Remove settled messages older than N days from history", cleanup, "maintenance", role=Role.admin, body=CleanupRequest, returns=CleanupResult, errors=(503,), action="history.cleanup"),
 ]

@@ -13,6 +13,7 @@ import msgspec
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
+from fastmta.admin.api.maintenance import ModeRequest
 from fastmta.admin.api.tokens import TokenCreate
 from fastmta.admin.api.users import UserCreate
 from fastmta.admin.console import pages
@@ -21,6 +22,7 @@ from fastmta.admin.errors import ApiError, NotFound, validation_failed
 
 QUEUE_VERBS = ("retry", "hold", "release", "delete")
 DELIVERY_VERBS = ("suspend", "activate")
+MAINTENANCE_VERBS = {"maintenance-on": True, "maintenance-off": False}
 
 
 def _verb(visit: Visit, allowed: tuple[str, ...]) -> str:
@@ -47,6 +49,12 @@ async def delivery_switch(visit: Visit, fields: FormData) -> Response:
     verb = _verb(visit, DELIVERY_VERBS)
     await visit.act(f"delivery.{verb}")
     return redirect(f"/ui/delivery?done={verb}")
+
+
+async def maintenance_switch(visit: Visit, fields: FormData) -> Response:
+    verb = _verb(visit, tuple(MAINTENANCE_VERBS))
+    await visit.act("maintenance.mode", ModeRequest(MAINTENANCE_VERBS[verb]))
+    return redirect(f"/ui?done={verb}")
 
 
 def _body(fields: dict[str, Any], body_type: type) -> Any:

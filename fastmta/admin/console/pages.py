@@ -48,6 +48,7 @@ async def overview(visit: Visit) -> Response:
         memory=snapshot.by_label("process_resident_memory_bytes", "worker"),
         cpu=snapshot.by_label("process_cpu_seconds_total", "worker"),
         delivery=state.delivery.state(),
+        maintenance=state.maintenance.state(),
     )
 
 

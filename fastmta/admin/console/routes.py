@@ -46,6 +46,7 @@ def routes(state: AdminState, endpoints: Iterable[Endpoint]) -> list[BaseRoute]:
         Route("/ui/queue/{id}/{verb}", form(actions.queue_action, console), methods=post),
         Route("/ui/delivery", page(pages.delivery, console)),
         Route("/ui/delivery/{verb}", form(actions.delivery_switch, console), methods=post),
+        Route("/ui/node/{verb}", form(actions.maintenance_switch, console), methods=post),
         Route("/ui/access", page(pages.access, console)),
         Route("/ui/tokens", form(actions.create_token, console), methods=post),
         Route("/ui/tokens/{id}/revoke", form(actions.revoke_token, console), methods=post),

@@ -48,6 +48,8 @@ DONE = {
     "flush": "Flushed: all deferred mail is due now.",
     "suspend": "Delivery suspended: runners take no new work; mail is still accepted and queued.",
     "activate": "Delivery is active again.",
+    "maintenance-on": "Maintenance mode: new SMTP connections are refused with 421 within a second; open sessions go on.",
+    "maintenance-off": "Maintenance mode is off: SMTP accepts new connections again.",
     "revoke": "Token revoked: every session and client using it is signed out.",
     "user-create": "User created.",
     "user-delete": "User deleted.",
