@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,18 @@ class Running:
                 process.wait()
         if self.cleanup is not None:
             shutil.rmtree(self.cleanup, ignore_errors=True)
+
+
+def beside(companion: subprocess.Popen[bytes], start: Callable[[], Running]) -> Running:
+    """A server started with a process it needs beside it, which stops with it, or at once if it fails to start."""
+    try:
+        running = start()
+    except BaseException:
+        companion.kill()
+        companion.wait()
+        raise
+    running.companions = (companion,)
+    return running
 
 
 def free_port() -> int:
@@ -221,13 +234,7 @@ class FastMTAWithWebhooks(FastMTA):
         receiver = spawn([sys.executable, str(BENCH / "webhook_sink.py"), f"127.0.0.1:{receiver_port}"],
                          workdir / "webhook_sink.log")
         self.sections = ("[[events.webhooks]]", f'url = "http://127.0.0.1:{receiver_port}/events"', "batch = 100")
-        try:
-            running = super().start(workdir, port, relay_port, admin_port)
-        except BaseException:
-            receiver.kill()
-            raise
-        running.companions = (receiver,)
-        return running
+        return beside(receiver, lambda: super(FastMTAWithWebhooks, self).start(workdir, port, relay_port, admin_port))
 
 
 # Per-client limits high enough never to refuse, counted for every client (loopback included):
@@ -267,14 +274,12 @@ class FastMTAInCluster(FastMTA):
             workdir / "redis.log",
         )  # fmt: skip
         self.sections = (*COUNTED_LIMITS, "[cluster]", f'redis_url = "redis://127.0.0.1:{redis_port}/0"')
-        try:
+
+        def ready_then_start() -> Running:
             wait_for_redis(redis_port, redis)
-            running = super().start(workdir, port, relay_port, admin_port)
-        except BaseException:
-            redis.terminate()
-            raise
-        running.companions = (redis,)
-        return running
+            return super(FastMTAInCluster, self).start(workdir, port, relay_port, admin_port)
+
+        return beside(redis, ready_then_start)
 
 
 def wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
