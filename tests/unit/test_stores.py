@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import mailbox
 import re
 import resource
@@ -86,9 +87,10 @@ def test_mbox_waits_while_another_reader_holds_its_locks(tmp_path: Path) -> None
     assert not writer.is_alive() and len(mailbox.mbox(tmp_path / "bob@x.test")) == 2
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def file_size_limit() -> Iterator[None]:
-    """Writes past 4 KiB fail (EFBIG), as on a full disk; SIGXFSZ, which would kill the process, is ignored."""
+    """Writes past 4 KiB fail (EFBIG), as on a full disk; SIGXFSZ, which would kill the process, is ignored.
+    Only around the write under test: pytest's own output, a file perhaps, must not meet the limit."""
     before = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, before[1]))
@@ -99,11 +101,11 @@ def file_size_limit() -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_an_mbox_write_that_fails_halfway_is_cut_off(tmp_path: Path, file_size_limit: None) -> None:
+def test_an_mbox_write_that_fails_halfway_is_cut_off(tmp_path: Path) -> None:
     store = MboxStore(tmp_path)
     store.put(copy())
     size = (tmp_path / "bob@x.test").stat().st_size
-    with pytest.raises(Failed, match="mbox write failed"):
+    with file_size_limit(), pytest.raises(Failed, match="mbox write failed"):
         store.put(copy(b"Subject: big\r\n\r\n" + b"x" * 8000 + b"\r\n"))
     assert (tmp_path / "bob@x.test").stat().st_size == size
     assert [message["subject"] for message in mailbox.mbox(tmp_path / "bob@x.test")] == ["quarterly"]
