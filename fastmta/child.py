@@ -1,4 +1,4 @@
-"""What every child process does right after fork, once: signals, logging, then its role's run(), then exit.
+"""What every child process does right after fork, once: signals, logging, the node in its ids, then its role's run(), then exit.
 
 A child never outlives its supervisor: the kernel sends it SIGTERM when the supervisor dies
 (PR_SET_PDEATHSIG), and it drains and stops as on any SIGTERM. Otherwise a SIGKILLed supervisor
@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from fastmta import logs
 from fastmta.config import Config
+from fastmta.queue import records
 
 log = logging.getLogger("fastmta.child")
 
@@ -58,4 +59,6 @@ def _start(name: str, config: Config, role: Callable[..., int], args: tuple[obje
     # Ctrl-C in a terminal reaches the whole process group; the supervisor decides for the children.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.setup(config.server.log_level, config.server.log_format, name)
+    # Queue ids name their node, so that nodes sharing one history never make the same id.
+    records.name_node(config.server.node_id)
     return role(config, name, *args)

@@ -147,7 +147,8 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ServerConfig(_Section):
     hostname: str = ""
-    # Names this node in events, in the fastmta_node_info metric and in the cluster's heartbeats; the hostname by default.
+    # Names this node in events, in its queue ids (queue.records.node_tag), in the fastmta_node_info metric
+    # and in the cluster's heartbeats; the hostname by default.
     node_id: str = ""
     data_dir: str = "./var"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

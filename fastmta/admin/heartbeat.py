@@ -16,6 +16,7 @@ import msgspec
 
 from fastmta import overview
 from fastmta.admin.state import AdminState
+from fastmta.queue.records import node_tag
 
 if TYPE_CHECKING:
     from fastmta.counters.failover import FailoverCounters
@@ -30,6 +31,8 @@ class NodeReport(msgspec.Struct):
     delivery_suspended: bool
     admin: str  # [admin] listen
     at: float  # when the report was made, by the node's clock
+    # Fields from here on have defaults: nodes of an older fastmta leave them out of their beats.
+    queue_id_tag: str = ""  # characters 10-14 of the queue ids this node makes
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -41,7 +44,7 @@ def report(state: AdminState, degraded: bool) -> NodeReport:
     status = "unhealthy" if not now.healthy else "degraded" if degraded else "ok"
     return NodeReport(
         state.config.server.node_id, status, now.reasons, now.queue_depth, now.smtp_workers_alive,
-        now.delivery_suspended, state.config.admin.listen, time.time(),
+        now.delivery_suspended, state.config.admin.listen, time.time(), node_tag(state.config.server.node_id),
     )  # fmt: skip
 
 

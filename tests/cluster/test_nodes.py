@@ -1,6 +1,7 @@
-"""Two real `fastmta serve` nodes sharing a real redis-server, behind a real HAProxy (TCP, PROXY v2):
-limits, the delivery switch and a destination's connections hold across them, a Redis outage
-degrades them without stopping mail, and a node killed under load loses no acknowledged message."""
+"""Three real `fastmta serve` nodes sharing a real redis-server and a real PostgreSQL history, behind a
+real HAProxy (TCP, PROXY v2): limits, the delivery switch and a destination's connections hold across
+them, a Redis outage degrades them without stopping mail, and a node killed under load loses no
+acknowledged message, in delivery or in the shared history."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from fastmta.queue.records import node_tag
+from tests import postgres
 from tests.admin.conftest import wait_until
 from tests.conftest import Server, installed
 from tests.haproxy import Haproxy
@@ -37,6 +41,7 @@ class Cluster:
     nodes: list[Node]
     next_hop: NextHop
     balancer: Haproxy
+    history: sa.Engine  # the nodes' shared PostgreSQL history
 
     def send(self, source: str, subject: str) -> int:
         """One message through HAProxy in its own connection from `source`: the reply code to DATA, or
@@ -67,13 +72,21 @@ def _started(server: Server) -> Node:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     installed("redis-server", "redis-server")
     installed("haproxy", "haproxy")
+    if postgres.binaries() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    with postgres.server(tmp_path_factory.mktemp("postgres")) as history_url:
+        yield from _nodes(tmp_path_factory, history_url)
+
+
+def _nodes(tmp_path_factory: pytest.TempPathFactory, history_url: str) -> Iterator[Cluster]:
     redis_dir = tmp_path_factory.mktemp("redis")
     redis = RedisServer(redis_dir).start()
     next_hop = NextHop().start()
     next_hop.recorder.data_delay = 0.1  # connections stay open long enough to overlap if they could
     servers = []
     try:
-        for number in range(2):
+        for number in range(3):
             settings = {
                 "server": {"node_id": f"node{number}"},
                 "smtp": {"workers": 1, "proxy_protocol": True},
@@ -85,15 +98,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 ],
                 "admin": {"enabled": True},
                 "cluster": {"redis_url": redis.url, "heartbeat_ttl": "3s", "redis_timeout": "200ms"},
+                "history": {"enabled": True, "url": history_url},
             }  # fmt: skip
             servers.append(Server(tmp_path_factory.mktemp(f"node{number}"), settings))
         # The nodes start side by side: each start is mostly waiting for its children to come up.
         with ThreadPoolExecutor(len(servers)) as pool:
             nodes = list(pool.map(_started, servers))
         balancer = Haproxy(tmp_path_factory.mktemp("haproxy"), [server.port for server in servers]).start()
+        history = sa.create_engine(history_url.replace("postgresql://", "postgresql+psycopg://", 1))
         try:
-            yield Cluster(redis, nodes, next_hop, balancer)
+            yield Cluster(redis, nodes, next_hop, balancer, history)
         finally:
+            history.dispose()
             balancer.stop()
     finally:
         for server in servers:
@@ -113,31 +129,32 @@ def test_a_per_ip_limit_holds_across_nodes(cluster: Cluster) -> None:
 
 
 def test_suspending_through_one_node_stops_every_runner_and_a_destination_limit_is_cluster_wide(cluster: Cluster) -> None:
-    first, second = cluster.nodes
+    first, second = cluster.nodes[:2]
     with first.api() as api:
         assert api.post("/api/v1/delivery/suspend").json()["data"]["suspended"]
     with second.api() as api:
         assert api.get("/api/v1/delivery").json()["data"]["suspended"]
     arrived = len(cluster.next_hop.recorder.arrivals)
-    for number in range(6):  # HAProxy takes turns: three to each node
+    for number in range(6):  # HAProxy takes turns: two to each node
         assert cluster.send("127.0.0.3", f"held {number}") == 250
     # Every runner looks at the switch at least once a second, and before each batch.
     assert not wait_until(lambda: len(cluster.next_hop.recorder.arrivals) > arrived, timeout=1.5)
     with second.api() as api:
         assert not api.post("/api/v1/delivery/activate").json()["data"]["suspended"]
     cluster.next_hop.recorder.wait_for(arrived + 6)
-    # Both nodes had mail for the next hop at once; one connection at a time across them.
+    # The nodes had mail for the next hop at once; one connection at a time across them.
     assert cluster.next_hop.recorder.most_open == 1
 
 
 def test_the_nodes_list_each_other(cluster: Cluster) -> None:
     with cluster.nodes[1].api() as api:
-        listed = wait_until(lambda: len(api.get("/api/v1/cluster/nodes").json()["data"]["nodes"]) == 2 or None)
+        listed = wait_until(lambda: len(api.get("/api/v1/cluster/nodes").json()["data"]["nodes"]) == 3 or None)
         assert listed
         body = api.get("/api/v1/cluster/nodes").json()["data"]
     assert body["this_node"] == "node1"
-    assert sorted(view["report"]["node"] for view in body["nodes"]) == ["node0", "node1"]
+    assert sorted(view["report"]["node"] for view in body["nodes"]) == ["node0", "node1", "node2"]
     assert all(view["report"]["status"] == "ok" and view["report"]["queue_depth"] is not None for view in body["nodes"])
+    assert all(view["report"]["queue_id_tag"] == node_tag(view["report"]["node"]) for view in body["nodes"])
 
 
 def _health(node: Node) -> dict:  # type: ignore[type-arg]
@@ -170,8 +187,9 @@ def test_without_redis_a_node_is_degraded_and_serves_then_recovers(cluster: Clus
 
 def test_a_node_killed_under_load_loses_no_acknowledged_message(cluster: Cluster) -> None:
     """SIGKILL to a whole node (supervisor and children) while mail arrives: HAProxy sends new sessions to
-    the other, and once restarted the killed node delivers everything it had acknowledged. Delivery is
-    suspended meanwhile, so the killed node dies holding all the mail it took."""
+    the others, and once restarted the killed node delivers everything it had acknowledged, and the
+    shared history has every acknowledged message as sent, under an id naming the node that took it.
+    Delivery is suspended meanwhile, so the killed node dies holding all the mail it took."""
     survivor, victim = cluster.nodes[0], cluster.nodes[1].server
     with survivor.api() as api:
         assert api.post("/api/v1/delivery/suspend").json()["data"]["suspended"]
@@ -201,3 +219,18 @@ def test_a_node_killed_under_load_loses_no_acknowledged_message(cluster: Cluster
 
     wait_until(lambda: not missing(), timeout=30)
     assert missing() == []
+
+    def history() -> dict[str, sa.Row]:  # type: ignore[type-arg]
+        with cluster.history.connect() as connection:
+            rows = connection.execute(sa.text("SELECT id, node, status, subject FROM messages WHERE subject LIKE 'load %'"))
+            return {row.subject: row for row in rows}
+
+    def unsent() -> list[int]:
+        recorded = history()
+        return [n for n in acknowledged if f"load {n}" not in recorded or recorded[f"load {n}"].status != "sent"]
+
+    wait_until(lambda: not unsent(), timeout=30)
+    assert unsent() == []
+    recorded = history().values()
+    assert {row.node for row in recorded} == {"node0", "node1", "node2"}
+    assert all(row.id[9:14] == node_tag(row.node) for row in recorded)

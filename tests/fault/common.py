@@ -15,7 +15,7 @@ from typing import Any
 from tests.conftest import Server
 from tests.integration.nexthop import Arrival
 
-_QUEUE_ID = re.compile(rb"^\tby mx\.test \(fastmta\) with \S+ id (\w{16})", re.M)
+_QUEUE_ID = re.compile(rb"^\tby mx\.test \(fastmta\) with \S+ id (\w+)", re.M)
 
 
 def seed(test: str) -> int:

@@ -32,7 +32,7 @@ def test_sigkill_runner_mid_batch(make_server) -> None:
         wait_until(lambda: queue_empty(server), timeout=60)
         arrived = {re.search(rb"^Subject: (\d+)", a.content, re.M).group(1) for a in hop.recorder.arrivals}
         assert arrived == {str(n).encode() for n in range(COUNT)}
-        received_ids = {re.search(rb"id (\w{16})", a.content).group(1).decode() for a in hop.recorder.arrivals}
+        received_ids = {re.search(rb"id (\w+)", a.content).group(1).decode() for a in hop.recorder.arrivals}
         delivered = {e["message_id"] for e in journal(server) if e["status"] == "delivered"}
         assert delivered <= received_ids and len(delivered) == COUNT
         assert "took over" in server.log()

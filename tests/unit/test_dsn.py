@@ -152,8 +152,9 @@ def test_no_bounce_to_a_return_path_no_command_could_carry() -> None:
 
 
 def test_the_returned_message_cannot_end_our_part_even_knowing_the_bounce_id() -> None:
-    """A bounce's id follows from the time, the pid and a counter: a sender can guess it, so the boundary holds more."""
-    guessed = _base32(sum(_CROCKFORD.index(c) << 5 * n for n, c in enumerate(reversed(new_message_id(1.7e9)))) + 1, 16)
+    """A bounce's id follows from the time, the node, the pid and a counter: a sender can guess it, so the boundary holds more."""
+    known = new_message_id(1.7e9)
+    guessed = _base32(sum(_CROCKFORD.index(c) << 5 * n for n, c in enumerate(reversed(known))) + 1, len(known))
     forged = (
         f"Subject: hi\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\none\r\n--x--\r\n"
         f"--{guessed}\r\n--{guessed}/mx.test\r\nContent-Type: message/delivery-status\r\n\r\n"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
 import pytest
 
+from fastmta.queue import records
 from fastmta.queue.commit import GroupCommit
 from fastmta.queue.records import HELD, MESSAGE_DECODER, Message, Recipient, new_message_id
 from fastmta.queue.store import CorruptRecord, QueueStore, StoreFullError
@@ -24,10 +26,29 @@ def message(size: int = 10) -> Message:
 def test_ids_are_unique_and_sortable() -> None:
     ids = [new_message_id() for _ in range(20000)]
     assert len(set(ids)) == len(ids)
-    assert all(len(i) == 16 and i.isalnum() for i in ids)
+    assert all(len(i) == 21 and i.isalnum() and i.isupper() for i in ids)
     start = time.time()
     timed = [new_message_id(start + n / 1000) for n in range(1000)]
     assert timed == sorted(timed)
+
+
+def test_ids_name_their_node_so_nodes_with_the_same_pids_never_share_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "_node", records._node)
+    made: dict[str, list[str]] = {}
+    for node in ("mx1.test", "mx2.test", "mx3.test"):
+        records.name_node(node)
+        # The same pid and counter on every node, as in identical containers.
+        monkeypatch.setattr(records, "_counter", itertools.count())
+        made[node] = [new_message_id(1.7e9) for _ in range(3)]
+    assert len({i for ids in made.values() for i in ids}) == 9
+    assert all(i[9:14] == records.node_tag(node) for node, ids in made.items() for i in ids)
+
+
+def test_ids_from_before_the_node_tag_sort_with_new_ones_by_time() -> None:
+    """16-character ids of older versions (milliseconds, pid, counter) stay in the queue and must keep their order."""
+    millis = int(1.7e9 * 1000)
+    older = records._base32(millis << 36 | 4321 << 14 | 5, 16)
+    assert new_message_id((millis - 1) / 1000) < older < new_message_id((millis + 1) / 1000)
 
 
 def test_insert_get_scan_due_hold_release_delete(tmp_path: Path) -> None:
