@@ -4,7 +4,9 @@ Connections are counted when they open and close. Messages, recipients, AUTH fai
 account's daily quota are reserved in small chunks (reserve) and what a connection did not use is
 given back when it closes (release), so a connection costs one state write at either end however
 much mail it carries, and a limit is never exceeded across workers: a chunk held by one
-connection is only unavailable to the others until it is used or returned.
+connection is only unavailable to the others until it is used or returned. The first chunks of
+messages and recipients are reserved with the connection's admission, in the same write: in a
+cluster that is one Redis round trip for a connection that sends a message or a few.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from fastmta.config import Config, LimitsConfig
-from fastmta.counters.interface import Counters, Unused
+from fastmta.counters.interface import Counters, Unused, Wanted
 from fastmta.networks import Networks
 
 DAY = 86400.0
@@ -35,6 +37,8 @@ SPENDABLE = {
     "auth_failures": Spendable("auth_failures_per_hour", HOUR, 0),
     "quota": Spendable("daily_quota", DAY, 32),
 }
+# Reserved as a connection is admitted: nearly every connection that is let in sends mail.
+AT_ADMISSION = ("messages", "recipients")
 
 
 class LimitExceeded(Exception):
@@ -87,28 +91,37 @@ class ClientLimits:
         """Hosts we relay for skip the per-client limits (they still count towards max_connections)."""
         return self._exempt is not None and ip in self._exempt
 
-    def admit(self, ip: str, exempt: bool) -> None:
-        """Counts a new connection, in one write, or raises LimitExceeded (and counts nothing)."""
-        opened = self._limiter.connection_opened(ip, 0 if exempt else self._limits.connections_per_minute)
+    def admit(self, ip: str, exempt: bool) -> dict[tuple[str, str], int]:
+        """Counts a new connection and reserves its first chunks (AT_ADMISSION), in one write; what
+        was reserved, by (kind, key). Raises LimitExceeded (and counts nothing) instead."""
+        limited = [] if exempt else [kind for kind in AT_ADMISSION if self.per_client[kind] > 0]
+        reserve = [self._wanted(kind, ip, self.per_client[kind]) for kind in limited]
+        opened = self._limiter.connection_opened(ip, 0 if exempt else self._limits.connections_per_minute, reserve=reserve)
         if opened is None:
             raise self._refusal("connections_per_minute")
-        from_ip, total = opened
-        if total > self._max_connections:
-            self._limiter.connection_closed(ip)
+        reserved = {(wanted.kind, wanted.key): granted for wanted, granted in zip(reserve, opened.reserved, strict=True)}
+        if opened.total > self._max_connections:
+            self.release(ip, reserved)
             # The server's own limit, not a client's: no smtp_ratelimit_hits_total.
             raise LimitExceeded("max_connections")
-        if not exempt and from_ip > self._max_per_ip:
-            self._limiter.connection_closed(ip)
+        if not exempt and opened.from_ip > self._max_per_ip:
+            self.release(ip, reserved)
             raise self._refusal("max_connections_per_ip")
+        return reserved
 
     def reserve(self, kind: str, key: str, limit: int) -> int:
         """Reserves up to a chunk of `kind` for `key`; 0 means the limit is reached (and is reported)."""
-        spendable = SPENDABLE[kind]
-        want = max(1, limit // spendable.chunks) if spendable.chunks else 1
-        granted = self._limiter.take(kind, key, limit, spendable.window, want)
+        wanted = self._wanted(kind, key, limit)
+        granted = self._limiter.take(kind, key, limit, wanted.window, wanted.want)
         if not granted:
-            self._refused(spendable.setting)
+            self._refused(SPENDABLE[kind].setting)
         return granted
+
+    @staticmethod
+    def _wanted(kind: str, key: str, limit: int) -> Wanted:
+        """A chunk of `kind`: 1/chunks of the limit, at least one."""
+        spendable = SPENDABLE[kind]
+        return Wanted(kind, key, limit, spendable.window, max(1, limit // spendable.chunks) if spendable.chunks else 1)
 
     def release(self, ip: str, unused: Mapping[tuple[str, str], int]) -> None:
         """The connection from `ip` closed; `unused` is what it reserved and did not spend, by (kind, key)."""

@@ -17,12 +17,12 @@ import math
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import lmdb
 
-from fastmta.counters.interface import Unused
+from fastmta.counters.interface import Opened, Unused, Wanted
 from fastmta.processes import alive
 
 _RATE = struct.Struct(">Qd")  # count, expires_at
@@ -88,12 +88,10 @@ class RateLimiter:
                 txn.delete(key)
         return len(expired)
 
-    def connection_opened(self, ip: str, per_minute: int = 0, now: float | None = None) -> tuple[int, int] | None:
-        """Counts an open connection; returns the open connections from `ip` and in total, this one included.
-
-        With `per_minute`, the connection is also a "connections" event for `ip`, in the same
-        transaction; None means that rate was reached and nothing was counted.
-        """
+    def connection_opened(
+        self, ip: str, per_minute: int = 0, now: float | None = None, reserve: Sequence[Wanted] = ()
+    ) -> Opened | None:
+        """Counts an open connection and takes what `reserve` asks for, in one transaction (Counters.connection_opened)."""
         owner = _owner_key(self._pid, ip)
         with self._env.begin(write=True) as txn:
             if per_minute > 0 and not self._take(txn, "connections", ip, per_minute, 60.0, now, 1, partial=False):
@@ -101,7 +99,11 @@ class RateLimiter:
             _add(txn, self._owners, owner, 1)
             from_ip = _add(txn, self._open, ip.encode(), 1)
             total = _add(txn, self._open, _TOTAL, 1)
-        return from_ip, total
+            reserved = tuple(
+                self._take(txn, wanted.kind, wanted.key, wanted.limit, wanted.window, now, wanted.want, partial=True)
+                for wanted in reserve
+            )
+        return Opened(from_ip, total, reserved)
 
     def connection_closed(self, ip: str, give_back: Iterable[Unused] = (), now: float | None = None) -> None:
         """Counts a connection closed, and returns what it reserved and did not use, in one transaction.

@@ -128,7 +128,7 @@ class Driver:
     def _admit(self, request: Admit) -> tuple[bytes, object]:
         if self.limits is not None:
             try:
-                self.limits.admit(request.ip, self.exempt)
+                return self.session.admitted("", self.exempt, self.limits.admit(request.ip, self.exempt))
             except LimitExceeded as refusal:
                 return self.session.admitted(refusal.limit, self.exempt)
         return self.session.admitted("", self.exempt)

@@ -26,13 +26,13 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import lmdb
 import redis
 
-from fastmta.counters.interface import Unused
+from fastmta.counters.interface import Opened, Unused, Wanted
 from fastmta.counters.redis_counters import RedisCounters
 from fastmta.ratelimit import RateLimiter
 
@@ -173,15 +173,19 @@ class FailoverCounters:
         return self.local.count(kind, key, window, now)
 
     @_locked
-    def connection_opened(self, ip: str, per_minute: int = 0, now: float | None = None) -> tuple[int, int] | None:
-        found = self._ask(lambda: self.shared.connection_opened(ip, per_minute, now))
+    def connection_opened(
+        self, ip: str, per_minute: int = 0, now: float | None = None, reserve: Sequence[Wanted] = ()
+    ) -> Opened | None:
+        found = self._ask(lambda: self.shared.connection_opened(ip, per_minute, now, reserve))
         if not isinstance(found, _Unreachable):
             return found
-        opened = self.local.connection_opened(ip, per_minute, now)
+        opened = self.local.connection_opened(ip, per_minute, now, reserve)
         if opened is not None:
             self._local_open[ip] += 1
             if per_minute > 0:
                 self._counted_alone("connections", ip, 60.0, now, 1)
+            for wanted, granted in zip(reserve, opened.reserved, strict=True):
+                self._counted_alone(wanted.kind, wanted.key, wanted.window, now, granted)
         return opened
 
     @_locked

@@ -8,7 +8,7 @@ shaping) belongs here too, as methods every store implements.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 
@@ -19,6 +19,24 @@ class Unused(NamedTuple):
     key: str
     window: float
     amount: int
+
+
+class Wanted(NamedTuple):
+    """A reservation asked for as a connection opens, in the same update: take()'s arguments."""
+
+    kind: str
+    key: str
+    limit: int
+    window: float
+    want: int
+
+
+class Opened(NamedTuple):
+    """A connection counted: the open connections from its IP and in total, and what each Wanted was granted."""
+
+    from_ip: int
+    total: int
+    reserved: tuple[int, ...] = ()
 
 
 class Counters(Protocol):
@@ -34,11 +52,15 @@ class Counters(Protocol):
         """The sliding-window estimate of events of `kind` for `key`."""
         ...
 
-    def connection_opened(self, ip: str, per_minute: int = 0, now: float | None = None) -> tuple[int, int] | None:
-        """Counts an open connection; returns the open connections from `ip` and in total, this one included.
+    def connection_opened(
+        self, ip: str, per_minute: int = 0, now: float | None = None, reserve: Sequence[Wanted] = ()
+    ) -> Opened | None:
+        """Counts an open connection, this one included in the counts returned.
 
         With `per_minute`, the connection is also a "connections" event for `ip`, in the same
-        update; None means that rate was reached and nothing was counted.
+        update; None means that rate was reached and nothing was counted (nor reserved). Each of
+        `reserve` is a take() in the same update too, so that a connection's first reservations
+        cost no round trip of their own.
         """
         ...
 

@@ -164,7 +164,7 @@ class SmtpProtocol(asyncio.Protocol):
             self._worker.metrics.rejected[MAINTENANCE] += 1
             return session.admitted(MAINTENANCE, exempt)
         try:
-            limits.admit(request.ip, exempt)
+            return session.admitted("", exempt, limits.admit(request.ip, exempt))
         except LimitExceeded as refusal:
             self._worker.metrics.rejected[refusal.limit] += 1
             return session.admitted(refusal.limit, exempt)

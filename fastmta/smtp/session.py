@@ -321,8 +321,9 @@ class Session:
                 self._close_with(R.TIMEOUT)
         return self._flush()
 
-    def admitted(self, refused_by: str, exempt: bool) -> Step:
-        """The answer to Admit: the limit that refused the connection ("" if none), and whether per-client limits apply."""
+    def admitted(self, refused_by: str, exempt: bool, reserved: Mapping[tuple[str, str], int] | None = None) -> Step:
+        """The answer to Admit: the limit that refused the connection ("" if none), whether per-client
+        limits apply, and what was reserved with the admission, by (kind, key)."""
         assert isinstance(self._action, Admit)
         self._action = None
         self._mode = _COMMAND
@@ -335,6 +336,7 @@ class Session:
             for kind, limit in self.settings.per_client_limits.items():
                 if limit > 0:
                     self._limits[kind] = (self.client_ip, limit)
+        self._held.update(reserved or {})
         self._out.append(f"220 {self.settings.hostname} ESMTP fastmta\r\n".encode())
         return self._run()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmta.counters.interface import Counters, Unused
+from fastmta.counters.interface import Counters, Opened, Unused, Wanted
 from fastmta.counters.redis_counters import RedisCounters, client
 from fastmta.ratelimit import RateLimiter
 from tests.redis_server import RedisServer
@@ -81,8 +81,8 @@ def test_limits_hold_across_stores_sharing_counts(make: Make) -> None:
 
 def test_connections_are_counted_per_ip_and_in_total(make: Make) -> None:
     first, second = make(), make()
-    assert first.connection_opened(IP) == (1, 1)
-    assert first.connection_opened("192.0.2.2") == (1, 2)
+    assert first.connection_opened(IP) == Opened(1, 1)
+    assert first.connection_opened("192.0.2.2") == Opened(1, 2)
     opened = second.connection_opened(IP)
     assert opened is not None and opened[0] == 2
     second.connection_closed(IP)
@@ -90,16 +90,30 @@ def test_connections_are_counted_per_ip_and_in_total(make: Make) -> None:
     second.sweep(now=T0)
     first.connection_closed(IP)
     opened = first.connection_opened(IP)
-    assert opened == (1, 2)
+    assert opened == Opened(1, 2)
+
+
+def test_an_opening_takes_its_reservations_in_the_same_update_unless_refused(make: Make) -> None:
+    first, second = make(), make()
+    wanted = [Wanted("msg", IP, 10, WINDOW, 4), Wanted("rcpt", IP, 5, WINDOW, 4)]
+    assert first.connection_opened(IP, now=T0, reserve=wanted) == Opened(1, 1, (4, 4))
+    opened = second.connection_opened(IP, now=T0, reserve=wanted)
+    assert opened is not None and (opened.from_ip, opened.reserved) == (2, (4, 1))
+    one = [Wanted("msg", IP, 10, WINDOW, 1)]
+    opened = first.connection_opened(IP, per_minute=1, now=T0, reserve=one)
+    assert opened is not None and opened.reserved == (1,)
+    assert first.connection_opened(IP, per_minute=1, now=T0, reserve=one) is None  # refused: nothing taken
+    assert first.count("msg", IP, WINDOW, now=T0) == 9
+    assert first.count("rcpt", IP, WINDOW, now=T0) == 5
 
 
 def test_connections_per_minute_refuse_and_count_nothing(make: Make) -> None:
     counters = make()
-    assert counters.connection_opened(IP, per_minute=2, now=T0) == (1, 1)
-    assert counters.connection_opened(IP, per_minute=2, now=T0) == (2, 2)
+    assert counters.connection_opened(IP, per_minute=2, now=T0) == Opened(1, 1)
+    assert counters.connection_opened(IP, per_minute=2, now=T0) == Opened(2, 2)
     assert counters.connection_opened(IP, per_minute=2, now=T0) is None
     counters.connection_closed(IP, now=T0)
-    assert counters.connection_opened(IP, now=T0) == (2, 2)  # no rate asked: counted
+    assert counters.connection_opened(IP, now=T0) == Opened(2, 2)  # no rate asked: counted
     assert counters.count("connections", IP, 60.0, now=T0) == 2
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from fastmta.counters.failover import FailoverCounters
-from fastmta.counters.interface import Unused
+from fastmta.counters.interface import Opened, Unused, Wanted
 from fastmta.counters.redis_counters import RedisCounters, client
 from fastmta.ratelimit import RateLimiter
 from tests.redis_server import RedisServer
@@ -27,12 +27,12 @@ def test_an_owner_that_stops_renewing_stops_counting_and_tells_again_when_back(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
     first, second = store(redis_server, key_prefix, "a"), store(redis_server, key_prefix, "b")
-    assert first.connection_opened(IP) == (1, 1)
+    assert first.connection_opened(IP) == Opened(1, 1)
     # As if node a had stalled past its alive key's expiry.
     redis.Redis.from_url(redis_server.url).delete(f"{key_prefix}alive:{first.owner}")
-    assert second.connection_opened(IP) == (1, 1)
+    assert second.connection_opened(IP) == Opened(1, 1)
     first.sweep()  # a notices and writes its count again
-    assert second.connection_opened(IP) == (3, 2)
+    assert second.connection_opened(IP) == Opened(3, 2)
 
 
 def test_holds_are_limited_across_owners(redis_server: RedisServer, key_prefix: str) -> None:
@@ -80,14 +80,14 @@ def test_failover_counts_locally_and_tells_redis_when_it_returns(outage_redis: R
         store(outage_redis, "t:", "node", timeout=0.2), RateLimiter(tmp_path / "state.lmdb"), "smtp-0", changes.append
     )
     try:
-        assert counters.connection_opened(IP) == (1, 1)
+        assert counters.connection_opened(IP) == Opened(1, 1)
         assert counters.take("messages", IP, 100, HOUR, 10) == 10
         outage_redis.stop()
         # The open connection moves to state.lmdb with the first failure; what follows is counted there.
         assert counters.take("messages", IP, 100, HOUR, 10) == 10
         assert counters.degraded and changes == [True]
-        assert counters.connection_opened(IP) == (2, 2)
-        assert counters.local.count("messages", IP, HOUR) == 10
+        assert counters.connection_opened(IP, reserve=[Wanted("messages", IP, 100, HOUR, 3)]) == Opened(2, 2, (3,))
+        assert counters.local.count("messages", IP, HOUR) == 13
         counters.connection_closed(IP, [Unused("messages", IP, HOUR, 4)])
         assert counters.check()  # still unreachable
 
@@ -97,11 +97,11 @@ def test_failover_counts_locally_and_tells_redis_when_it_returns(outage_redis: R
             counters.sweep()
             time.sleep(0.05)
         assert not counters.degraded and changes == [True, False]
-        # Redis has what the node counted alone (10 - 4 given back) and its one open connection.
-        assert counters.count("messages", IP, HOUR) == pytest.approx(6, abs=0.1)
+        # Redis has what the node counted alone (10 + 3 reserved at the opening - 4 given back) and its one open connection.
+        assert counters.count("messages", IP, HOUR) == pytest.approx(9, abs=0.1)
         assert counters.local.open_connections(IP) == 0
         other = store(outage_redis, "t:", "other")
-        assert other.connection_opened(IP) == (2, 1)
+        assert other.connection_opened(IP) == Opened(2, 1)
         other.close()
         counters.connection_closed(IP)
         assert counters.shared.connections() == {}

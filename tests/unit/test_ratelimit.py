@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from fastmta.counters.interface import Opened
 from fastmta.ratelimit import RateLimiter
 
 WINDOW = 10.0
@@ -198,10 +199,10 @@ def test_sweep_when_the_last_window_has_expired(limiter: RateLimiter) -> None:
 
 def test_connections_per_ip_and_in_total(limiter: RateLimiter) -> None:
     assert limiter.open_connections() == 0 and limiter.open_connections(IP) == 0
-    assert limiter.connection_opened(IP) == (1, 1)
-    assert limiter.connection_opened(IP) == (2, 2)
-    assert limiter.connection_opened("2001:db8::1") == (1, 3)
-    assert limiter.connection_opened(IP) == (3, 4)
+    assert limiter.connection_opened(IP) == Opened(1, 1)
+    assert limiter.connection_opened(IP) == Opened(2, 2)
+    assert limiter.connection_opened("2001:db8::1") == Opened(1, 3)
+    assert limiter.connection_opened(IP) == Opened(3, 4)
     assert limiter.open_connections(IP) == 3
     assert limiter.open_connections("2001:db8::1") == 1
     assert limiter.open_connections("198.51.100.1") == 0
@@ -214,13 +215,13 @@ def test_connections_per_ip_and_in_total(limiter: RateLimiter) -> None:
     limiter.connection_closed(IP)
     limiter.connection_closed(IP)
     assert (limiter.open_connections(IP), limiter.open_connections()) == (0, 0)
-    assert limiter.connection_opened(IP) == (1, 1)
+    assert limiter.connection_opened(IP) == Opened(1, 1)
 
 
 def test_closing_more_than_opened_never_goes_negative(limiter: RateLimiter) -> None:
     limiter.connection_closed(IP)
     assert limiter.open_connections(IP) == 0 and limiter.open_connections() == 0
-    assert limiter.connection_opened(IP) == (1, 1)
+    assert limiter.connection_opened(IP) == Opened(1, 1)
 
 
 class Holder:
@@ -275,7 +276,7 @@ def test_forget_dead_processes_gives_back_their_connections(tmp_path: Path, dies
     try:
         dead.finish("die")
         assert limiter.open_connections() == 6
-        assert limiter.connection_opened(IP) == (5, 7)
+        assert limiter.connection_opened(IP) == Opened(5, 7)
 
         assert limiter.forget_dead_processes() == 3
         assert limiter.open_connections(IP) == 3
@@ -405,7 +406,7 @@ def test_connections_are_shared_across_processes(tmp_path: Path) -> None:
         assert ready.wait(10)
         limiter = RateLimiter(path)
         try:
-            assert limiter.connection_opened(IP) == (2, 3)
+            assert limiter.connection_opened(IP) == Opened(2, 3)
             # The holder is alive: nothing to give back.
             assert limiter.forget_dead_processes() == 0
             done.set()

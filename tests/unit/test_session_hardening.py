@@ -313,6 +313,19 @@ def test_limits_hold_across_concurrent_connections_and_unused_reservations_come_
     limiter.close()
 
 
+def test_the_first_chunks_are_reserved_with_the_admission(tmp_path: Path) -> None:
+    limiter = RateLimiter(tmp_path / "state.lmdb")
+    per_client = {"messages": 64, "recipients": 64, "auth_failures": 2}
+    new = Session(make_settings(per_client_limits=per_client), STRANGER, 1)
+    LIMITS[new] = ClientLimits(limiter, LimitsConfig(messages_per_hour=64, recipients_per_hour=64), 100, 100)
+    driver = Driver(new)
+    assert driver.feed(b"EHLO x\r\nMAIL FROM:<a@b.example>\r\n").endswith(b"250 2.1.0 Ok\r\n")
+    assert driver.reservations == []  # no reservation of its own: in a cluster, no round trip of its own
+    # Chunks of 64/32 = 2 each; AUTH failures are held only when AUTH is tried.
+    assert new.connection_lost() == {("messages", STRANGER): 1, ("recipients", STRANGER): 2}
+    limiter.close()
+
+
 def test_auth_failures_are_held_before_the_check_and_successes_give_them_back(tmp_path: Path) -> None:
     limiter = RateLimiter(tmp_path / "state.lmdb")
     limits = ClientLimits(limiter, LimitsConfig(auth_failures_per_hour=2), 100, 100)
