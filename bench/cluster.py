@@ -9,11 +9,17 @@ and CPU beside local mode come from compare.py (--targets fastmta-limits,fastmta
 in TCP mode sending PROXY v2 to them (round robin); source.py sends through HAProxy, for each N.
 On a machine with few cores the nodes share them, so this shows what HAProxy and the shared Redis
 cost more than how nodes scale: run it where each node has cores of its own for the latter.
+
+`cost`: the CPU an SMTP connection's counting costs in the worker, in-process and without the rest
+of a session: fastmta.limits.ClientLimits admitting a connection (with its first reservations of
+messages and recipients) and releasing it, on state.lmdb (local mode) and on Redis behind
+FailoverCounters (cluster mode, a redis-server of its own); the best of five runs of --connections.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import socket
@@ -21,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 from targets import (
@@ -34,6 +41,13 @@ from targets import (
     spawn,
     wait_for_redis,
 )
+
+from fastmta.config import LimitsConfig
+from fastmta.counters.failover import FailoverCounters
+from fastmta.counters.interface import Counters
+from fastmta.counters.redis_counters import RedisCounters, client
+from fastmta.limits import ClientLimits
+from fastmta.ratelimit import RateLimiter
 
 
 def command_stats(port: int) -> dict[str, int]:
@@ -124,15 +138,21 @@ def haproxy(work: Path, backends: list[int]) -> tuple[subprocess.Popen[bytes], i
     raise RuntimeError("haproxy did not listen")
 
 
+def redis_server(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server without persistence on a free port, answering; its process and port."""
+    port = free_port()
+    redis = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work),
+                   "--save", "", "--appendonly", "no"], work / "redis.log")  # fmt: skip
+    wait_for_redis(port, redis)
+    return redis, port
+
+
 def scaling(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[type-arg]
     if not shutil.which("haproxy") or not shutil.which("redis-server"):
         raise SystemExit("scaling needs haproxy and redis-server (apt-get install haproxy redis-server)")
-    redis_port = free_port()
-    redis = spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(work),
-                   "--save", "", "--appendonly", "no"], work / "redis.log")  # fmt: skip
+    redis, redis_port = redis_server(work)
     results = []
     try:
-        wait_for_redis(redis_port, redis)
         for count in (int(value) for value in args.nodes.split(",")):
             nodes: list[Running] = []
             balancer = None
@@ -158,21 +178,59 @@ def scaling(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore
     return results
 
 
+def connections(limits: ClientLimits, count: int) -> None:
+    """`count` connections admitted and released, from 250 addresses; each sent one message to one recipient."""
+    for number in range(count):
+        ip = f"192.0.2.{number % 250}"
+        reserved = limits.admit(ip, exempt=False)
+        limits.release(ip, {key: amount - 1 for key, amount in reserved.items()})
+
+
+def cost(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[type-arg]
+    if not shutil.which("redis-server"):
+        raise SystemExit("cost needs redis-server (apt-get install redis-server)")
+    limits = LimitsConfig(exempt_mynetworks=False, messages_per_hour=100_000_000, recipients_per_hour=100_000_000,
+                          connections_per_minute=100_000_000)  # fmt: skip
+    redis, port = redis_server(work)
+    stores: dict[str, Counters] = {
+        "local (state.lmdb)": RateLimiter(work / "local.lmdb"),
+        "cluster (Redis)": FailoverCounters(
+            RedisCounters(client(f"redis://127.0.0.1:{port}/0", 1.0), "bench:", "node"), RateLimiter(work / "failover.lmdb"),
+            "bench",
+        ),
+    }  # fmt: skip
+    results = []
+    try:
+        for name, store in stores.items():
+            run = functools.partial(connections, ClientLimits(store, limits, 1_000_000, 1_000_000), args.connections)
+            best = min(timeit.repeat(run, number=1, repeat=5, timer=time.process_time))
+            results.append({"store": name, "cpu_us_per_connection": round(best / args.connections * 1e6, 1)})
+            store.close()
+    finally:
+        redis.terminate()
+        redis.wait()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cluster.py", description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("ops", "scaling"))
+    p.add_argument("mode", choices=("ops", "scaling", "cost"))
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per run (default 5)")
     p.add_argument("--sessions", type=int, default=20, help="concurrent sessions (default 20)")
     p.add_argument("--per-connection", default="1,0", help="ops: messages per connection to try, 0 = reuse (default 1,0)")
     p.add_argument("--nodes", default="1,2,3", help="scaling: node counts to try (default 1,2,3)")
+    p.add_argument("--connections", type=int, default=3000, help="cost: connections per run (default 3000)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fastmta-cluster-bench-") as work:
-        results = (ops if args.mode == "ops" else scaling)(args, Path(work))
+        results = {"ops": ops, "scaling": scaling, "cost": cost}[args.mode](args, Path(work))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for row in results:
+        if "store" in row:
+            print(f"{row['store']}: {row['cpu_us_per_connection']} µs of CPU per connection (admission, release)")
+            continue
         if "nodes" in row:
             print(f"{row['nodes']} node(s) through HAProxy: {row['messages_per_second']:.0f} msg/s "
                   f"({row['messages_accepted']} accepted, {row['messages_failed']} failed {row['errors']})")  # fmt: skip
