@@ -13,9 +13,8 @@ import struct
 from collections.abc import Iterable
 
 import lmdb
-import msgspec
 
-from fastmta.events.records import EVENT_DECODER, EVENT_ENCODER, AnyEvent, Event
+from fastmta.events.records import EVENT_ENCODER, Entry, Event
 
 _SEQUENCE = struct.Struct(">Q")
 _NEXT = b"next"
@@ -40,19 +39,15 @@ class Outbox:
             sequence += 1
         txn.put(_NEXT, _SEQUENCE.pack(sequence), db=self._meta)
 
-    def read(self, after: int, limit: int) -> list[tuple[int, AnyEvent | None]]:
-        """Up to `limit` entries past `after`, in commit order; an entry that cannot be decoded comes as None."""
-        found: list[tuple[int, AnyEvent | None]] = []
+    def read(self, after: int, limit: int) -> list[Entry]:
+        """Up to `limit` entries past `after`, in commit order; each decodes its event when a sink asks for it."""
+        found: list[Entry] = []
         with self.env.begin(db=self._entries) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(_SEQUENCE.pack(after + 1)):
                 return found
             for key, raw in cursor:
-                try:
-                    event: AnyEvent | None = EVENT_DECODER.decode(raw)
-                except msgspec.DecodeError:
-                    event = None
-                found.append((_SEQUENCE.unpack(key)[0], event))
+                found.append(Entry(_SEQUENCE.unpack(key)[0], raw))
                 if len(found) == limit:
                     break
         return found
@@ -100,8 +95,8 @@ class Outbox:
         waiting = self.read(after, 1)
         if not waiting:
             return 0.0
-        event = waiting[0][1]
-        return max(0.0, now - event.at) if event is not None else 0.0
+        head = waiting[0].head
+        return max(0.0, now - head.at) if head is not None else 0.0
 
     def pending(self) -> int:
         with self.env.begin(db=self._entries) as txn:
