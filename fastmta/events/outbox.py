@@ -10,7 +10,7 @@ data directory, before the events process is up) wait for the first one.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import lmdb
 
@@ -30,11 +30,21 @@ class Outbox:
         self._cursors = env.open_db(b"outbox_cursors")  # sink name -> last sequence number it has
 
     def append(self, txn: lmdb.Transaction, events: Iterable[Event]) -> None:
+        self.append_encoded(txn, self.encoded(events))
+
+    @staticmethod
+    def encoded(events: Iterable[Event]) -> list[bytes]:
+        """Events as append_encoded() takes them: encoding them first keeps it out of the write transaction."""
+        return [EVENT_ENCODER.encode(event) for event in events]
+
+    def append_encoded(self, txn: lmdb.Transaction, entries: Sequence[bytes]) -> None:
+        if not entries:
+            return
         raw = txn.get(_NEXT, db=self._meta)
         sequence = 1 if raw is None else _SEQUENCE.unpack(raw)[0]
-        for event in events:
+        for entry in entries:
             # append=True refuses (returns False) a key not past the last one: never drop an event silently.
-            if not txn.put(_SEQUENCE.pack(sequence), EVENT_ENCODER.encode(event), db=self._entries, append=True):
+            if not txn.put(_SEQUENCE.pack(sequence), entry, db=self._entries, append=True):
                 raise lmdb.KeyExistsError(f"outbox entry {sequence} is not past the last one")
             sequence += 1
         txn.put(_NEXT, _SEQUENCE.pack(sequence), db=self._meta)
