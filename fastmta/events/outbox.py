@@ -72,9 +72,11 @@ class Outbox:
         with self.env.begin(write=True) as txn:
             for sink, sequence in cursors.items():
                 txn.put(sink.encode(), _SEQUENCE.pack(sequence), db=self._cursors)
-            done = min(_SEQUENCE.unpack(raw)[0] for _, raw in txn.cursor(db=self._cursors))
+            done = min(raw for _, raw in txn.cursor(db=self._cursors))  # big-endian: bytes order as numbers do
             entries = txn.cursor(db=self._entries)
-            while entries.first() and _SEQUENCE.unpack(entries.key())[0] <= done:
+            entries.first()
+            # delete() moves to the next entry; past the last one the cursor has no key (b"").
+            while (key := entries.key()) and key <= done:
                 entries.delete()
 
     def register(self, sinks: Iterable[str]) -> None:
