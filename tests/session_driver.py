@@ -5,13 +5,13 @@ from __future__ import annotations
 import weakref
 from typing import NamedTuple
 
-from fastmta.accounts import User
+from fastmta.access.accounts import User
 from fastmta.limits import ClientLimits, LimitExceeded
 from fastmta.networks import Networks
 from fastmta.queue.records import Message, new_message_id
+from fastmta.scan.verdict import ACCEPT, Verdict
 from fastmta.smtp.envelope import queue_record
 from fastmta.smtp.policy import RelayPolicy
-from fastmta.scan.verdict import ACCEPT, Verdict
 from fastmta.smtp.session import Admit, Close, Commit, RecordEtrn, Reserve, Scan, Session, Settings, StartTls, VerifyAuth
 
 

@@ -18,10 +18,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fastmta.admin.audit import AuditEntry
+from fastmta.access.audit import AuditEntry
+from fastmta.access.roles import Role
 from fastmta.admin.auth import Principal, authenticate, require
 from fastmta.admin.errors import ApiError, AuthRequired, validation_failed
-from fastmta.admin.roles import Role
 from fastmta.admin.state import AdminState
 
 log = logging.getLogger("fastmta.admin")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 
 import lmdb
 
-from fastmta.accounts import User
+from fastmta.access.accounts import User
 from fastmta.events import records as events
 from fastmta.limits import LimitExceeded
 from fastmta.queue.records import Message, new_message_id

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from fastmta import _ext
-from fastmta.accounts import User
+from fastmta.access.accounts import User
 from fastmta.config import Config
 from fastmta.networks import Networks
 from fastmta.queue.records import Recipient

@@ -6,9 +6,10 @@ import base64
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fastmta.accounts import User
+from fastmta.access.accounts import User
 from fastmta.config import LimitsConfig
 from fastmta.limits import ClientLimits
 from fastmta.queue.store import StoreFullError

@@ -1,4 +1,4 @@
-"""Admin API tokens in the `tokens` database of queue.lmdb: only a SHA-256 of each secret is stored.
+"""Admin API tokens, kept by a TokenRows (queue.lmdb's `tokens` database, or SQL): only a SHA-256 of each secret is stored.
 
 A token reads `fmta_<id>_<secret>`. The id finds the record without a scan; the secret has 192
 random bits, so a fast hash is enough (a slow one protects guessable passwords, not these).
@@ -11,11 +11,12 @@ import hmac
 import re
 import secrets
 import time
+from typing import Protocol
 
 import lmdb
 import msgspec
 
-from fastmta.admin.roles import RoleName
+from fastmta.access.roles import RoleName
 
 _TOKENS_DB = b"tokens"
 _TOKEN = re.compile(r"fmta_([0-9a-f]{12})_([A-Za-z0-9_-]{32})")
@@ -45,20 +46,65 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class Tokens:
+class TokenRows(Protocol):
+    """Where tokens are kept: LmdbTokens below on one node, access/sql.py's SqlTokens in a cluster."""
+
+    def insert(self, token: Token) -> None:
+        """Raises TokenExists, storing nothing, when its name (or id) is taken."""
+        ...
+
+    def get(self, token_id: str) -> Token | None: ...
+
+    def list(self) -> list[Token]:
+        """Every token, by id."""
+        ...
+
+    def delete(self, token_id: str) -> Token | None:
+        """The token removed, or None when there was none."""
+        ...
+
+
+class LmdbTokens:
+    """Tokens in the `tokens` database of queue.lmdb: this node's own."""
+
     def __init__(self, env: lmdb.Environment) -> None:
         self._env = env
         self._db = env.open_db(_TOKENS_DB)
+
+    def insert(self, token: Token) -> None:
+        with self._env.begin(write=True, db=self._db) as txn:
+            if any(_DECODER.decode(raw).name == token.name for _, raw in txn.cursor()):
+                raise TokenExists(token.name)
+            if not txn.put(token.id.encode(), _ENCODER.encode(token), overwrite=False):
+                raise TokenExists(token.name)
+
+    def get(self, token_id: str) -> Token | None:
+        with self._env.begin(db=self._db) as txn:
+            raw = txn.get(token_id.encode())
+        return None if raw is None else _DECODER.decode(raw)
+
+    def list(self) -> list[Token]:
+        with self._env.begin(db=self._db) as txn:
+            return [_DECODER.decode(raw) for _, raw in txn.cursor()]
+
+    def delete(self, token_id: str) -> Token | None:
+        with self._env.begin(write=True, db=self._db) as txn:
+            raw = txn.pop(token_id.encode())
+        return None if raw is None else _DECODER.decode(raw)
+
+
+class Tokens:
+    """Makes, checks and revokes tokens: the rules (text form, hashing) here, the keeping in `rows`."""
+
+    def __init__(self, rows: TokenRows) -> None:
+        self.rows = rows
 
     def create(self, name: str, role: RoleName, created_by: str = "") -> tuple[Token, str]:
         """The new token and its text; the text is never stored and cannot be shown again."""
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(24)
         token = Token(token_id, name, role, _digest(secret), time.time(), created_by)
-        with self._env.begin(write=True, db=self._db) as txn:
-            if any(_DECODER.decode(raw).name == name for _, raw in txn.cursor()):
-                raise TokenExists(name)
-            txn.put(token_id.encode(), _ENCODER.encode(token))
+        self.rows.insert(token)
         return token, f"fmta_{token_id}_{secret}"
 
     def adopt(self, text: str, name: str, role: RoleName, created_by: str = "") -> tuple[Token, bool]:
@@ -71,37 +117,28 @@ class Tokens:
             raise ValueError("not a token: expected fmta_<12 hex digits>_<32 characters of base64url>")
         token_id, secret = found.groups()
         token = Token(token_id, name, role, _digest(secret), time.time(), created_by)
-        with self._env.begin(write=True, db=self._db) as txn:
-            raw = txn.get(token_id.encode())
-            if raw is not None:
-                stored = _DECODER.decode(raw)
-                if (stored.name, stored.role, stored.secret_hash) == (name, role, token.secret_hash):
-                    return stored, False
-                raise TokenExists(stored.name)
-            if any(_DECODER.decode(raw).name == name for _, raw in txn.cursor()):
-                raise TokenExists(name)
-            txn.put(token_id.encode(), _ENCODER.encode(token))
+        stored = self.rows.get(token_id)
+        if stored is not None:
+            if (stored.name, stored.role, stored.secret_hash) == (name, role, token.secret_hash):
+                return stored, False
+            raise TokenExists(stored.name)
+        self.rows.insert(token)
         return token, True
 
     def list(self) -> list[Token]:
-        with self._env.begin(db=self._db) as txn:
-            return [_DECODER.decode(raw) for _, raw in txn.cursor()]
+        return self.rows.list()
 
     def find(self, id_or_name: str) -> Token | None:
         return next((t for t in self.list() if id_or_name in (t.id, t.name)), None)
 
     def revoke(self, token_id: str) -> Token | None:
-        with self._env.begin(write=True, db=self._db) as txn:
-            raw = txn.pop(token_id.encode())
-        return None if raw is None else _DECODER.decode(raw)
+        return self.rows.delete(token_id)
 
     def verify(self, text: str) -> Token | None:
         found = _TOKEN.fullmatch(text)
         if not found:
             return None
-        with self._env.begin(db=self._db) as txn:
-            raw = txn.get(found.group(1).encode())
-        if raw is None:
+        token = self.rows.get(found.group(1))
+        if token is None:
             return None
-        token = _DECODER.decode(raw)
         return token if hmac.compare_digest(token.secret_hash, _digest(found.group(2))) else None
