@@ -118,12 +118,18 @@ class Tokens:
         token_id, secret = found.groups()
         token = Token(token_id, name, role, _digest(secret), time.time(), created_by)
         stored = self.rows.get(token_id)
-        if stored is not None:
-            if (stored.name, stored.role, stored.secret_hash) == (name, role, token.secret_hash):
-                return stored, False
-            raise TokenExists(stored.name)
-        self.rows.insert(token)
-        return token, True
+        if stored is None:
+            try:
+                self.rows.insert(token)
+                return token, True
+            except TokenExists:
+                # Another node of a cluster adopting the same token at the same moment is no conflict.
+                stored = self.rows.get(token_id)
+                if stored is None:
+                    raise
+        if (stored.name, stored.role, stored.secret_hash) == (name, role, token.secret_hash):
+            return stored, False
+        raise TokenExists(stored.name)
 
     def list(self) -> list[Token]:
         return self.rows.list()
