@@ -3,17 +3,25 @@ fixture of tests/unit/conftest.py), and the copy of a node's own into the shared
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import socket
 from pathlib import Path
 
 import argon2
 import lmdb
 import pytest
+import sqlalchemy as sa
+from starlette.testclient import TestClient
 
+from fastmta import metrics
 from fastmta.access.accounts import Accounts
 from fastmta.access.audit import AuditEntry
 from fastmta.access.stores import Access, copy
 from fastmta.access.tokens import TokenExists
+from fastmta.admin.api.realtime import Feed
+from fastmta.admin.app import create_app
+from fastmta.config import load
 
 # The cheapest parameters argon2 accepts: the copy is checked, not the hash.
 CHEAP = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -138,3 +146,28 @@ def test_copying_a_nodes_own_into_the_shared_store_keeps_passwords_and_tokens_wo
         assert (again.users, again.tokens, again.audit, again.name_taken) == (0, 0, 0, ["taken"])
     finally:
         env.close()
+
+
+# --- the shared store unreachable ------------------------------------------------------------------
+
+
+def test_with_the_shared_database_unreachable_lookups_fail_and_the_api_says_why(tmp_path: Path) -> None:
+    """The SMTP worker turns the error into 454 4.7.0 (test_session.py); the admin API into a 503 naming it."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": f"postgresql://fastmta@127.0.0.1:{port}/h"})
+    env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            Accounts(Access.opened(config, env).accounts.rows, CHEAP).authenticate("carol", "pw")
+    finally:
+        env.close()
+    metrics.directory_for(tmp_path).mkdir(parents=True, exist_ok=True)
+    basic = base64.b64encode(b"carol:pw").decode()
+    with TestClient(create_app(config, Feed())) as client:
+        for credentials in (f"Bearer fmta_0123456789ab_{'x' * 32}", f"Basic {basic}"):
+            answer = client.get("/api/v1/delivery", headers={"Authorization": credentials})
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "DATABASE_UNREACHABLE"
