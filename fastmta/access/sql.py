@@ -1,7 +1,8 @@
 """Accounts, tokens and the audit log in history's SQL database (schema.py's users, tokens, audit): the
 rows of a cluster, which every node reads and writes at once. Each method is one transaction.
 
-The schema is brought to head on first use in each process (db.ready, under PostgreSQL's advisory
+Whether a row was written or removed is read from RETURNING: psycopg gave INSERT ... ON CONFLICT a
+rowcount of -1. The schema is brought to head on first use in each process (db.ready, under PostgreSQL's advisory
 lock): a CLI command or an SMTP worker may touch these tables before any events process migrated.
 """
 
