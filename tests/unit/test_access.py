@@ -22,6 +22,7 @@ from fastmta.access.tokens import TokenExists
 from fastmta.admin.api.realtime import Feed
 from fastmta.admin.app import create_app
 from fastmta.config import load
+from tests.conftest import Server
 
 # The cheapest parameters argon2 accepts: the copy is checked, not the hash.
 CHEAP = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -146,6 +147,22 @@ def test_copying_a_nodes_own_into_the_shared_store_keeps_passwords_and_tokens_wo
         assert (again.users, again.tokens, again.audit, again.name_taken) == (0, 0, 0, ["taken"])
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("access", ["postgresql"], indirect=True)
+def test_fastmta_access_share_copies_what_a_node_kept_alone(access: Access, tmp_path: Path) -> None:
+    """The operator's way into a cluster: users made before [history] url pointed at PostgreSQL work after."""
+    assert access.engine is not None
+    alone = Server(tmp_path, {})  # only its config and data_dir: the commands need no running server
+    assert alone.cli("user", "add", "carol", "--password-stdin", input=b"pw of carol\n").returncode == 0
+    refused = alone.cli("access", "share")
+    assert refused.returncode == 1 and b"names no PostgreSQL" in refused.stderr
+    url = access.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    joined = Server(tmp_path, {"history": {"url": url}})  # the same data_dir, now in the cluster
+    shared = joined.cli("access", "share")
+    assert shared.returncode == 0 and shared.stdout.startswith(b"copied 1 users, 0 tokens and 0 audit entries"), shared.stderr
+    assert joined.cli("user", "verify", "carol", "--password-stdin", input=b"pw of carol\n").returncode == 0
+    assert [user.username for user in access.accounts.list()] == ["carol"]
 
 
 # --- the shared store unreachable ------------------------------------------------------------------
