@@ -6,8 +6,7 @@ import base64
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from fastmta.access.accounts import User
 from fastmta.config import LimitsConfig
