@@ -60,7 +60,7 @@ def test_migrations_create_the_schema_of_schema_py_and_run_twice(sink: HistorySi
     assert Path(tmp_path / "var" / "history.db").is_file() == (sink.engine.dialect.name == "sqlite")
     db.migrate(sink.engine)  # the second upgrade, on a database already at head, changes nothing
     with sink.engine.connect() as connection:
-        assert connection.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0003"
+        assert connection.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
         if sink.engine.dialect.name == "sqlite":
             assert connection.scalar(sa.text("PRAGMA journal_mode")) == "wal"
