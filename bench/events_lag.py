@@ -1,6 +1,6 @@
-"""Does the events process keep up? The history sink's lag under ingress, flat out and at a sustained rate.
+"""Does the events process keep up? Its sinks' lag under ingress, flat out and at a sustained rate.
 
-Starts fastmta with history on (otherwise its defaults: SMTP workers = CPUs, delivery off) and reads the lag of every
+Starts fastmta with history on, or with --sink webhooks a webhook receiver instead (otherwise its defaults: SMTP workers = CPUs, delivery off) and reads the lag of every
 sink from GET /health (the age of the oldest event a sink does not have yet, at the cursor it last saved,
 so at most a second more than the events process itself knows) four times a second, through two phases:
 1. flat out: source.py closed loop for --duration seconds; then how long the sinks take to catch up once
@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from targets import BENCH, FastMTAWithHistory, free_port
+from targets import BENCH, FastMTAWithHistory, FastMTAWithWebhooks, free_port
 
 TARGET_LAG_SECONDS = 2.0
 _SAMPLE_SECONDS = 0.25
@@ -78,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraction", type=float, default=0.8, help="phase 2's rate, of phase 1's (default 0.8)")
     p.add_argument("--sessions", type=int, default=50)
     p.add_argument("--size", default="1k")
+    p.add_argument("--sink", choices=["history", "webhooks"], default="history",
+                   help="what the events process feeds: history.db, or a webhook receiver that answers at once")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as workdir:
         smtp_port, admin_port = free_port(), free_port()
-        running = FastMTAWithHistory().start(Path(workdir), smtp_port, admin_port=admin_port)
+        target = FastMTAWithHistory() if args.sink == "history" else FastMTAWithWebhooks()
+        running = target.start(Path(workdir), smtp_port, admin_port=admin_port)
         try:
             time.sleep(1.0)  # the admin process binds after the SMTP workers greet
             with LagProbe(admin_port) as probe:

@@ -179,10 +179,16 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
 # ----- users ----------------------------------------------------------------------------------
 
 
-def _accounts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from fastmta.accounts import Accounts
+def _access(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fastmta.access.stores import Access
+    from fastmta.queue.store import QueueStore
 
-    return Accounts(_store(args).env)
+    config = _load(args)
+    return Access.opened(config, QueueStore.opened(config).env)
+
+
+def _accounts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return _access(args).accounts
 
 
 def _password(args: argparse.Namespace, confirm: bool) -> str:
@@ -201,7 +207,7 @@ def _user_line(user) -> str:  # type: ignore[no-untyped-def]
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from fastmta.accounts import AccountError
+    from fastmta.access.accounts import AccountError
 
     password = _password(args, confirm=True)
     try:
@@ -226,7 +232,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 def _with_user(change: Callable[..., object]) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        from fastmta.accounts import AccountError
+        from fastmta.access.accounts import AccountError
 
         try:
             result = change(_accounts(args), args)
@@ -264,13 +270,11 @@ USER_COMMANDS: dict[str, Callable[..., object]] = {
 
 
 def _tokens(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from fastmta.admin.tokens import Tokens
-
-    return Tokens(_store(args).env)
+    return _access(args).tokens
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from fastmta.admin.tokens import TokenExists
+    from fastmta.access.tokens import TokenExists
 
     try:
         token, text = _tokens(args).create(args.name, args.role, created_by="cli")
@@ -283,7 +287,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_import(args: argparse.Namespace) -> int:
-    from fastmta.admin.tokens import TokenExists
+    from fastmta.access.tokens import TokenExists
 
     text = sys.stdin.readline().strip()
     try:
@@ -314,6 +318,23 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
         return 1
     print(f"revoked {token.role} token {token.name} (id {token.id})")
     return 0
+
+
+def cmd_access_share(args: argparse.Namespace) -> int:
+    from fastmta.access.stores import Access, copy, shared
+    from fastmta.queue.store import QueueStore
+
+    config = _load(args)
+    if not shared(config):
+        why = "[history] url names no PostgreSQL, so users, tokens and the audit log are this node's own"
+        print(f"fastmta access share: {why}", file=sys.stderr)
+        return 1
+    env = QueueStore.opened(config).env
+    copied = copy(Access.local(env), Access.opened(config, env))
+    print(f"copied {copied.users} users, {copied.tokens} tokens and {copied.audit} audit entries into the shared store")
+    for name in copied.name_taken:
+        print(f"token {name}: not copied, another token has that name there (fastmta token list)", file=sys.stderr)
+    return 1 if copied.name_taken else 0
 
 
 # ----- DKIM keys ------------------------------------------------------------------------------
@@ -450,6 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = tokens.add_parser("revoke", parents=[common])
     revoke.add_argument("token", help="the token's id or name")
     revoke.set_defaults(func=cmd_token_revoke)
+
+    access = commands.add_parser("access", help="where users, tokens and the audit log are kept").add_subparsers(
+        dest="action", required=True
+    )
+    access.add_parser(
+        "share",
+        parents=[common],
+        help="copy this node's own (queue.lmdb) users, tokens and audit log into the cluster's PostgreSQL; "
+        "what is there already stays",
+    ).set_defaults(func=cmd_access_share)
 
     store = commands.add_parser("store", help="what routes of a storing kind stored").add_subparsers(dest="action", required=True)
     decrypt = store.add_parser("decrypt", parents=[common], help="open a sealed copy (encrypt = true) with [store] keys")

@@ -29,6 +29,12 @@ class Received:
         return json.loads(self.body)
 
 
+class _Server(ThreadingHTTPServer):
+    # A real receiver's backlog, not socketserver's 5: a sender opening eight connections at once
+    # would otherwise see SYNs dropped and wait a second to retransmit them.
+    request_queue_size = 128
+
+
 class Receiver:
     def __init__(self) -> None:
         self.requests: list[Received] = []
@@ -38,7 +44,7 @@ class Receiver:
         self.delay = 0.0  # seconds each answer takes, as a slow receiver's would
         self._released = threading.Event()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import weakref
 from typing import NamedTuple
 
-from fastmta.accounts import User
+from fastmta.access.accounts import User
 from fastmta.limits import ClientLimits, LimitExceeded
 from fastmta.networks import Networks
 from fastmta.queue.records import Message, new_message_id
+from fastmta.scan.verdict import ACCEPT, Verdict
 from fastmta.smtp.envelope import queue_record
 from fastmta.smtp.policy import RelayPolicy
-from fastmta.scan.verdict import ACCEPT, Verdict
 from fastmta.smtp.session import Admit, Close, Commit, RecordEtrn, Reserve, Scan, Session, Settings, StartTls, VerifyAuth
 
 
@@ -45,7 +45,8 @@ class Committed(NamedTuple):
 
 
 class Driver:
-    """Feeds a session at a clock the test moves; commits succeed unless told otherwise; "right" is the password.
+    """Feeds a session at a clock the test moves; commits succeed unless told otherwise; "right" is the password,
+    and "unavailable" one that cannot be checked.
 
     A STARTTLS handshake stays pending unless `tls` is given: then it succeeds with that description.
     A content scan (with Settings.scan) comes back as `verdict`.
@@ -114,6 +115,8 @@ class Driver:
                 step = self.session.scanned(self.verdict)
             elif isinstance(action, RecordEtrn):
                 step = self.session.etrn_recorded()
+            elif isinstance(action, VerifyAuth) and action.password == "unavailable":
+                step = self.session.auth_unavailable()  # as when the accounts cannot be read
             elif isinstance(action, VerifyAuth):
                 step = self.session.auth_verified(self.user if action.password == "right" else None)
             elif isinstance(action, StartTls) and self.tls:

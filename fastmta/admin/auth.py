@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import anyio.to_thread
 from starlette.requests import Request
 
-from fastmta.accounts import Accounts
+from fastmta.access.accounts import Accounts
+from fastmta.access.roles import Role
+from fastmta.access.tokens import Tokens
 from fastmta.admin.errors import AuthRequired, InsufficientPermissions, TooManyRequests
-from fastmta.admin.roles import Role
 from fastmta.admin.session import Session
-from fastmta.admin.tokens import Tokens
 from fastmta.limits import ClientLimits, LimitExceeded
 
 _READS = ("GET", "HEAD")
@@ -38,10 +38,10 @@ async def authenticate(
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     scheme = scheme.lower()
     if scheme == "bearer":
-        return token_principal(tokens, credentials.strip())
+        return await token_principal(tokens, credentials.strip())
     session = Session.of(request)
     if not scheme and session is not None and request.method in _READS:
-        return token_principal(tokens, session.token)
+        return await token_principal(tokens, session.token)
     if scheme == "basic" and basic_auth:
         username, password = _basic_credentials(credentials)
         ip = request.client.host if request.client else ""
@@ -68,14 +68,15 @@ async def token_login(text: str, ip: str, tokens: Tokens, limits: ClientLimits) 
     except LimitExceeded:
         raise TooManyRequests("too many failed logins from your address; try again later") from None
     try:
-        return token_principal(tokens, text)
+        return await token_principal(tokens, text)
     except AuthRequired:
         await anyio.to_thread.run_sync(limits.record_auth_failure, ip)
         raise
 
 
-def token_principal(tokens: Tokens, text: str) -> Principal:
-    token = tokens.verify(text)
+async def token_principal(tokens: Tokens, text: str) -> Principal:
+    # In a thread: in a cluster the look-up is a PostgreSQL query, which must not stall the event loop.
+    token = await anyio.to_thread.run_sync(tokens.verify, text)
     if token is None:
         raise AuthRequired("the token is unknown or revoked")
     return Principal(f"token:{token.name}", Role.named(token.role))

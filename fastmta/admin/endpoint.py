@@ -15,13 +15,14 @@ from typing import Any
 
 import anyio.to_thread
 import msgspec
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fastmta.admin.audit import AuditEntry
+from fastmta.access.audit import AuditEntry
+from fastmta.access.roles import Role
 from fastmta.admin.auth import Principal, authenticate, require
-from fastmta.admin.errors import ApiError, AuthRequired, validation_failed
-from fastmta.admin.roles import Role
+from fastmta.admin.errors import ApiError, AuthRequired, DatabaseUnreachable, validation_failed
 from fastmta.admin.state import AdminState
 
 log = logging.getLogger("fastmta.admin")
@@ -100,6 +101,10 @@ def route(endpoint: Endpoint, state: AdminState) -> Callable[[Request], Awaitabl
             return await _run(endpoint, state, request)
         except ApiError as error:
             return error_response(error, request)
+        except sa.exc.OperationalError as error:
+            log.warning("%s %s: the database is unreachable: %s", endpoint.method, endpoint.path, error)
+            unreachable = DatabaseUnreachable("the database of [history] url is unreachable; try again later")
+            return error_response(unreachable, request)
         except Exception:
             log.exception("%s %s failed", endpoint.method, endpoint.path)
             return error_response(ApiError("internal error; the admin log has the details"), request)

@@ -91,3 +91,9 @@ def validation_failed(error: msgspec.ValidationError | msgspec.DecodeError, wher
         field = f"{field}.{inner}" if field and inner else inner or field
     named = field or where
     return ValidationFailed(f"{named}: {problem}", named)
+
+
+class DatabaseUnreachable(ApiError):
+    """History's database cannot be reached: in a cluster it holds the users, tokens and audit log too."""
+
+    status, code = 503, "DATABASE_UNREACHABLE"

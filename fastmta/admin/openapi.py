@@ -20,7 +20,8 @@ _ERROR_TEXT = {
     422: "Invalid input; error.field names it (VALIDATION_ERROR)",
     429: "Too many failed HTTP Basic logins from this address (RATE_LIMITED)",
     503: "As many clients as [admin] max_stream_clients are on the event streams (TOO_MANY_STREAMS), "
-    "or history is off, [history] enabled = false (HISTORY_DISABLED)",
+    "or history is off, [history] enabled = false (HISTORY_DISABLED), or the database of [history] url, "
+    "which in a cluster holds the tokens, is unreachable (DATABASE_UNREACHABLE)",
 }
 
 
@@ -89,7 +90,7 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any], components: dict[s
         operation["responses"][str(status)] = {**_success(endpoint, schema_of), "description": meaning}
     errors = list(endpoint.errors)
     if endpoint.role is not None:
-        errors += [401, 403, 429]
+        errors += [401, 403, 429, 503]  # 503: in a cluster the caller's token is looked up in PostgreSQL
     if endpoint.query is not None or endpoint.body is not None:
         errors.append(422)
     if endpoint.body is not None:

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from fastmta.accounts import Accounts
-from fastmta.admin.audit import AuditLog
+from fastmta.access.accounts import Accounts
+from fastmta.access.audit import AuditLog
+from fastmta.access.stores import Access
+from fastmta.access.tokens import Tokens
 from fastmta.admin.readings import Readings
-from fastmta.admin.tokens import Tokens
 from fastmta.config import Config
 from fastmta.counters import configured
 from fastmta.history import db
@@ -31,9 +32,7 @@ if TYPE_CHECKING:
 class AdminState:
     config: Config
     store: QueueStore
-    accounts: Accounts
-    tokens: Tokens
-    audit: AuditLog
+    access: Access  # users, tokens and the audit log: queue.lmdb's, or the cluster's in PostgreSQL
     delivery: DeliveryControl
     maintenance: MaintenanceControl
     readings: Readings
@@ -52,9 +51,7 @@ class AdminState:
         return cls(
             config,
             store,
-            Accounts(store.env),
-            Tokens(store.env),
-            AuditLog(store.env),
+            Access.opened(config, store.env),
             DeliveryControl(store.env, cluster),
             MaintenanceControl(store.env, cluster),
             Readings(config.data_dir, store),
@@ -63,6 +60,18 @@ class AdminState:
             ClientLimits.configured(limiter, config),
             cluster,
         )
+
+    @property
+    def accounts(self) -> Accounts:
+        return self.access.accounts
+
+    @property
+    def tokens(self) -> Tokens:
+        return self.access.tokens
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.access.audit
 
     def make_due(self, message_ids: list[str] | None) -> int:
         """Deferred mail (all, or these ids) due now, and the delivery runners told; runs in a thread."""
@@ -97,6 +106,7 @@ class AdminState:
             self._history.dispose()
         for engine in self._stored.values():
             engine.dispose()
+        self.access.close()
         self.poker.close()
         self.limiter.close()
         self.store.close()

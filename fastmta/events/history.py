@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -22,6 +21,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from fastmta.config import Config
 from fastmta.events.records import (
+    TAGS,
     AnyEvent,
     Attempted,
     AuthFailed,
@@ -29,6 +29,7 @@ from fastmta.events.records import (
     DelayNotified,
     Deleted,
     Delivered,
+    Entry,
     Event,
     Expired,
     Failed,
@@ -70,19 +71,19 @@ class HistorySink:
         """[history], migrated to the newest schema before the first batch is written."""
         return cls(db.for_writing(config), config.history.keep)
 
-    def deliver(self, batch: Sequence[tuple[int, AnyEvent | None]]) -> None:
+    def deliver(self, batch: Sequence[Entry]) -> None:
         db.ready(self.engine)
-        decoded = [(sequence, event) for sequence, event in batch if event is not None]
+        decoded = [(entry, event) for entry in batch if (event := entry.event) is not None]
         self.undecodable += len(batch) - len(decoded)
-        fresh_only = bool(batch) and self._committed_through >= 0 and batch[0][0] > self._committed_through
+        fresh_only = bool(batch) and self._committed_through >= 0 and batch[0].sequence > self._committed_through
         try:
             with self.engine.begin() as connection:
                 known = set() if fresh_only else self._known(connection, [event.id for _, event in decoded])
-                fresh: list[tuple[int, AnyEvent]] = []
-                for sequence, event in decoded:
+                fresh: list[tuple[Entry, AnyEvent]] = []
+                for entry, event in decoded:
                     if event.id not in known:
                         known.add(event.id)
-                        fresh.append((sequence, event))
+                        fresh.append((entry, event))
                 if fresh:
                     self._write(connection, fresh)
         except Exception:
@@ -91,17 +92,17 @@ class HistorySink:
             self._committed_through = -1
             raise
         if batch:
-            self._committed_through = batch[-1][0]
+            self._committed_through = batch[-1].sequence
         if self.clock() >= self._prune_at:
             self.prune()
             self._prune_at = self.clock() + _PRUNE_SECONDS
 
-    def _write(self, connection: sa.Connection, fresh: list[tuple[int, AnyEvent]]) -> None:
+    def _write(self, connection: sa.Connection, fresh: list[tuple[Entry, AnyEvent]]) -> None:
         # One statement per kind of row for the whole batch: per-event statements cost ten times as
         # much. New rows first (a message's received event precedes its outcomes, so they find it),
         # then the changes in outbox order, a run of outcomes at a time.
         stored_at = int(self.clock() * 1_000_000)
-        self._many(connection, self._insert[events], [_event_row(seq, event, stored_at) for seq, event in fresh])
+        self._many(connection, self._insert[events], [_event_row(entry, event, stored_at) for entry, event in fresh])
         arrivals = [event for _, event in fresh if isinstance(event, Received | Rejected)]
         self._many(connection, self._insert[messages], [_arrival_row(event) for event in arrivals])
         addressed = [row for event in arrivals if isinstance(event, Received) for row in _recipient_rows(event)]
@@ -287,13 +288,12 @@ def _recipient_rows(event: Received) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _event_row(sequence: int, event: AnyEvent, stored_at: int) -> dict[str, Any]:
+def _event_row(entry: Entry, event: AnyEvent, stored_at: int) -> dict[str, Any]:
     # A refusal's own messages row is keyed by its event id (see _arrival_row).
     message_id = event.id if isinstance(event, Rejected) else event.message_id or None
     return {
-        "id": event.id, "seq": sequence, "type": type(event).__struct_config__.tag, "at": event.at, "node": event.node,
-        "message_id": message_id, "recipient": event.recipient,
-        "data": msgspec.json.encode(event).decode(), "stored_at": stored_at,
+        "id": event.id, "seq": entry.sequence, "type": TAGS[type(event)], "at": event.at, "node": event.node,
+        "message_id": message_id, "recipient": event.recipient, "data": entry.json().decode(), "stored_at": stored_at,
     }
 
 

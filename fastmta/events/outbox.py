@@ -10,12 +10,11 @@ data directory, before the events process is up) wait for the first one.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import lmdb
-import msgspec
 
-from fastmta.events.records import EVENT_DECODER, EVENT_ENCODER, AnyEvent, Event
+from fastmta.events.records import EVENT_ENCODER, Entry, Event
 
 _SEQUENCE = struct.Struct(">Q")
 _NEXT = b"next"
@@ -31,28 +30,34 @@ class Outbox:
         self._cursors = env.open_db(b"outbox_cursors")  # sink name -> last sequence number it has
 
     def append(self, txn: lmdb.Transaction, events: Iterable[Event]) -> None:
+        self.append_encoded(txn, self.encoded(events))
+
+    @staticmethod
+    def encoded(events: Iterable[Event]) -> list[bytes]:
+        """Events as append_encoded() takes them: encoding them first keeps it out of the write transaction."""
+        return [EVENT_ENCODER.encode(event) for event in events]
+
+    def append_encoded(self, txn: lmdb.Transaction, entries: Sequence[bytes]) -> None:
+        if not entries:
+            return
         raw = txn.get(_NEXT, db=self._meta)
         sequence = 1 if raw is None else _SEQUENCE.unpack(raw)[0]
-        for event in events:
+        for entry in entries:
             # append=True refuses (returns False) a key not past the last one: never drop an event silently.
-            if not txn.put(_SEQUENCE.pack(sequence), EVENT_ENCODER.encode(event), db=self._entries, append=True):
+            if not txn.put(_SEQUENCE.pack(sequence), entry, db=self._entries, append=True):
                 raise lmdb.KeyExistsError(f"outbox entry {sequence} is not past the last one")
             sequence += 1
         txn.put(_NEXT, _SEQUENCE.pack(sequence), db=self._meta)
 
-    def read(self, after: int, limit: int) -> list[tuple[int, AnyEvent | None]]:
-        """Up to `limit` entries past `after`, in commit order; an entry that cannot be decoded comes as None."""
-        found: list[tuple[int, AnyEvent | None]] = []
+    def read(self, after: int, limit: int) -> list[Entry]:
+        """Up to `limit` entries past `after`, in commit order; each decodes its event when a sink asks for it."""
+        found: list[Entry] = []
         with self.env.begin(db=self._entries) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(_SEQUENCE.pack(after + 1)):
                 return found
             for key, raw in cursor:
-                try:
-                    event: AnyEvent | None = EVENT_DECODER.decode(raw)
-                except msgspec.DecodeError:
-                    event = None
-                found.append((_SEQUENCE.unpack(key)[0], event))
+                found.append(Entry(_SEQUENCE.unpack(key)[0], raw))
                 if len(found) == limit:
                     break
         return found
@@ -67,9 +72,11 @@ class Outbox:
         with self.env.begin(write=True) as txn:
             for sink, sequence in cursors.items():
                 txn.put(sink.encode(), _SEQUENCE.pack(sequence), db=self._cursors)
-            done = min(_SEQUENCE.unpack(raw)[0] for _, raw in txn.cursor(db=self._cursors))
+            done = min(raw for _, raw in txn.cursor(db=self._cursors))  # big-endian: bytes order as numbers do
             entries = txn.cursor(db=self._entries)
-            while entries.first() and _SEQUENCE.unpack(entries.key())[0] <= done:
+            entries.first()
+            # delete() moves to the next entry; past the last one the cursor has no key (b"").
+            while (key := entries.key()) and key <= done:
                 entries.delete()
 
     def register(self, sinks: Iterable[str]) -> None:
@@ -100,8 +107,8 @@ class Outbox:
         waiting = self.read(after, 1)
         if not waiting:
             return 0.0
-        event = waiting[0][1]
-        return max(0.0, now - event.at) if event is not None else 0.0
+        head = waiting[0].head
+        return max(0.0, now - head.at) if head is not None else 0.0
 
     def pending(self) -> int:
         with self.env.begin(db=self._entries) as txn:

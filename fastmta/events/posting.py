@@ -1,4 +1,4 @@
-"""Posting JSON to receivers (webhooks, the delivery report): one pooled HTTP client with bounded waits, and signatures.
+"""Posting JSON to receivers (webhooks, the delivery report): kept-open connections with bounded waits, and signatures.
 
 A request made with a secret carries `X-Fastmta-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 "<t>.<body>">`, as Stripe signs its webhooks: the receiver checks who sent the body, and from t,
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
+import ssl
+import threading
 import time
 from typing import NamedTuple
-
-import httpx
+from urllib.parse import urlsplit
 
 SIGNATURE_HEADER = "X-Fastmta-Signature"
 EVENT_ID_HEADER = "X-Fastmta-Event-Id"
@@ -49,35 +51,95 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
+_Receiver = tuple[str, str, int | None]  # scheme, host, port
+
+
 class Poster:
-    """Sync, for the events runner's worker thread; keeps connections to receivers open between requests."""
+    """Sync, for the events runner's worker threads; each thread keeps its connection to each receiver open.
+
+    The standard library's client, not a richer one: a request costs a fifth of httpx's CPU (175 µs
+    against 960 for a 50 KB batch here), and the events process's CPU is taken from ingress. Nothing
+    of the richer clients is wanted: redirects are answers (the configured url is the receiver), and
+    proxies are not used.
+    """
 
     def __init__(self, connect_timeout: float, timeout: float) -> None:
+        self.connect_timeout = connect_timeout
         self.timeout = timeout
-        # Each wait (connect, send, each read) is bounded by httpx; the answer as a whole by post().
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            follow_redirects=False,  # a redirect is an answer: the configured url is the receiver
-            headers={"User-Agent": "fastmta"},
-        )
+        self._tls = ssl.create_default_context()
+        self._local = threading.local()
+        self._opened: list[http.client.HTTPConnection] = []  # every thread's, for close()
+        self._opened_lock = threading.Lock()
 
     def post(self, url: str, body: bytes, secret: str = "", headers: dict[str, str] | None = None) -> Answer:
-        sent = {"Content-Type": "application/json", **(headers or {})}
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sent = {"Content-Type": "application/json", "User-Agent": "fastmta", **(headers or {})}
         if secret:
             sent[SIGNATURE_HEADER] = signature(secret, int(time.time()), body)
         deadline = time.monotonic() + self.timeout
+        connection, reused = self._connection(parts.scheme, parts.hostname or "", parts.port)
         try:
-            with self._client.stream("POST", url, content=body, headers=sent) as response:
-                kept = bytearray()
-                for chunk in response.iter_bytes():
-                    kept += chunk[: _MAX_ANSWER_BYTES - len(kept)]
-                    if time.monotonic() > deadline:
-                        raise Unreachable(f"no whole answer within {self.timeout:g} s")
-                    if len(kept) >= _MAX_ANSWER_BYTES:
-                        break
-                return Answer(response.status_code, bytes(kept))
-        except httpx.HTTPError as exc:
+            try:
+                return self._exchange(connection, target, body, sent, deadline)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                # The receiver closed the kept-open connection while it was idle: once more on a new one.
+                connection.close()
+                self._connect(connection)
+                return self._exchange(connection, target, body, sent, deadline)
+        except TimeoutError:
+            connection.close()
+            raise Unreachable(f"Timeout: no whole answer within {self.timeout:g} s") from None
+        except http.client.HTTPException as exc:
+            connection.close()
+            raise Unreachable(f"Protocol error: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+        except OSError as exc:
+            connection.close()
             raise Unreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
 
     def close(self) -> None:
-        self._client.close()
+        with self._opened_lock:
+            for connection in self._opened:
+                connection.close()
+            self._opened.clear()
+
+    def _connection(self, scheme: str, host: str, port: int | None) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to the receiver, connected; and whether it was open already."""
+        connections: dict[_Receiver, http.client.HTTPConnection] = self._local.__dict__.setdefault("by_receiver", {})
+        connection = connections.get((scheme, host, port))
+        if connection is None:
+            if scheme == "https":
+                connection = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout, context=self._tls)
+            else:
+                connection = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+            connections[(scheme, host, port)] = connection
+            with self._opened_lock:
+                self._opened.append(connection)
+        if connection.sock is not None:
+            return connection, True
+        self._connect(connection)
+        return connection, False
+
+    def _connect(self, connection: http.client.HTTPConnection) -> None:
+        connection.connect()  # within connect_timeout, TLS handshake included
+        connection.sock.settimeout(self.timeout)  # then each wait for the receiver
+
+    def _exchange(
+        self, connection: http.client.HTTPConnection, target: str, body: bytes, headers: dict[str, str], deadline: float
+    ) -> Answer:
+        connection.request("POST", target, body, headers)
+        response = connection.getresponse()
+        kept = bytearray()
+        while chunk := response.read1(_MAX_ANSWER_BYTES - len(kept)):
+            kept += chunk
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            if len(kept) >= _MAX_ANSWER_BYTES:
+                connection.close()  # the rest is not read, so the connection cannot carry another request
+                break
+        response.close()  # read whole (or its connection closed): the connection can carry the next request
+        if response.will_close:
+            connection.close()
+        return Answer(response.status, bytes(kept))

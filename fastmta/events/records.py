@@ -11,14 +11,19 @@ from __future__ import annotations
 import os
 import random
 import time
+import typing
 
 import msgspec
 
 from fastmta.queue.records import Message, Recipient
 
 
-class Event(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
-    """What every event carries. `id` is unique across restarts and nodes; receivers deduplicate on it."""
+class Event(msgspec.Struct, tag_field="type", kw_only=True):
+    """What every event carries. `id` is unique across restarts and nodes; receivers deduplicate on it.
+
+    Every field is written, defaults included: webhook receivers are sent the event as it is
+    encoded, and find every field of its type there.
+    """
 
     id: str
     at: float
@@ -138,8 +143,77 @@ AnyEvent = (
     | AuthFailed | SpamDetected | VirusDetected
 )
 
-EVENT_ENCODER = msgspec.msgpack.Encoder()
-EVENT_DECODER = msgspec.msgpack.Decoder(AnyEvent)
+# JSON, the form every sink hands on (webhook bodies, history's data column): a webhook forwards
+# the stored bytes without decoding them. Entries written by earlier versions are MessagePack.
+EVENT_ENCODER = msgspec.json.Encoder()
+EVENT_DECODER = msgspec.json.Decoder(AnyEvent)
+_MSGPACK_DECODER = msgspec.msgpack.Decoder(AnyEvent)
+TAGS = {kind: str(kind.__struct_config__.tag) for kind in typing.get_args(AnyEvent)}
+
+
+class Head(msgspec.Struct, gc=False):
+    """What every event begins with, read without decoding the rest."""
+
+    type: str
+    id: str
+    at: float
+
+
+_HEAD_DECODER = msgspec.json.Decoder(Head)
+
+
+class Entry:
+    """An outbox entry as the sinks get it: its sequence number and stored bytes, and its event, decoded on
+    first use and then shared by every sink. A sink that needs only the head and the JSON (a webhook)
+    never decodes the whole event. An entry that cannot be decoded has no event (None) and no head."""
+
+    __slots__ = ("sequence", "raw", "_event", "_decoded")
+
+    def __init__(self, sequence: int, raw: bytes) -> None:
+        self.sequence = sequence
+        self.raw = raw
+        self._event: AnyEvent | None = None
+        self._decoded = False
+
+    @classmethod
+    def of(cls, sequence: int, event: Event) -> Entry:
+        return cls(sequence, EVENT_ENCODER.encode(event))
+
+    @property
+    def event(self) -> AnyEvent | None:
+        if not self._decoded:
+            self._decoded = True
+            try:
+                self._event = EVENT_DECODER.decode(self.raw) if self._is_json else _MSGPACK_DECODER.decode(self.raw)
+            except msgspec.DecodeError:
+                self._event = None
+        return self._event
+
+    @property
+    def head(self) -> Head | None:
+        """The event's type, id and time; None for an entry that cannot be decoded or whose type this
+        version does not know (a reader skips those)."""
+        if self._decoded or not self._is_json:
+            event = self.event
+            return None if event is None else Head(TAGS[type(event)], event.id, event.at)
+        try:
+            head = _HEAD_DECODER.decode(self.raw)
+        except msgspec.DecodeError:
+            return None
+        return head if head.type in _KNOWN_TAGS else None
+
+    def json(self) -> bytes:
+        """The event as JSON: the stored bytes themselves, unless an earlier version stored them."""
+        if self._is_json:
+            return self.raw
+        return EVENT_ENCODER.encode(self.event)
+
+    @property
+    def _is_json(self) -> bool:
+        return self.raw[:1] == b"{"
+
+
+_KNOWN_TAGS = frozenset(TAGS.values())
 
 def new_event_id(now: float | None = None) -> str:
     """A UUIDv7 (RFC 9562): 48 bits of milliseconds, the version and variant, 74 random bits.

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from fastmta.config import EventsConfig
 from fastmta.events.posting import Poster, Unreachable
-from fastmta.events.records import AnyEvent, Deferred, Delivered, Expired, Failed
+from fastmta.events.records import AnyEvent, Deferred, Delivered, Entry, Expired, Failed
 from fastmta.events.webhooks import LOOK_EVERY
 from fastmta.history import db, dead_letters, report_retries
 from fastmta.history.dead_letters import Letter
@@ -81,7 +81,7 @@ class ReportSink:
         self._reported_through = 0
         self._next_look = 0.0
 
-    def deliver(self, batch: Sequence[tuple[int, AnyEvent | None]]) -> None:
+    def deliver(self, batch: Sequence[Entry]) -> None:
         db.ready(self.engine)  # dead letters and retries live there
         now = time.time()
         retries: list[Retry] = []
@@ -91,9 +91,10 @@ class ReportSink:
             with self.engine.begin() as connection:
                 retries = report_retries.due(connection, now, self.size)
         pending = [(0, retry) for retry in retries] + [
-            (sequence, Retry(event.id, found, 0))
-            for sequence, event in batch
-            if event is not None and sequence > self._reported_through and (found := entry(event)) is not None
+            (item.sequence, Retry(event.id, found, 0))
+            for item in batch
+            if item.sequence > self._reported_through and (event := item.event) is not None
+            and (found := entry(event)) is not None
         ]
         for start in range(0, len(pending), self.size):
             chunk = pending[start:start + self.size]

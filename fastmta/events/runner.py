@@ -87,7 +87,7 @@ class EventsRunner:
                 log.info("sink %s delivers again after %d failures", sink.name, progress.failures)
             progress.failures, progress.retry_at = 0, 0.0
             if batch:
-                progress.cursor = batch[-1][0]
+                progress.cursor = batch[-1].sequence
             delivered += len(batch)
             self.behind = self.behind or len(batch) == limit
         if now - self._saved_at >= _SAVE_SECONDS:

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from fastmta.config import Config
 from fastmta.events.history import HistorySink
-from fastmta.events.records import AnyEvent
+from fastmta.events.records import Entry
 from fastmta.events.report import ReportSink
 from fastmta.events.webhooks import WebhookSink
 from fastmta.history import db
@@ -16,7 +16,7 @@ from fastmta.metrics import EventsMetrics
 class Sink(Protocol):
     """One consumer of the outbox, with its own cursor there (named `name`).
 
-    deliver() takes a batch in outbox order (an entry that could not be decoded comes as None) and
+    deliver() takes a batch of entries in outbox order (an entry that cannot be decoded has no event) and
     raises when it could not take it all; the same batch is then offered again later, so delivering
     it twice must leave the same result (events carry ids to deduplicate on).
 
@@ -31,7 +31,7 @@ class Sink(Protocol):
 
     name: str
 
-    def deliver(self, batch: list[tuple[int, AnyEvent | None]]) -> None: ...
+    def deliver(self, batch: list[Entry]) -> None: ...
 
     def close(self) -> None: ...
 

@@ -73,14 +73,18 @@ def request_replay(connection: sa.Connection, letter_id: int, now: float) -> Dea
     return None if row is None else _letter(row)
 
 
+# Built once: a sink looks for replays every second, and building the statement cost more than running it.
+_DUE = (
+    sa.select(dead_letters)
+    .where(dead_letters.c.sink == sa.bindparam("sink"), dead_letters.c.replay_requested_at.is_not(None))
+    .order_by(dead_letters.c.id)
+    .limit(sa.bindparam("limit"))
+)
+
+
 def due(connection: sa.Connection, sink: str, limit: int) -> list[DeadLetter]:
     """The sink's letters an operator asked to replay, oldest first."""
-    rows = connection.execute(
-        sa.select(dead_letters)
-        .where(dead_letters.c.sink == sink, dead_letters.c.replay_requested_at.is_not(None))
-        .order_by(dead_letters.c.id)
-        .limit(limit)
-    ).mappings()
+    rows = connection.execute(_DUE, {"sink": sink, "limit": limit}).mappings()
     return [_letter(row) for row in rows]
 
 

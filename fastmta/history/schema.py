@@ -128,3 +128,49 @@ report_retries = sa.Table(
     sa.Column("retry_at", sa.Double, nullable=False),
     sa.Index("report_retries_due", "retry_at"),
 )
+
+# SMTP AUTH accounts, admin API tokens and the audit log, here when [history] url is PostgreSQL: every
+# node of a cluster then reads and writes the same ones (fastmta/access/stores.py chooses). Their
+# records' fields are the columns; access/sql.py maps one to the other.
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("username", sa.String(128), primary_key=True),  # normalised: lower case
+    sa.Column("password_hash", sa.Text, nullable=False),  # argon2id's encoded hash, never the password
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("quota", sa.BigInteger, nullable=False),  # messages a day; 0 = unlimited
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(12), primary_key=True),  # the id part of fmta_<id>_<secret>
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),  # SHA-256 of the secret, hex; never the secret
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    # The entry's time in nanoseconds and four random bytes, in hex: in time order, unique across nodes.
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("before", sa.JSON(none_as_null=True)),
+    sa.Column("after", sa.JSON(none_as_null=True)),
+    sa.Column("client_ip", sa.String(64), nullable=False),
+    sa.Column("user_agent", sa.Text, nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    # The filters of GET /api/v1/audit and of a message's page, newest first.
+    sa.Index("audit_actor", "actor", "id"),
+    sa.Index("audit_action", "action", "id"),
+    sa.Index("audit_target", "target", "id"),
+)

@@ -11,6 +11,7 @@ import struct
 import time
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import lmdb
 import msgspec
@@ -79,6 +80,16 @@ def scheduled_id(key: bytes) -> str:
     return key[_SCHEDULE_TIME.size :].decode()
 
 
+class NewMessage(NamedTuple):
+    """A message made ready to store: everything that can be done before the write transaction is done."""
+
+    key: bytes
+    record: bytes
+    body: bytes
+    schedule: bytes | None  # its schedule key, unless it is held
+    events: list[bytes]  # its outbox entries, encoded
+
+
 class QueueStore:
     """Every change it writes appends its events to the outbox in the same transaction; `node` names this node in them."""
 
@@ -115,12 +126,15 @@ class QueueStore:
         their message is.
         """
         about = message_events or {}
+        # Encoded before the write transaction: while one worker holds it, the others wait to commit.
+        ready = [self.new_message(message, body, about.get(message.id, ())) for message, body in batch]
+        refusals = self.outbox.encoded(session_events) if self.events else []
         try:
             with self.env.begin(write=True) as txn:
-                for message, body in batch:
-                    self.put_new(txn, message, body, about.get(message.id, ()))
+                for new in ready:
+                    self.put_message(txn, new)
                 if self.events:
-                    self.outbox.append(txn, session_events)
+                    self.outbox.append_encoded(txn, [entry for new in ready for entry in new.events] + refusals)
             return [None] * len(batch)
         except lmdb.MapFullError:
             if len(batch) == 1:
@@ -130,17 +144,18 @@ class QueueStore:
         outcomes: list[StoreFullError | None] = []
         try:
             with self.env.begin(write=True) as txn:
-                for message, body in batch:
+                for new in ready:
                     try:
                         with self.env.begin(write=True, parent=txn) as child:
-                            self.put_new(child, message, body, about.get(message.id, ()))
+                            self.put_message(child, new)
+                            self.outbox.append_encoded(child, new.events)
                         outcomes.append(None)
                     except lmdb.MapFullError:
                         outcomes.append(StoreFullError(_MAP_FULL))
                 try:
                     with self.env.begin(write=True, parent=txn) as child:
                         if self.events:
-                            self.outbox.append(child, session_events)
+                            self.outbox.append_encoded(child, refusals)
                 except lmdb.MapFullError:
                     pass  # refusals of a full store: nothing was queued, and there is no room to say so
         except lmdb.MapFullError:  # the commit itself needed pages there were none of: nothing was stored
@@ -167,17 +182,27 @@ class QueueStore:
         self, txn: lmdb.Transaction, message: Message, body: bytes, also: Sequence[events.Event] = ()
     ) -> None:
         """A new message; held (quarantined by a scanner), it waits for a release instead of the schedule."""
-        key = message.id.encode()
-        txn.put(key, MESSAGE_ENCODER.encode(message), db=self.messages)
-        txn.put(key, body, db=self.bodies)
-        if message.state == ACTIVE:
-            txn.put(schedule_key(message.next_attempt, message.id), b"", db=self.schedule)
+        new = self.new_message(message, body, also)
+        self.put_message(txn, new)
+        self.outbox.append_encoded(txn, new.events)
+
+    def new_message(self, message: Message, body: bytes, also: Sequence[events.Event] = ()) -> NewMessage:
+        """What put_message() writes: the message's record, body, schedule entry and (with events on) its events."""
+        schedule = schedule_key(message.next_attempt, message.id) if message.state == ACTIVE else None
+        arrived: list[events.Event] = []
         if self.events:
-            arrived: list[events.Event] = [events.received(message, self.node, time.time())]
+            arrived.append(events.received(message, self.node, time.time()))
             if message.state == HELD:
                 arrived.append(events.about_message(events.Held, message.id, self.node))
             arrived.extend(also)
-            self.outbox.append(txn, arrived)
+        return NewMessage(message.id.encode(), MESSAGE_ENCODER.encode(message), body, schedule, self.outbox.encoded(arrived))
+
+    def put_message(self, txn: lmdb.Transaction, new: NewMessage) -> None:
+        """Writes a new message made ready by new_message(), except its events."""
+        txn.put(new.key, new.record, db=self.messages)
+        txn.put(new.key, new.body, db=self.bodies)
+        if new.schedule is not None:
+            txn.put(new.schedule, b"", db=self.schedule)
 
     def read(self, txn: lmdb.Transaction, message_id: str) -> Message | None:
         """The record, or None when it is missing or corrupt (corrupt ones are for `scan` to report)."""

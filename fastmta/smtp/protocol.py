@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 
 import lmdb
 
-from fastmta.accounts import User
+from fastmta.access.accounts import User
 from fastmta.events import records as events
 from fastmta.limits import LimitExceeded
 from fastmta.queue.records import Message, new_message_id
@@ -251,6 +251,13 @@ class SmtpProtocol(asyncio.Protocol):
         session.rejections.clear()
 
     def _auth_verified(self, result: object) -> None:
+        if isinstance(result, Exception):
+            # The accounts could not be read (in a cluster: PostgreSQL is down): not the client's fault.
+            log.warning("AUTH could not be checked: %s", result)
+            self._worker.metrics.auth["unavailable"] += 1
+            if self.session is not None and not self.session.closed:
+                self._apply(self.session.auth_unavailable())
+            return
         self._worker.metrics.auth["success" if isinstance(result, User) else "failure"] += 1
         if not isinstance(result, User) and self.session is not None and self._worker.store.events:
             now = time.time()

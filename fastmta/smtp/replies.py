@@ -127,6 +127,12 @@ class AuthFailed(SmtpReplyError):
     code, status, text = 535, "5.7.8", "Authentication credentials invalid"
 
 
+class AuthUnavailable(SmtpReplyError):
+    """RFC 4954's temporary failure: the accounts could not be read (the cluster's database is down)."""
+
+    code, status, text = 454, "4.7.0", "Temporary authentication failure, try again later"
+
+
 class AuthCancelled(SmtpReplyError):
     code, status, text = 501, "5.7.0", "Authentication cancelled"
 

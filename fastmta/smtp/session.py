@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from fastmta import _ext
-from fastmta.accounts import User
+from fastmta.access.accounts import User
 from fastmta.config import Config
 from fastmta.networks import Networks
 from fastmta.queue.records import Recipient
@@ -389,9 +389,7 @@ class Session:
 
     def auth_verified(self, user: User | None) -> Step:
         """`user` is the account the credentials belong to, None when they are wrong."""
-        assert isinstance(self._action, VerifyAuth)
-        self._action = None
-        self._mode = _COMMAND
+        self._auth_checked()
         if user is not None:
             self.auth_user = user.username
             if user.quota:
@@ -401,6 +399,17 @@ class Session:
             self._spend_held("auth_failures")
             self._refuse(R.AuthFailed())
         return self._run()
+
+    def auth_unavailable(self) -> Step:
+        """The credentials could not be checked (the accounts could not be read): try later, no failure counted."""
+        self._auth_checked()
+        self._refuse(R.AuthUnavailable())
+        return self._run()
+
+    def _auth_checked(self) -> None:
+        assert isinstance(self._action, VerifyAuth)
+        self._action = None
+        self._mode = _COMMAND
 
     def tls_started(self, description: str) -> Step:
         """RFC 3207: after the handshake the session starts over, as if freshly connected."""

@@ -14,7 +14,7 @@ from typing import Any
 import lmdb
 import uvloop
 
-from fastmta.accounts import Accounts
+from fastmta.access.stores import Access
 from fastmta.config import Config
 from fastmta.counters.configured import opened
 from fastmta.counters.failover import FailoverCounters
@@ -62,7 +62,9 @@ class Worker:
             self.limiter.forget_dead_processes()
         except lmdb.Error as exc:
             self.state_failed(exc)
-        self.accounts = Accounts(self.store.env)
+        # Looked up in the blocking pool with the password check (protocol.py): in a cluster, a PostgreSQL query.
+        self.access = Access.opened(config, self.store.env)
+        self.accounts = self.access.accounts
         # Read once a second (the sweep), not per connection: in a cluster it may be a Redis round trip.
         self._maintenance = MaintenanceControl(
             self.store.env, self.limiter if isinstance(self.limiter, FailoverCounters) else None
@@ -200,6 +202,7 @@ class Worker:
         self._blocking.shutdown(wait=False)
         if self._poker is not None:
             self._poker.close()
+        self.access.close()
         self.limiter.close()
         self.store.close()
 

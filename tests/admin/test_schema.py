@@ -20,7 +20,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from fastmta.accounts import normalize
+from fastmta.access.accounts import normalize
 from fastmta.admin import openapi
 from fastmta.admin.app import endpoints
 from tests.admin.conftest import Admin

@@ -1,11 +1,14 @@
 """Three real `fastmta serve` nodes sharing a real redis-server and a real PostgreSQL history, behind a
 real HAProxy (TCP, PROXY v2): limits, the delivery switch and a destination's connections hold across
-them, a 30 s Redis outage under load degrades them without stopping mail and they recover, and a node killed under load loses no
-acknowledged message, in delivery or in the shared history."""
+them, users and API tokens made through one node work on the others at once, a 30 s Redis outage
+under load degrades them without stopping mail and they recover, and a node killed under load loses
+no acknowledged message, in delivery or in the shared history."""
 
 from __future__ import annotations
 
+import base64
 import smtplib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from fastmta.access.stores import Access
 from fastmta.queue.records import node_tag
 from tests import postgres
 from tests.admin.conftest import wait_until
@@ -63,9 +67,9 @@ class Cluster:
 
 
 def _started(server: Server) -> Node:
-    """The node started, with an operator token made by its CLI."""
+    """The node started, with an operator token made by its CLI (named after the node: tokens are shared)."""
     server.start()
-    created = server.cli("token", "create", "--role", "operator", "--name", "test")
+    created = server.cli("token", "create", "--role", "operator", "--name", f"test-{server.settings['server']['node_id']}")
     assert created.returncode == 0, created.stderr
     return Node(server, created.stdout.decode().split()[-1])
 
@@ -91,7 +95,7 @@ def _nodes(tmp_path_factory: pytest.TempPathFactory, history_url: str) -> Iterat
         for number in range(3):
             settings = {
                 "server": {"node_id": f"node{number}"},
-                "smtp": {"workers": 1, "proxy_protocol": True},
+                "smtp": {"workers": 1, "proxy_protocol": True, "require_tls_for_auth": False},
                 "limits": {"messages_per_hour": LIMIT, "exempt_mynetworks": False},
                 "delivery": {"workers": 1},
                 "routes": [
@@ -157,6 +161,42 @@ def test_the_nodes_list_each_other(cluster: Cluster) -> None:
     assert sorted(view["report"]["node"] for view in body["nodes"]) == ["node0", "node1", "node2"]
     assert all(view["report"]["status"] == "ok" and view["report"]["queue_depth"] is not None for view in body["nodes"])
     assert all(view["report"]["queue_id_tag"] == node_tag(view["report"]["node"]) for view in body["nodes"])
+
+
+def _auth(node: Node, username: str, password: str) -> int:
+    """The reply code to AUTH PLAIN on the node's own port, past HAProxy (the test sends the PROXY header)."""
+    client = smtplib.SMTP()
+    client.sock = socket.create_connection(("127.0.0.1", node.server.port), timeout=10)
+    try:
+        client.sock.sendall(b"PROXY TCP4 127.0.0.9 127.0.0.1 40000 25\r\n")
+        assert client.getreply()[0] == 220
+        client.ehlo("client.test")
+        return client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0{username}\0{password}".encode()).decode())[0]
+    finally:
+        client.close()
+
+
+def test_a_user_and_a_token_made_through_one_node_work_on_the_others_at_once(cluster: Cluster) -> None:
+    """Users, tokens and the audit log are in the shared PostgreSQL: no copy, no cache, so a change made
+    through one node holds on every node from the next request on."""
+    first, second, third = cluster.nodes
+    # The nodes' own tokens are operators'; users and tokens are made with an admin's, put in the shared store.
+    admin = {"Authorization": f"Bearer {Access.sql(cluster.history).tokens.create('cluster-admin', 'admin')[1]}"}
+    with httpx.Client(base_url=first.server.admin_url, headers=admin, timeout=10) as api:
+        assert api.post("/api/v1/users", json={"username": "shared", "password": "pw of shared"}).status_code == 201
+        created = api.post("/api/v1/tokens", json={"name": "shared-viewer", "role": "viewer"}).json()["data"]
+    viewer = {"Authorization": f"Bearer {created['token']}"}
+
+    assert _auth(second, "shared", "pw of shared") == 235
+    assert httpx.get(f"{third.server.admin_url}/api/v1/delivery", headers=viewer, timeout=10).status_code == 200
+    audit = httpx.get(f"{third.server.admin_url}/api/v1/audit", headers=admin, params={"actor": "token:cluster-admin"}, timeout=10)
+    assert [entry["action"] for entry in audit.json()["data"]["items"]] == ["token.create", "user.create"]
+
+    revoked = httpx.delete(f"{second.server.admin_url}/api/v1/tokens/{created['info']['id']}", headers=admin, timeout=10)
+    assert revoked.status_code == 200
+    assert httpx.get(f"{third.server.admin_url}/api/v1/delivery", headers=viewer, timeout=10).status_code == 401
+    assert httpx.delete(f"{third.server.admin_url}/api/v1/users/shared", headers=admin, timeout=10).status_code == 200
+    assert _auth(first, "shared", "pw of shared") == 535
 
 
 def _degraded_gauge(node: Node) -> str:

@@ -14,9 +14,9 @@ import tomli_w
 from starlette.testclient import TestClient
 
 from fastmta import config, metrics
+from fastmta.access.stores import Access
 from fastmta.admin.api.realtime import Feed
 from fastmta.admin.app import create_app
-from fastmta.admin.tokens import Tokens
 from fastmta.queue.records import Message
 from fastmta.queue.store import QueueStore
 
@@ -41,7 +41,7 @@ class Console:
         metrics.directory_for(self.data_dir).mkdir(parents=True, exist_ok=True)
         store = QueueStore.opened(self.config)
         try:
-            tokens = Tokens(store.env)
+            tokens = Access.opened(self.config, store.env).tokens
             self.tokens = {role: tokens.create(f"console-{role}", role)[1] for role in ("viewer", "operator", "admin")}
         finally:
             store.close()

@@ -427,6 +427,24 @@ def test_auth_without_tls_where_the_operator_allows_it(make_server) -> None:
     assert server.stop() == 0
 
 
+def test_auth_is_a_temporary_failure_while_the_shared_accounts_are_unreachable(make_server) -> None:
+    """With [history] url on PostgreSQL the accounts are there (a cluster's); one that cannot be reached
+    is not the client's fault: 454 4.7.0, and mail from mynetworks goes on."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = make_server(
+        {"smtp": {"require_tls_for_auth": False, "workers": 1}, "history": {"url": f"postgresql://fastmta@127.0.0.1:{port}/h"}}
+    )
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo("plain.test")
+        code, text = client.docmd("AUTH", "PLAIN AGJlcnQAcHc=")  # bert, pw
+        assert (code, text) == (454, b"4.7.0 Temporary authentication failure, try again later")
+        assert client.sendmail("a@example.com", ["b@example.org"], b"Subject: s\r\n\r\nb\r\n") == {}
+    assert server.stop() == 0
+
+
 def test_pipelined_plaintext_after_starttls_is_discarded(make_server, tls_files) -> None:
     cert, key = tls_files
     server = make_server({"smtp": {"tls_cert": str(cert), "tls_key": str(key)}})

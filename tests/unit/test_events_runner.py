@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fastmta.events.records import AnyEvent
+from fastmta.events.records import AnyEvent, Entry
 from fastmta.events.runner import BATCH, EventsRunner
 from fastmta.metrics import EventsMetrics
 from fastmta.queue.records import Message, Recipient, new_message_id
@@ -22,12 +22,12 @@ class RecordingSink:
         self.kept: list[AnyEvent | None] = []
         self.closed = False
 
-    def deliver(self, batch: list[tuple[int, AnyEvent | None]]) -> None:
-        self.offered.append([seq for seq, _ in batch])
+    def deliver(self, batch: list[Entry]) -> None:
+        self.offered.append([entry.sequence for entry in batch])
         if self.failures:
             self.failures -= 1
             raise ConnectionError("receiver down")
-        self.kept += [event for _, event in batch]
+        self.kept += [entry.event for entry in batch]
 
     def close(self) -> None:
         self.closed = True

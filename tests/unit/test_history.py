@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 from fastmta.config import Config, ConfigError, load
 from fastmta.events import records, sinks
 from fastmta.events.history import HistorySink
-from fastmta.events.records import AnyEvent
+from fastmta.events.records import AnyEvent, Entry
 from fastmta.history import db
 from fastmta.history.schema import events, messages, metadata, recipients
 from fastmta.queue.records import Message, Recipient
@@ -39,9 +39,12 @@ def outcome(kind: type[records.Attempted], msg: Message, address: str, at: float
     return event
 
 
-def numbered(events: Sequence[records.Event | None], start: int = 1) -> list[tuple[int, AnyEvent | None]]:
-    """Outbox entries numbered from `start`; about_message() is typed as returning the base Event."""
-    return [(sequence, cast("AnyEvent | None", event)) for sequence, event in enumerate(events, start)]
+def numbered(events: Sequence[records.Event | None], start: int = 1) -> list[Entry]:
+    """Outbox entries numbered from `start`; None stands for an entry that cannot be decoded."""
+    return [
+        Entry(sequence, b"{not an event") if event is None else Entry.of(sequence, event)
+        for sequence, event in enumerate(events, start)
+    ]
 
 
 def rows(sink: HistorySink, table: sa.Table) -> list[dict[str, Any]]:
@@ -57,7 +60,7 @@ def test_migrations_create_the_schema_of_schema_py_and_run_twice(sink: HistorySi
     assert Path(tmp_path / "var" / "history.db").is_file() == (sink.engine.dialect.name == "sqlite")
     db.migrate(sink.engine)  # the second upgrade, on a database already at head, changes nothing
     with sink.engine.connect() as connection:
-        assert connection.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0003"
+        assert connection.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
         if sink.engine.dialect.name == "sqlite":
             assert connection.scalar(sa.text("PRAGMA journal_mode")) == "wal"

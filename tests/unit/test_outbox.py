@@ -36,10 +36,10 @@ def store(tmp_path: Path) -> QueueStore:
 
 
 def types(outbox: Outbox, after: int = 0) -> list[str]:
-    return [type(event).__name__ for _, event in outbox.read(after, 1000)]
+    return [type(entry.event).__name__ for entry in outbox.read(after, 1000)]
 
 
-def test_every_kind_of_event_round_trips_through_msgpack() -> None:
+def test_every_kind_of_event_round_trips_through_json() -> None:
     m = message()
     for event in (
         events.received(m, "n1", 1.0),
@@ -61,9 +61,9 @@ def test_a_stored_message_and_the_refusals_that_rode_along(store: QueueStore) ->
     arrived = message()
     assert store.insert([(arrived, b"body")], [rejected(), rejected("mail")]) == [None]
     found = store.outbox.read(0, 10)
-    assert [type(e).__name__ for _, e in found] == ["Received", "Rejected", "Rejected"]
-    assert [seq for seq, _ in found] == [1, 2, 3]
-    first = found[0][1]
+    assert [type(entry.event).__name__ for entry in found] == ["Received", "Rejected", "Rejected"]
+    assert [entry.sequence for entry in found] == [1, 2, 3]
+    first = found[0].event
     assert isinstance(first, events.Received)
     assert (first.message_id, first.sender, first.recipients, first.subject, first.campaign_id, first.node) == (
         arrived.id, "a@example.com", ["b@example.org"], "hi", "c1", "n1",
@@ -94,7 +94,7 @@ def test_operator_actions_and_settlements_write_their_events(store: QueueStore) 
     store.set_held(queued.id, False)
     store.delete(queued.id)
     assert types(store.outbox) == ["Received", "Delivered", "Deferred", "Retried", "Held", "Released", "Deleted"]
-    _, deferred = store.outbox.read(2, 1)[0]
+    deferred = store.outbox.read(2, 1)[0].event
     assert isinstance(deferred, events.Deferred) and deferred.recipient == "c@example.org" and deferred.reply == "451 4.3.0 Try later"
 
 
@@ -105,13 +105,13 @@ def test_entries_leave_only_when_every_sink_has_them(store: QueueStore) -> None:
     outbox.advance({"history": 3})
     assert outbox.pending() == 3
     outbox.advance({"webhooks": 2})
-    assert outbox.pending() == 1 and [seq for seq, _ in outbox.read(0, 10)] == [3]
+    assert outbox.pending() == 1 and [entry.sequence for entry in outbox.read(0, 10)] == [3]
     assert outbox.cursor("history") == 3 and outbox.cursor("webhooks") == 2
     outbox.register(["history"])  # a sink no longer configured holds nothing back
     outbox.advance({"history": 3})
     assert outbox.pending() == 0
     store.insert([(message(), b"4")])
-    assert [seq for seq, _ in outbox.read(outbox.cursor("history"), 10)] == [4]  # numbers never start over
+    assert [entry.sequence for entry in outbox.read(outbox.cursor("history"), 10)] == [4]  # numbers never start over
 
 
 def test_a_new_sink_sees_what_is_still_waiting(store: QueueStore) -> None:
@@ -125,15 +125,19 @@ def test_events_from_before_the_first_sink_wait_for_it(tmp_path: Path) -> None:
     store.insert([(message(), b"1")], [rejected()])
     assert store.outbox.pending() == 2
     store.outbox.register(["history"])
-    assert [seq for seq, _ in store.outbox.read(store.outbox.cursor("history"), 10)] == [1, 2]
+    assert [entry.sequence for entry in store.outbox.read(store.outbox.cursor("history"), 10)] == [1, 2]
 
 
 def test_an_undecodable_entry_is_reported_not_skipped(store: QueueStore) -> None:
     store.insert([(message(), b"1")])
     entries = store.env.open_db(b"outbox")
     with store.env.begin(write=True) as txn:
-        txn.put((2).to_bytes(8, "big"), b"\xc1not msgpack", db=entries)
-    assert [(seq, event is None) for seq, event in store.outbox.read(0, 10)] == [(1, False), (2, True)]
+        txn.put((2).to_bytes(8, "big"), b"{not json", db=entries)
+        txn.put((3).to_bytes(8, "big"), b"\xc1not msgpack", db=entries)
+    found = store.outbox.read(0, 10)
+    assert [(entry.sequence, entry.event is None, entry.head is None) for entry in found] == [
+        (1, False, False), (2, True, True), (3, True, True),
+    ]  # fmt: skip
 
 
 def test_an_aborted_transaction_leaves_no_event(store: QueueStore) -> None:
@@ -148,7 +152,7 @@ def test_the_lag_of_each_sink_is_the_age_of_its_oldest_missing_event(store: Queu
     assert store.outbox.lags(time.time()) == {"history": 0.0, "webhooks": 0.0}
     store.insert([(message(), b"1")])
     (entry,) = store.outbox.read(0, 1)
-    assert entry[1] is not None
-    store.outbox.advance({"history": entry[0]})
-    lags = store.outbox.lags(entry[1].at + 5)
+    assert entry.event is not None
+    store.outbox.advance({"history": entry.sequence})
+    lags = store.outbox.lags(entry.event.at + 5)
     assert lags["history"] == 0.0 and lags["webhooks"] == pytest.approx(5)

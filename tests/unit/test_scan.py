@@ -228,7 +228,7 @@ def test_a_quarantined_message_waits_for_a_release_with_its_findings_beside_it(t
     stored = store.insert(batch, message_events={m.id: [found(m.id)] for m in (held, too_big)})
     assert stored[:2] == [None, None] and isinstance(stored[2], StoreFullError)
     assert store.due() == [fits.id] and store.get(held.id).state == HELD  # type: ignore[union-attr]
-    kinds = [(type(e).__name__, e.message_id) for _, e in store.outbox.read(0, 10) if e is not None]
+    kinds = [(type(e).__name__, e.message_id) for entry in store.outbox.read(0, 10) if (e := entry.event) is not None]
     # A finding is stored exactly when its message is.
     assert kinds == [("Received", held.id), ("Held", held.id), ("SpamDetected", held.id), ("Received", fits.id)]
     store.set_held(held.id, False)

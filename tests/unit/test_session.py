@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastmta.accounts import User
+from fastmta.access.accounts import User
 from fastmta.config import LimitsConfig
 from fastmta.limits import ClientLimits
 from fastmta.queue.store import StoreFullError
@@ -138,6 +138,17 @@ def test_auth_needs_tls_and_failures_are_limited(limiter: RateLimiter) -> None:
     assert driver.feed(bad).startswith(b"535")
     assert driver.feed(bad).startswith(b"535")
     assert driver.feed(bad).startswith(b"421 4.7.0") and driver.closed
+
+
+def test_credentials_that_cannot_be_checked_are_a_temporary_failure_not_a_counted_one(limiter: RateLimiter) -> None:
+    session = new_session(limiter, ip="192.0.2.10", limits=LimitsConfig(auth_failures_per_hour=1))
+    session.tls = "TLS"
+    driver = Driver(session)
+    driver.feed(b"EHLO x\r\n")
+    unavailable = b"AUTH PLAIN " + base64.b64encode(b"\0alice\0unavailable") + b"\r\n"
+    assert driver.feed(unavailable) == b"454 4.7.0 Temporary authentication failure, try again later\r\n"
+    assert driver.feed(unavailable).startswith(b"454 4.7.0") and not driver.closed
+    assert driver.feed(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0right") + b"\r\n").startswith(b"235 2.7.0")
 
 
 def test_daily_quota_of_an_authenticated_user(limiter: RateLimiter) -> None:

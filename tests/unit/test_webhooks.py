@@ -16,7 +16,7 @@ from fastmta.config import ConfigError, Duration, EventsConfig, WebhookConfig, l
 from fastmta.events import records, sinks
 from fastmta.events.history import HistorySink
 from fastmta.events.names import WEBHOOK_EVENTS, WEBHOOK_NAMES
-from fastmta.events.records import AnyEvent
+from fastmta.events.records import AnyEvent, Entry
 from fastmta.events.report import ReportSink
 from fastmta.events.runner import EventsRunner
 from fastmta.events.webhooks import ReceiverFailing, WebhookSink
@@ -63,8 +63,8 @@ def outcome(kind: type[records.Attempted], msg: Message, reply: str) -> AnyEvent
     return cast(AnyEvent, records.attempted(kind, msg, recipient, NODE, time.time()))
 
 
-def numbered(events: list[AnyEvent], start: int = 1) -> list[tuple[int, AnyEvent | None]]:
-    return list(enumerate(events, start))
+def numbered(events: list[AnyEvent], start: int = 1) -> list[Entry]:
+    return [Entry.of(sequence, event) for sequence, event in enumerate(events, start)]
 
 
 def letters(engine: sa.Engine) -> list[DeadLetter]:
@@ -90,7 +90,7 @@ def test_each_event_is_posted_signed_with_its_id(engine: sa.Engine, receiver: Re
     assert body["id"] == delivered.id and body["timestamp"] == int(delivered.at)
     assert body["data"]["type"] == "delivered" and body["data"]["message_id"] == "m1"
     assert body["data"]["recipient"] == "bob@example.com" and body["data"]["reply"] == "250 2.0.0 ok"
-    assert first.json()["data"]["recipients"] == ["bob@example.com"] and "id" not in first.json()["data"]
+    assert first.json()["data"]["recipients"] == ["bob@example.com"] and first.json()["data"]["id"] == first.json()["id"]
     assert second.headers["x-fastmta-event-id"] == delivered.id
     assert second.headers["content-type"] == "application/json"
     assert verified(first, SECRET, time.time()) and verified(second, SECRET, time.time())
@@ -220,8 +220,8 @@ class Failing:
     def __init__(self) -> None:
         self.offered: list[list[int]] = []
 
-    def deliver(self, batch: list[tuple[int, AnyEvent | None]]) -> None:
-        self.offered.append([sequence for sequence, _ in batch])
+    def deliver(self, batch: list[Entry]) -> None:
+        self.offered.append([entry.sequence for entry in batch])
         raise ConnectionError("down")
 
     def close(self) -> None:
@@ -300,11 +300,10 @@ def test_payload_data_is_the_whole_event() -> None:
     from fastmta.events.webhooks import payload
 
     event = records.AuthFailed(id=records.new_event_id(), at=1_700_000_000.5, node=NODE, client_ip="192.0.2.1", username="eve")
-    body = payload(event)
-    assert (body["event"], body["timestamp"]) == ("auth.failed", 1_700_000_000)
-    assert body["data"] == {"type": "auth_failed", "at": 1_700_000_000.5, "node": NODE, "message_id": "", "recipient": "",
-                            "client_ip": "192.0.2.1", "username": "eve", "listener": ""}  # fmt: skip
-    assert msgspec.json.decode(msgspec.json.encode(body)) == body
+    body = msgspec.json.decode(msgspec.json.encode(payload(Entry.of(1, event))))
+    assert (body["id"], body["event"], body["timestamp"]) == (event.id, "auth.failed", 1_700_000_000)
+    assert body["data"] == {"type": "auth_failed", "id": event.id, "at": 1_700_000_000.5, "node": NODE, "message_id": "",
+                            "recipient": "", "client_ip": "192.0.2.1", "username": "eve", "listener": ""}  # fmt: skip
 
 
 def test_events_reach_a_receiver_while_the_database_is_unreachable(receiver: Receiver) -> None:

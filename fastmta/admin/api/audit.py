@@ -7,7 +7,7 @@ from typing import Annotated
 import anyio.to_thread
 import msgspec
 
-from fastmta.admin.audit import AuditEntry
+from fastmta.access.audit import AuditEntry
 from fastmta.admin.endpoint import Call, Endpoint
 
 

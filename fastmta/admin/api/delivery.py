@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anyio.to_thread
 
+from fastmta.access.roles import Role
 from fastmta.admin.endpoint import Call, Endpoint, Outcome
-from fastmta.admin.roles import Role
 from fastmta.queue.control import DeliveryState
 
 

@@ -21,9 +21,9 @@ from typing import Annotated
 import anyio.to_thread
 import msgspec
 
+from fastmta.access.roles import Role
 from fastmta.admin import history
 from fastmta.admin.endpoint import Call, Endpoint, Outcome
-from fastmta.admin.roles import Role
 from fastmta.history.cleanup import Removed, remove_settled
 from fastmta.history.schema import DELETED, FAILED, REJECTED, SENT
 from fastmta.queue.control import MaintenanceState

@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 import anyio.to_thread
 import msgspec
 
+from fastmta.access.roles import Role
 from fastmta.admin.endpoint import Call, Endpoint, Outcome
 from fastmta.admin.errors import Conflict, NotFound
-from fastmta.admin.roles import Role
 from fastmta.queue.records import DEFERRED, HELD, Message, to_document
 from fastmta.queue.store import CorruptRecord, QueueStore
 

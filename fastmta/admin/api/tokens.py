@@ -7,10 +7,10 @@ from typing import Annotated
 import anyio.to_thread
 import msgspec
 
+from fastmta.access.roles import Role, RoleName
+from fastmta.access.tokens import Token, TokenExists
 from fastmta.admin.endpoint import Call, Endpoint, Link, Outcome
 from fastmta.admin.errors import Conflict, NotFound
-from fastmta.admin.roles import Role, RoleName
-from fastmta.admin.tokens import Token, TokenExists
 
 
 class TokenView(msgspec.Struct):
@@ -36,7 +36,7 @@ def view(token: Token) -> TokenView:
 
 
 async def list_tokens(call: Call) -> list[TokenView]:
-    return [view(token) for token in call.state.tokens.list()]
+    return [view(token) for token in await anyio.to_thread.run_sync(call.state.tokens.list)]
 
 
 async def create_token(call: Call) -> Outcome:

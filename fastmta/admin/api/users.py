@@ -7,10 +7,10 @@ from typing import Annotated
 import anyio.to_thread
 import msgspec
 
-from fastmta.accounts import AccountExists, AccountNotFound, InvalidUsername, User
+from fastmta.access.accounts import AccountExists, AccountNotFound, InvalidUsername, User
+from fastmta.access.roles import Role
 from fastmta.admin.endpoint import Call, Endpoint, Link, Outcome
 from fastmta.admin.errors import Conflict, NotFound, ValidationFailed
-from fastmta.admin.roles import Role
 
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 # Messages a day; the bound is what an account record (msgpack) can hold.
@@ -48,19 +48,19 @@ def view(user: User) -> UserView:
     return UserView(user.username, user.enabled, user.admin, user.quota, user.created_at, user.updated_at)
 
 
-def _existing(call: Call) -> User:
-    user = call.state.accounts.get(call.path("username"))
+async def _existing(call: Call) -> User:
+    user = await anyio.to_thread.run_sync(call.state.accounts.get, call.path("username"))
     if user is None:
         raise NotFound(f"no user {call.path('username')}")
     return user
 
 
 async def list_users(call: Call) -> list[UserView]:
-    return [view(user) for user in call.state.accounts.list()]
+    return [view(user) for user in await anyio.to_thread.run_sync(call.state.accounts.list)]
 
 
 async def get_user(call: Call) -> UserView:
-    return view(_existing(call))
+    return view(await _existing(call))
 
 
 async def create_user(call: Call) -> Outcome:
@@ -80,7 +80,7 @@ async def create_user(call: Call) -> Outcome:
 async def update_user(call: Call) -> Outcome:
     body: UserUpdate = call.body
     accounts = call.state.accounts
-    before = _existing(call)
+    before = await _existing(call)
 
     def change() -> User:
         user = accounts.update(before.username, enabled=body.enabled, admin=body.admin, quota=body.quota)
@@ -96,7 +96,7 @@ async def update_user(call: Call) -> Outcome:
 
 
 async def delete_user(call: Call) -> Outcome:
-    before = _existing(call)
+    before = await _existing(call)
     try:
         await anyio.to_thread.run_sync(call.state.accounts.delete, before.username)
     except AccountNotFound:

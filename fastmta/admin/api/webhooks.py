@@ -8,9 +8,9 @@ from typing import Annotated
 import anyio.to_thread
 import msgspec
 
+from fastmta.access.roles import Role
 from fastmta.admin.endpoint import Call, Endpoint, Outcome
 from fastmta.admin.errors import NotFound
-from fastmta.admin.roles import Role
 from fastmta.admin.state import AdminState
 from fastmta.history import dead_letters
 from fastmta.history.dead_letters import DeadLetter

@@ -13,11 +13,11 @@ import msgspec
 from starlette.responses import Response
 
 from fastmta import overview as node
+from fastmta.access.roles import Role
 from fastmta.admin.api import cluster, destinations, messages, queue, tokens, users
 from fastmta.admin.auth import require
 from fastmta.admin.console.web import Visit
 from fastmta.admin.errors import ApiError, validation_failed
-from fastmta.admin.roles import Role
 from fastmta.queue.store import CorruptRecord
 from fastmta.status_text import listeners
 
@@ -119,8 +119,8 @@ async def access(visit: Visit, status: int = 200, **shown: Any) -> Response:
         "access.html",
         status,
         page="access",
-        tokens=[tokens.view(token) for token in state.tokens.list()],
-        users=[users.view(user) for user in state.accounts.list()],
+        tokens=[tokens.view(token) for token in await anyio.to_thread.run_sync(state.tokens.list)],
+        users=[users.view(user) for user in await anyio.to_thread.run_sync(state.accounts.list)],
         created=shown.get("created"),
         form_error=shown.get("form_error"),
     )

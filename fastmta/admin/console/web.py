@@ -23,11 +23,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from fastmta.access.roles import Role
 from fastmta.admin import session as sessions
 from fastmta.admin.auth import Principal, require, token_principal
 from fastmta.admin.endpoint import Call, Endpoint, perform
 from fastmta.admin.errors import ApiError, AuthRequired, CsrfRejected, NotFound
-from fastmta.admin.roles import Role
 from fastmta.admin.state import AdminState
 from fastmta.status_text import duration, size
 
@@ -138,7 +138,7 @@ FormHandler = Callable[[Visit, FormData], Awaitable[Response]]
 
 def page(handler: Handler, console: Console) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
-        visit = _visit(request, console)
+        visit = await _visit(request, console)
         if visit is None:
             return _to_login(request)
         return await _answer(visit, handler(visit))
@@ -148,7 +148,7 @@ def page(handler: Handler, console: Console) -> Callable[[Request], Awaitable[Re
 
 def form(handler: FormHandler, console: Console) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
-        visit = _visit(request, console)
+        visit = await _visit(request, console)
         if visit is None:
             return _to_login(request)
         fields = await read_form(request)
@@ -178,12 +178,12 @@ async def read_form(request: Request) -> FormData:
     return FormData(pairs)
 
 
-def _visit(request: Request, console: Console) -> Visit | None:
+async def _visit(request: Request, console: Console) -> Visit | None:
     session = sessions.Session.of(request)
     if session is None:
         return None
     try:
-        principal = token_principal(console.state.tokens, session.token)
+        principal = await token_principal(console.state.tokens, session.token)
     except AuthRequired:
         return None  # revoked since the login
     return Visit(request, console.state, principal, session, console.writes)

@@ -1,10 +1,11 @@
-"""SMTP AUTH accounts: argon2id-hashed users in the `users` database of queue.lmdb."""
+"""SMTP AUTH accounts: argon2id-hashed users, kept by a UserRows (queue.lmdb's `users` database, or SQL)."""
 
 from __future__ import annotations
 
 import functools
 import re
 import time
+from typing import Protocol
 
 import argon2
 import lmdb
@@ -57,12 +58,67 @@ def normalize(username: str) -> str:
     return name
 
 
-class Accounts:
-    """Reads and writes users; every method is one LMDB transaction, so the CLI and running workers agree."""
+class UserRows(Protocol):
+    """Where accounts are kept: LmdbUsers below on one node, access/sql.py's SqlUsers in a cluster.
+    Names come normalised; each method is one transaction, so every process sees a change at once."""
 
-    def __init__(self, env: lmdb.Environment, hasher: argon2.PasswordHasher | None = None) -> None:
+    def insert(self, user: User) -> bool:
+        """False, and nothing stored, when the name is taken."""
+        ...
+
+    def get(self, username: str) -> User | None: ...
+
+    def list(self) -> list[User]:
+        """Every account, by name."""
+        ...
+
+    def change(self, username: str, **changes: object) -> User | None:
+        """The account with these fields set, or None when there is none."""
+        ...
+
+    def delete(self, username: str) -> bool: ...
+
+
+class LmdbUsers:
+    """Accounts in the `users` database of queue.lmdb: this node's own."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
         self._env = env
         self._db = env.open_db(_USERS_DB)
+
+    def insert(self, user: User) -> bool:
+        with self._env.begin(write=True, db=self._db) as txn:
+            return bool(txn.put(user.username.encode(), _ENCODER.encode(user), overwrite=False))
+
+    def get(self, username: str) -> User | None:
+        with self._env.begin(db=self._db) as txn:
+            raw = txn.get(username.encode())
+        return None if raw is None else _DECODER.decode(raw)
+
+    def list(self) -> list[User]:
+        with self._env.begin(db=self._db) as txn:
+            return [_DECODER.decode(raw) for _, raw in txn.cursor()]
+
+    def change(self, username: str, **changes: object) -> User | None:
+        key = username.encode()
+        with self._env.begin(write=True, db=self._db) as txn:
+            raw = txn.get(key)
+            if raw is None:
+                return None
+            user = msgspec.structs.replace(_DECODER.decode(raw), **changes)
+            txn.put(key, _ENCODER.encode(user))
+        return user
+
+    def delete(self, username: str) -> bool:
+        with self._env.begin(write=True, db=self._db) as txn:
+            return bool(txn.delete(username.encode()))
+
+
+class Accounts:
+    """Adds, checks and changes users: the rules (names, hashing, rehashing) here, the keeping in `rows`."""
+
+    def __init__(self, rows: UserRows, hasher: argon2.PasswordHasher | None = None) -> None:
+        self.rows = rows
         self._hasher = hasher or argon2.PasswordHasher()
 
     @functools.cached_property
@@ -75,23 +131,19 @@ class Accounts:
         name = normalize(username)
         now = time.time()
         user = User(name, self._hasher.hash(password), admin=admin, quota=quota, created_at=now, updated_at=now)
-        with self._env.begin(write=True, db=self._db) as txn:
-            if not txn.put(name.encode(), _ENCODER.encode(user), overwrite=False):
-                raise AccountExists()
+        if not self.rows.insert(user):
+            raise AccountExists()
         return user
 
     def get(self, username: str) -> User | None:
         try:
-            key = normalize(username).encode()
+            name = normalize(username)
         except InvalidUsername:
             return None
-        with self._env.begin(db=self._db) as txn:
-            raw = txn.get(key)
-        return None if raw is None else _DECODER.decode(raw)
+        return self.rows.get(name)
 
     def list(self) -> list[User]:
-        with self._env.begin(db=self._db) as txn:
-            return [_DECODER.decode(raw) for _, raw in txn.cursor()]
+        return self.rows.list()
 
     def set_password(self, username: str, password: str) -> User:
         return self._change(username, password_hash=self._hasher.hash(password))
@@ -101,9 +153,8 @@ class Accounts:
         return self._change(username, **{field: value for field, value in changes.items() if value is not None})
 
     def delete(self, username: str) -> bool:
-        with self._env.begin(write=True, db=self._db) as txn:
-            if not txn.delete(normalize(username).encode()):
-                raise AccountNotFound()
+        if not self.rows.delete(normalize(username)):
+            raise AccountNotFound()
         return True
 
     def authenticate(self, username: str, password: str) -> User | None:
@@ -123,11 +174,7 @@ class Accounts:
         return self.authenticate(username, password) is not None
 
     def _change(self, username: str, **changes: object) -> User:
-        key = normalize(username).encode()
-        with self._env.begin(write=True, db=self._db) as txn:
-            raw = txn.get(key)
-            if raw is None:
-                raise AccountNotFound()
-            user = msgspec.structs.replace(_DECODER.decode(raw), updated_at=time.time(), **changes)
-            txn.put(key, _ENCODER.encode(user))
+        user = self.rows.change(normalize(username), updated_at=time.time(), **changes)
+        if user is None:
+            raise AccountNotFound()
         return user

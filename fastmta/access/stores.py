@@ -1,0 +1,82 @@
+"""The one place that chooses where accounts, tokens and the audit log are kept: this node's queue.lmdb,
+or history's PostgreSQL when [history] url names one, which every node of a cluster shares.
+
+SQLite history stays with LMDB: it is one node's own file, and LMDB answers the SMTP workers' AUTH
+look-ups without a second database.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import lmdb
+import sqlalchemy as sa
+
+from fastmta.access.accounts import Accounts, LmdbUsers
+from fastmta.access.audit import AuditLog, LmdbAudit
+from fastmta.access.sql import SqlAudit, SqlTokens, SqlUsers
+from fastmta.access.tokens import LmdbTokens, TokenExists, Tokens
+from fastmta.config import Config
+from fastmta.history import db
+
+
+def shared(config: Config) -> bool:
+    """True when the nodes pointed at [history] url share their accounts, tokens and audit log there."""
+    return config.history.url.startswith("postgresql")
+
+
+@dataclass
+class Access:
+    accounts: Accounts
+    tokens: Tokens
+    audit: AuditLog
+    engine: sa.Engine | None  # PostgreSQL's, when shared
+
+    @classmethod
+    def local(cls, env: lmdb.Environment) -> Access:
+        """This node's own, in its queue.lmdb (`env`)."""
+        return cls(Accounts(LmdbUsers(env)), Tokens(LmdbTokens(env)), AuditLog(LmdbAudit(env)), None)
+
+    @classmethod
+    def opened(cls, config: Config, env: lmdb.Environment) -> Access:
+        """Where config says: shared in PostgreSQL, or local. Nothing connects before the first use, so a
+        database that is down at start costs its look-ups, not the start."""
+        return cls.sql(db.engine(db.url(config))) if shared(config) else cls.local(env)
+
+    @classmethod
+    def sql(cls, engine: sa.Engine) -> Access:
+        """In history's database behind `engine`, whose schema is brought to head on first use."""
+        return cls(Accounts(SqlUsers(engine)), Tokens(SqlTokens(engine)), AuditLog(SqlAudit(engine)), engine)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+@dataclass
+class Copied:
+    users: int = 0
+    tokens: int = 0
+    audit: int = 0
+    name_taken: list[str] = field(default_factory=list)  # local tokens whose name another shared token has
+
+
+def copy(source: Access, target: Access) -> Copied:
+    """Copies what `target` lacks of `source` (a node's own into the shared store, when it joins a cluster):
+    users by name and tokens by id as they are, hashes included, so passwords and token texts still
+    work; audit entries by id. What `target` has already stays as it is, so copying again adds nothing."""
+    copied = Copied()
+    for user in source.accounts.list():
+        copied.users += target.accounts.rows.insert(user)
+    for token in source.tokens.list():
+        if target.tokens.rows.get(token.id) is None:
+            try:
+                target.tokens.rows.insert(token)
+                copied.tokens += 1
+            except TokenExists:
+                copied.name_taken.append(token.name)
+    entries, _ = source.audit.newest(sys.maxsize, 0)
+    for entry in reversed(entries):
+        copied.audit += target.audit.rows.put(entry)
+    return copied
