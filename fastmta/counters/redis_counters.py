@@ -211,7 +211,7 @@ class RedisCounters:
         The counting path skips redis-py's command methods and pipelines: their retry wrapper,
         pool checkout (a poll of the socket), reply callbacks and argument checks cost 150-200 µs
         of CPU per round trip on the reference machine, this about 50 with hiredis packing the
-        commands (bench/README.md). A failure leaves the connection closed, with no reply
+        commands (docs/scaling.md, "Measured"). A failure leaves the connection closed, with no reply
         half-read; the next command connects again.
         """
         connection = self._connection
