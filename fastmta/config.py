@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from fastmta.events.names import WEBHOOK_EVENTS
+from fastmta.events.names import EVENT_TYPES, REPORTED_TYPES, WEBHOOK_EVENTS, webhook_types
 
 
 class ConfigError(Exception):
@@ -564,7 +564,18 @@ class Config(_Section):
     @property
     def events_wanted(self) -> bool:
         """Whether anything reads the outbox: then queue changes write their events and the events process runs."""
-        return self.history.enabled or bool(self.events.webhooks) or bool(self.events.report_url)
+        return bool(self.events_read)
+
+    @property
+    def events_read(self) -> frozenset[str]:
+        """The types of event some sink reads: only those are written. A webhook sent only outcomes of
+        delivery, say, costs ingress nothing: no received event is made for each message."""
+        if self.history.enabled:
+            return EVENT_TYPES
+        read = frozenset(REPORTED_TYPES if self.events.report_url else ())
+        for hook in self.events.webhooks:
+            read |= webhook_types(hook.wants)
+        return read
 
     @property
     def data_dir(self) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 # Failed and expired are one name to a receiver: both are a final failure (`data.type` tells them apart).
 WEBHOOK_NAMES: dict[str, str] = {
     "received": "message.received",
@@ -21,3 +23,12 @@ WEBHOOK_NAMES: dict[str, str] = {
 }
 
 WEBHOOK_EVENTS = tuple(dict.fromkeys(WEBHOOK_NAMES.values()))
+
+# Every type of event the outbox holds, and those the delivery report is made of (the outcomes of attempts).
+EVENT_TYPES = frozenset(WEBHOOK_NAMES)
+REPORTED_TYPES = frozenset({"delivered", "failed", "expired", "deferred"})
+
+
+def webhook_types(wants: Callable[[str], bool]) -> frozenset[str]:
+    """The outbox's event types a webhook is sent, from its filter of names."""
+    return frozenset(kind for kind, name in WEBHOOK_NAMES.items() if wants(name))

@@ -10,21 +10,26 @@ data directory, before the events process is up) wait for the first one.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import lmdb
 
-from fastmta.events.records import EVENT_ENCODER, Entry, Event
+from fastmta.events.names import EVENT_TYPES
+from fastmta.events.records import EVENT_ENCODER, TAGS, Entry, Event
 
 _SEQUENCE = struct.Struct(">Q")
 _NEXT = b"next"
 
 
 class Outbox:
-    """Opened on a process's own queue.lmdb environment; append() runs inside the caller's write transaction."""
+    """Opened on a process's own queue.lmdb environment; append() runs inside the caller's write transaction.
 
-    def __init__(self, env: lmdb.Environment) -> None:
+    `written` are the types of event appended; others are left out (no sink reads them).
+    """
+
+    def __init__(self, env: lmdb.Environment, written: Collection[str] = EVENT_TYPES) -> None:
         self.env = env
+        self.written = frozenset(written)
         self._entries = env.open_db(b"outbox")
         self._meta = env.open_db(b"outbox_meta")  # the next sequence number
         self._cursors = env.open_db(b"outbox_cursors")  # sink name -> last sequence number it has
@@ -32,10 +37,9 @@ class Outbox:
     def append(self, txn: lmdb.Transaction, events: Iterable[Event]) -> None:
         self.append_encoded(txn, self.encoded(events))
 
-    @staticmethod
-    def encoded(events: Iterable[Event]) -> list[bytes]:
-        """Events as append_encoded() takes them: encoding them first keeps it out of the write transaction."""
-        return [EVENT_ENCODER.encode(event) for event in events]
+    def encoded(self, events: Iterable[Event]) -> list[bytes]:
+        """The events written, as append_encoded() takes them: encoding them first keeps it out of the write transaction."""
+        return [EVENT_ENCODER.encode(event) for event in events if TAGS[type(event)] in self.written]
 
     def append_encoded(self, txn: lmdb.Transaction, entries: Sequence[bytes]) -> None:
         if not entries:

@@ -19,6 +19,7 @@ import msgspec
 import sqlalchemy as sa
 
 from fastmta.config import EventsConfig
+from fastmta.events.names import REPORTED_TYPES
 from fastmta.events.posting import Poster, Unreachable
 from fastmta.events.records import AnyEvent, Deferred, Delivered, Entry, Expired, Failed
 from fastmta.events.webhooks import LOOK_EVERY
@@ -93,8 +94,8 @@ class ReportSink:
         pending = [(0, retry) for retry in retries] + [
             (item.sequence, Retry(event.id, found, 0))
             for item in batch
-            if item.sequence > self._reported_through and (event := item.event) is not None
-            and (found := entry(event)) is not None
+            if item.sequence > self._reported_through and (head := item.head) is not None and head.type in REPORTED_TYPES
+            and (event := item.event) is not None and (found := entry(event)) is not None
         ]
         for start in range(0, len(pending), self.size):
             chunk = pending[start:start + self.size]

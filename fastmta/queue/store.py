@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import struct
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +18,7 @@ import msgspec
 
 from fastmta.config import Config
 from fastmta.events import records as events
+from fastmta.events.names import EVENT_TYPES
 from fastmta.events.outbox import Outbox
 from fastmta.queue.records import ACTIVE, HELD, MESSAGE_DECODER, MESSAGE_ENCODER, Message
 
@@ -93,20 +94,21 @@ class NewMessage(NamedTuple):
 class QueueStore:
     """Every change it writes appends its events to the outbox in the same transaction; `node` names this node in them."""
 
-    def __init__(self, data_dir: Path, map_size: int, node: str = "", events: bool = True) -> None:
+    def __init__(self, data_dir: Path, map_size: int, node: str = "", events: Collection[str] = EVENT_TYPES) -> None:
         self.node = node
-        # Whether changes write their events: only when something reads the outbox (Config.events_wanted).
-        self.events = events
+        # The types of event changes write: those something reads from the outbox (Config.events_read).
+        self.event_types = frozenset(events)
+        self.events = bool(self.event_types)
         self.env = open_env(data_dir / "queue.lmdb", map_size)
         self.messages = self.env.open_db(b"messages")
         self.bodies = self.env.open_db(b"bodies")
         self.schedule = self.env.open_db(b"schedule")
         self.etrn = self.env.open_db(b"etrn")
-        self.outbox = Outbox(self.env)
+        self.outbox = Outbox(self.env, self.event_types)
 
     @classmethod
     def opened(cls, config: Config) -> QueueStore:
-        return cls(config.data_dir, config.server.queue_max_bytes, config.server.node_id, config.events_wanted)
+        return cls(config.data_dir, config.server.queue_max_bytes, config.server.node_id, config.events_read)
 
     def close(self) -> None:
         self.env.close()
@@ -190,8 +192,9 @@ class QueueStore:
         """What put_message() writes: the message's record, body, schedule entry and (with events on) its events."""
         schedule = schedule_key(message.next_attempt, message.id) if message.state == ACTIVE else None
         arrived: list[events.Event] = []
-        if self.events:
+        if "received" in self.event_types:
             arrived.append(events.received(message, self.node, time.time()))
+        if self.events:
             if message.state == HELD:
                 arrived.append(events.about_message(events.Held, message.id, self.node))
             arrived.extend(also)

@@ -32,7 +32,7 @@ def ids_on(html: str) -> list[str]:
 
 
 def test_filters_and_the_cursor(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    store = QueueStore(tmp_path, 1 << 26, events=False)
+    store = QueueStore(tmp_path, 1 << 26, events=())
     now = time.time()
     batch = seeded(300, now)
     batch[5][0].state = HELD

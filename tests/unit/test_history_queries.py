@@ -142,7 +142,7 @@ def test_cleanup_counts_then_removes_only_settled_messages(sink: HistorySink) ->
 
 
 def test_leased_messages_are_those_a_runner_holds(tmp_path: Path) -> None:
-    store = QueueStore(tmp_path, 1 << 24, NODE, events=False)
+    store = QueueStore(tmp_path, 1 << 24, NODE, events=())
     try:
         for name in ("a", "b", "c"):
             store.insert([(message(f"m-{name}", "bob@example.com"), b"body")])

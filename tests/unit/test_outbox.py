@@ -6,12 +6,13 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from fastmta.events import records as events
 from fastmta.events.outbox import Outbox
 from fastmta.events.records import EVENT_DECODER, EVENT_ENCODER
-from fastmta.queue.records import DEFERRED, Message, Recipient, new_message_id
+from fastmta.queue.records import DEFERRED, HELD, Message, Recipient, new_message_id
 from fastmta.queue.schedule import Scheduler, Settlement
 from fastmta.queue.store import QueueStore, StoreFullError
 
@@ -156,3 +157,11 @@ def test_the_lag_of_each_sink_is_the_age_of_its_oldest_missing_event(store: Queu
     store.outbox.advance({"history": entry.sequence})
     lags = store.outbox.lags(entry.event.at + 5)
     assert lags["history"] == 0.0 and lags["webhooks"] == pytest.approx(5)
+
+
+def test_events_no_sink_reads_are_not_written(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, 1 << 24, "n1", events={"delivered", "held"})
+    held = msgspec.structs.replace(message(), state=HELD)
+    store.insert([(message(), b"1"), (held, b"2")], [rejected()])
+    assert types(store.outbox) == ["Held"]  # no received or rejected events: nobody reads them
+    store.close()

@@ -253,12 +253,14 @@ def test_webhook_config_and_environment(tmp_path: Path) -> None:
     (hook,) = config.events.webhooks
     assert (hook.url, hook.events, hook.secret, hook.batch) == ("https://hooks.example/in", ["message.sent", "message.failed"], "k", 1)
     assert config.events_wanted and not config.history.enabled
+    assert config.events_read == {"delivered", "failed", "expired"}  # what the webhook is sent: no received events
     assert (config.events.retry_for, config.events.max_pause, config.events.timeout) == (8 * 3600, 600, 10)
     assert hook.sink_name == load(environ={"SMTP_WEBHOOK_URL": "https://hooks.example/in"}).events.webhooks[0].sink_name
     assert hook.wants("message.sent") and not hook.wants("message.received")
     assert not load(environ={}).events_wanted  # history is off by default, nothing else asks for events
-    assert load(environ={"FASTMTA_HISTORY_ENABLED": "true"}).events_wanted
-    assert load(environ={"FASTMTA_HISTORY_ENABLED": "false", "FASTMTA_EVENTS_REPORT_URL": "http://r.example/r"}).events_wanted
+    assert load(environ={"FASTMTA_HISTORY_ENABLED": "true"}).events_read == set(WEBHOOK_NAMES)
+    reported = load(environ={"FASTMTA_HISTORY_ENABLED": "false", "FASTMTA_EVENTS_REPORT_URL": "http://r.example/r"}).events_read
+    assert reported == {"delivered", "failed", "expired", "deferred"}  # the outcomes of attempts (test_report.py)
     path = tmp_path / "c.toml"
     path.write_text('[events]\nretry_for = "2h"\n[[events.webhooks]]\nurl = "http://a.example/"\nname = "crm"\nevents = ["*"]\n'
                     '[[events.webhooks]]\nurl = "http://a.example/"\nbatch = 50\n')  # fmt: skip
