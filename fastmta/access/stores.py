@@ -42,7 +42,12 @@ class Access:
     def opened(cls, config: Config, env: lmdb.Environment) -> Access:
         """Where config says: shared in PostgreSQL, or local. Nothing connects before the first use, so a
         database that is down at start costs its look-ups, not the start."""
-        return cls.sql(db.engine(db.url(config))) if shared(config) else cls.local(env)
+        if not shared(config):
+            return cls.local(env)
+        # hide_parameters: a failed statement's error, which the logs show, would carry password and
+        # token hashes. pool_pre_ping: a connection PostgreSQL closed (a restart, a failover) is
+        # replaced when taken from the pool, not handed out to fail one AUTH or API request each.
+        return cls.sql(db.engine(db.url(config), hide_parameters=True, pool_pre_ping=True))
 
     @classmethod
     def sql(cls, engine: sa.Engine) -> Access:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from fastmta import metrics
-from fastmta.access.accounts import Accounts
+from fastmta.access.accounts import Accounts, User
 from fastmta.access.audit import AuditEntry
 from fastmta.access.stores import Access, copy
 from fastmta.access.tokens import TokenExists
@@ -188,3 +188,31 @@ def test_with_the_shared_database_unreachable_lookups_fail_and_the_api_says_why(
             answer = client.get("/api/v1/delivery", headers={"Authorization": credentials})
             assert answer.status_code == 503, answer.text
             assert answer.json()["error"]["code"] == "DATABASE_UNREACHABLE"
+
+
+@pytest.mark.parametrize("access", ["postgresql"], indirect=True)
+def test_the_shared_store_outlives_a_database_restart_and_its_errors_carry_no_hashes(access: Access, tmp_path: Path) -> None:
+    """A pooled connection that PostgreSQL closed is replaced, not handed to an AUTH to fail it; a failed
+    statement's error, which the logs show, names no password hash."""
+    assert access.engine is not None
+    url = access.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    config = load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": url})
+    env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
+    opened = Access.opened(config, env)
+    try:
+        assert opened.engine is not None
+        accounts = Accounts(opened.accounts.rows, CHEAP)
+        accounts.add("carol", "pw of carol")
+        with opened.engine.connect() as pooled:
+            backend = pooled.scalar(sa.text("SELECT pg_backend_pid()"))
+        with access.engine.connect() as other:  # what a restart of PostgreSQL does to every session
+            assert other.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        assert accounts.verify("carol", "pw of carol")
+
+        secret_hash = CHEAP.hash("another password")
+        with pytest.raises(sa.exc.DataError) as refused:
+            opened.accounts.rows.insert(User("x" * 200, secret_hash))  # longer than the column
+        assert secret_hash not in str(refused.value)
+    finally:
+        opened.close()
+        env.close()
