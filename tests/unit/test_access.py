@@ -117,6 +117,15 @@ def test_an_audit_entry_keeps_its_before_after_and_request_fields(access: Access
     assert access.audit.newest(1, 0)[0][0].before is None and created.after == {"username": "erin"}
 
 
+def test_what_the_api_and_the_cli_accept_fits_every_store(access: Access) -> None:
+    """A client's X-Request-Id has up to 128 characters (admin/app.py), a token named by the CLI any number."""
+    long_name = "a token named at length by the command line, as queue.lmdb always kept it"
+    token, text = access.tokens.create(long_name, "viewer")
+    assert access.tokens.verify(text) == token and token.name == long_name
+    stored = access.audit.append(entry(f"token:{long_name}", "token.create", token.id, request_id="r" * 128))
+    assert access.audit.newest(1, 0) == ([stored], 1)
+
+
 # --- a node joining a cluster ----------------------------------------------------------------------
 
 
