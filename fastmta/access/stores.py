@@ -60,28 +60,39 @@ class Access:
 
 
 @dataclass
-class Copied:
+class Moved:
     users: int = 0
     tokens: int = 0
-    audit: int = 0
+    audit: int = 0  # copied: entries are never deleted, so copying them again adds nothing
     name_taken: list[str] = field(default_factory=list)  # local tokens whose name another shared token has
+    replaced: list[str] = field(default_factory=list)  # local users the shared store had its own account of
 
 
-def copy(source: Access, target: Access) -> Copied:
-    """Copies what `target` lacks of `source` (a node's own into the shared store, when it joins a cluster):
-    users by name and tokens by id as they are, hashes included, so passwords and token texts still
-    work; audit entries by id. What `target` has already stays as it is, so copying again adds nothing."""
-    copied = Copied()
+def move(source: Access, target: Access) -> Moved:
+    """Moves what `target` lacks of `source`'s users and tokens (a node's own into the shared store, when
+    it joins a cluster) as they are, hashes included, so passwords and token texts still work, and
+    copies its audit entries; what `target` has already stays as it is.
+
+    A user or token leaves `source` once `target` holds its name or id: were it kept, running this
+    again would bring back one since deleted or revoked in the cluster. A token whose name another
+    token has there stays, to move once that name is free."""
+    moved = Moved()
     for user in source.accounts.list():
-        copied.users += target.accounts.rows.insert(user)
+        if target.accounts.rows.insert(user):
+            moved.users += 1
+        elif target.accounts.rows.get(user.username) != user:
+            moved.replaced.append(user.username)
+        source.accounts.rows.delete(user.username)
     for token in source.tokens.list():
         if target.tokens.rows.get(token.id) is None:
             try:
                 target.tokens.rows.insert(token)
-                copied.tokens += 1
             except TokenExists:
-                copied.name_taken.append(token.name)
+                moved.name_taken.append(token.name)
+                continue
+            moved.tokens += 1
+        source.tokens.rows.delete(token.id)
     entries, _ = source.audit.newest(sys.maxsize, 0)
     for entry in reversed(entries):
-        copied.audit += target.audit.rows.put(entry)
-    return copied
+        moved.audit += target.audit.rows.put(entry)
+    return moved

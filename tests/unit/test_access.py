@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from fastmta import metrics
 from fastmta.access.accounts import Accounts, User
 from fastmta.access.audit import AuditEntry
-from fastmta.access.stores import Access, copy
+from fastmta.access.stores import Access, move
 from fastmta.access.tokens import TokenExists
 from fastmta.admin.api.realtime import Feed
 from fastmta.admin.app import create_app
@@ -129,7 +129,7 @@ def test_what_the_api_and_the_cli_accept_fits_every_store(access: Access) -> Non
 # --- a node joining a cluster ----------------------------------------------------------------------
 
 
-def test_copying_a_nodes_own_into_the_shared_store_keeps_passwords_and_tokens_working(
+def test_moving_a_nodes_own_into_the_shared_store_keeps_passwords_and_tokens_working(
     access: Access, tmp_path: Path
 ) -> None:
     env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
@@ -138,22 +138,44 @@ def test_copying_a_nodes_own_into_the_shared_store_keeps_passwords_and_tokens_wo
         accounts = Accounts(local.accounts.rows, CHEAP)
         carol = accounts.add("carol", "carol's password", quota=5)
         accounts.add("dave", "dave's password", admin=True)
+        accounts.add("erin", "erin's password on this node")
         kept, text = local.tokens.create("deploy", "operator")
-        local.tokens.create("taken", "viewer")
+        taken = local.tokens.create("taken", "viewer")[0]
         local.audit.append(entry("cli", "user.create", "carol"))
         access.tokens.create("taken", "admin")  # already in the shared store, under another id
         access.accounts.rows.insert(carol)  # already there too
+        Accounts(access.accounts.rows, CHEAP).add("erin", "erin's password in the cluster")
 
-        copied = copy(local, access)
-        assert (copied.users, copied.tokens, copied.audit, copied.name_taken) == (1, 1, 1, ["taken"])
+        moved = move(local, access)
+        assert (moved.users, moved.tokens, moved.audit) == (1, 1, 1)
+        assert (moved.name_taken, moved.replaced) == (["taken"], ["erin"])
         shared = Accounts(access.accounts.rows, CHEAP)
         assert shared.verify("dave", "dave's password") and shared.verify("carol", "carol's password")
-        assert shared.get("carol") == carol
+        assert shared.get("carol") == carol and shared.verify("erin", "erin's password in the cluster")
         assert access.tokens.verify(text) == kept
         assert access.audit.newest(10, 0) == local.audit.newest(10, 0)
+        assert local.accounts.list() == [] and local.tokens.list() == [taken]  # the token waits for its name
 
-        again = copy(local, access)
-        assert (again.users, again.tokens, again.audit, again.name_taken) == (0, 0, 0, ["taken"])
+        again = move(local, access)
+        assert (again.users, again.tokens, again.audit, again.name_taken, again.replaced) == (0, 0, 0, ["taken"], [])
+    finally:
+        env.close()
+
+
+def test_moving_again_brings_back_no_user_or_token_the_cluster_deleted(access: Access, tmp_path: Path) -> None:
+    """A node's own users and tokens leave it once shared, so a second `fastmta access share` (the README
+    says it adds only what is missing) cannot restore a leaked token revoked, or a user deleted, since."""
+    env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
+    try:
+        local = Access.local(env)
+        Accounts(local.accounts.rows, CHEAP).add("mallory", "mallory's password")
+        token, text = local.tokens.create("leaked", "admin")
+        move(local, access)
+        access.accounts.delete("mallory")
+        access.tokens.revoke(token.id)
+
+        assert (move(local, access).users, move(local, access).tokens) == (0, 0)
+        assert access.accounts.get("mallory") is None and access.tokens.verify(text) is None
     finally:
         env.close()
 
@@ -169,7 +191,7 @@ def test_fastmta_access_share_copies_what_a_node_kept_alone(access: Access, tmp_
     url = access.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     joined = Server(tmp_path, {"history": {"url": url}})  # the same data_dir, now in the cluster
     shared = joined.cli("access", "share")
-    assert shared.returncode == 0 and shared.stdout.startswith(b"copied 1 users, 0 tokens and 0 audit entries"), shared.stderr
+    assert shared.returncode == 0 and shared.stdout.startswith(b"moved 1 users and 0 tokens, copied 0 audit entries"), shared.stderr
     assert joined.cli("user", "verify", "carol", "--password-stdin", input=b"pw of carol\n").returncode == 0
     assert [user.username for user in access.accounts.list()] == ["carol"]
 
