@@ -21,6 +21,7 @@ from fastmta.access.stores import Access, move
 from fastmta.access.tokens import TokenExists
 from fastmta.admin.api.realtime import Feed
 from fastmta.admin.app import create_app
+from fastmta.admin.state import AdminState
 from fastmta.config import load
 from tests.conftest import Server
 
@@ -247,3 +248,15 @@ def test_the_shared_store_outlives_a_database_restart_and_its_errors_carry_no_ha
     finally:
         opened.close()
         env.close()
+
+
+@pytest.mark.parametrize("access", ["postgresql"], indirect=True)
+def test_the_admin_process_reads_history_and_the_shared_store_through_one_pool(access: Access, tmp_path: Path) -> None:
+    assert access.engine is not None
+    url = access.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    metrics.directory_for(tmp_path).mkdir(parents=True, exist_ok=True)
+    state = AdminState.open(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": url}))
+    try:
+        assert state.access.engine is not None and state.database() is state.access.engine
+    finally:
+        state.close()
