@@ -20,6 +20,11 @@ from fastmta.access.tokens import LmdbTokens, TokenExists, Tokens
 from fastmta.config import Config
 from fastmta.history import db
 
+# Seconds to wait for a connection to the shared store, unless [history] url says (?connect_timeout=).
+# Without it a database that drops packets holds an SMTP worker's two blocking threads, and with
+# them every AUTH, for the system's TCP timeout (minutes) instead of answering 454.
+CONNECT_TIMEOUT = 5
+
 
 def shared(config: Config) -> bool:
     """True when the nodes pointed at [history] url share their accounts, tokens and audit log there."""
@@ -44,10 +49,14 @@ class Access:
         database that is down at start costs its look-ups, not the start."""
         if not shared(config):
             return cls.local(env)
+        address = sa.make_url(db.url(config))
+        if "connect_timeout" not in address.query:
+            address = address.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT)})
         # hide_parameters: a failed statement's error, which the logs show, would carry password and
         # token hashes. pool_pre_ping: a connection PostgreSQL closed (a restart, a failover) is
         # replaced when taken from the pool, not handed out to fail one AUTH or API request each.
-        return cls.sql(db.engine(db.url(config), hide_parameters=True, pool_pre_ping=True))
+        made = db.engine(address.render_as_string(hide_password=False), hide_parameters=True, pool_pre_ping=True)
+        return cls.sql(made)
 
     @classmethod
     def sql(cls, engine: sa.Engine) -> Access:

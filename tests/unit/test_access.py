@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
+import time
 from pathlib import Path
 
 import argon2
@@ -17,7 +18,7 @@ from starlette.testclient import TestClient
 from fastmta import metrics
 from fastmta.access.accounts import Accounts, User
 from fastmta.access.audit import AuditEntry
-from fastmta.access.stores import Access, move
+from fastmta.access.stores import CONNECT_TIMEOUT, Access, move
 from fastmta.access.tokens import TokenExists
 from fastmta.admin.api.realtime import Feed
 from fastmta.admin.app import create_app
@@ -192,7 +193,8 @@ def test_fastmta_access_share_copies_what_a_node_kept_alone(access: Access, tmp_
     url = access.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     joined = Server(tmp_path, {"history": {"url": url}})  # the same data_dir, now in the cluster
     shared = joined.cli("access", "share")
-    assert shared.returncode == 0 and shared.stdout.startswith(b"moved 1 users and 0 tokens, copied 0 audit entries"), shared.stderr
+    assert shared.returncode == 0, shared.stderr
+    assert shared.stdout.startswith(b"moved 1 users and 0 tokens, copied 0 audit entries")
     assert joined.cli("user", "verify", "carol", "--password-stdin", input=b"pw of carol\n").returncode == 0
     assert [user.username for user in access.accounts.list()] == ["carol"]
 
@@ -260,3 +262,32 @@ def test_the_admin_process_reads_history_and_the_shared_store_through_one_pool(a
         assert state.access.engine is not None and state.database() is state.access.engine
     finally:
         state.close()
+
+
+def test_a_database_that_drops_packets_fails_a_lookup_within_the_connect_timeout(tmp_path: Path) -> None:
+    """Not after the system's TCP timeout: meanwhile an SMTP worker could check no AUTH at all."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # The accept queue full and never read: the kernel drops further SYNs, as a lost host's network would.
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
+        try:
+            url = f"postgresql://fastmta@127.0.0.1:{port}/h"
+            default = Access.opened(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": url}), env)
+            assert default.engine is not None and default.engine.url.query["connect_timeout"] == str(CONNECT_TIMEOUT)
+            # The url's own wins; 2 is the least libpq takes.
+            config = load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": f"{url}?connect_timeout=2"})
+            started = time.monotonic()
+            with pytest.raises(sa.exc.OperationalError):
+                Access.opened(config, env).accounts.get("carol")
+            assert time.monotonic() - started < 10
+        finally:
+            env.close()
+            for filler in fillers:
+                filler.close()
