@@ -183,7 +183,7 @@ def test_moving_again_brings_back_no_user_or_token_the_cluster_deleted(access: A
 
 
 @pytest.mark.parametrize("access", ["postgresql"], indirect=True)
-def test_fastmta_access_share_copies_what_a_node_kept_alone(access: Access, tmp_path: Path) -> None:
+def test_fastmta_access_share_moves_what_a_node_kept_alone(access: Access, tmp_path: Path) -> None:
     """The operator's way into a cluster: users made before [history] url pointed at PostgreSQL work after."""
     assert access.engine is not None
     alone = Server(tmp_path, {})  # only its config and data_dir: the commands need no running server
