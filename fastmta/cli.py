@@ -321,7 +321,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_access_share(args: argparse.Namespace) -> int:
-    from fastmta.access.stores import Access, copy, shared
+    from fastmta.access.stores import Access, move, shared
     from fastmta.queue.store import QueueStore
 
     config = _load(args)
@@ -330,11 +330,13 @@ def cmd_access_share(args: argparse.Namespace) -> int:
         print(f"fastmta access share: {why}", file=sys.stderr)
         return 1
     env = QueueStore.opened(config).env
-    copied = copy(Access.local(env), Access.opened(config, env))
-    print(f"copied {copied.users} users, {copied.tokens} tokens and {copied.audit} audit entries into the shared store")
-    for name in copied.name_taken:
-        print(f"token {name}: not copied, another token has that name there (fastmta token list)", file=sys.stderr)
-    return 1 if copied.name_taken else 0
+    moved = move(Access.local(env), Access.opened(config, env))
+    print(f"moved {moved.users} users and {moved.tokens} tokens, copied {moved.audit} audit entries into the shared store")
+    for name in moved.replaced:
+        print(f"user {name}: the shared store has its own account of that name, whose password now applies", file=sys.stderr)
+    for name in moved.name_taken:
+        print(f"token {name}: not moved, another token has that name there (fastmta token list)", file=sys.stderr)
+    return 1 if moved.name_taken else 0
 
 
 # ----- DKIM keys ------------------------------------------------------------------------------
@@ -478,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     access.add_parser(
         "share",
         parents=[common],
-        help="copy this node's own (queue.lmdb) users, tokens and audit log into the cluster's PostgreSQL; "
-        "what is there already stays",
+        help="move this node's own (queue.lmdb) users and tokens into the cluster's PostgreSQL and copy its "
+        "audit log there; what is there already stays",
     ).set_defaults(func=cmd_access_share)
 
     store = commands.add_parser("store", help="what routes of a storing kind stored").add_subparsers(dest="action", required=True)

@@ -86,7 +86,8 @@ class AdminState:
         if self._history is None:
             if not self.config.history.url and not (self.config.data_dir / "history.db").exists():
                 return None
-            self._history = db.engine(db.url(self.config))
+            # With PostgreSQL, the engine the users, tokens and audit log are read through: one pool, not two.
+            self._history = self.access.engine or db.engine(db.url(self.config))
         return self._history
 
     def stored_database(self, path: Path) -> sa.Engine | None:

@@ -29,15 +29,17 @@ def url(config: Config) -> str:
     return config.history.url
 
 
-def engine(address: str, synchronous: str = "FULL") -> sa.Engine:
+def engine(address: str, synchronous: str = "FULL", **options: Any) -> sa.Engine:
     """An engine whose JSON columns are written and read by msgspec, as events are everywhere else.
 
     `synchronous` is SQLite's: FULL for history (below); NORMAL for a best-effort store (kept bodies).
+    `options` go to sa.create_engine as they are.
     """
     made = sa.create_engine(
         address,
         json_serializer=lambda value: msgspec.json.encode(value).decode(),
         json_deserializer=msgspec.json.decode,
+        **options,
     )
     if made.dialect.name == "sqlite":
         sa.event.listen(made, "connect", functools.partial(_sqlite_settings, synchronous=synchronous))

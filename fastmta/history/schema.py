@@ -148,7 +148,7 @@ tokens = sa.Table(
     "tokens",
     metadata,
     sa.Column("id", sa.String(12), primary_key=True),  # the id part of fmta_<id>_<secret>
-    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),  # the API's are 64 characters, the CLI's any
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("secret_hash", sa.String(64), nullable=False),  # SHA-256 of the secret, hex; never the secret
     sa.Column("created_at", sa.Double, nullable=False),
@@ -168,7 +168,7 @@ audit = sa.Table(
     sa.Column("after", sa.JSON(none_as_null=True)),
     sa.Column("client_ip", sa.String(64), nullable=False),
     sa.Column("user_agent", sa.Text, nullable=False),
-    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.Text, nullable=False),  # a client's X-Request-Id: up to 128 characters
     # The filters of GET /api/v1/audit and of a message's page, newest first.
     sa.Index("audit_actor", "actor", "id"),
     sa.Index("audit_action", "action", "id"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
+import time
 from pathlib import Path
 
 import argon2
@@ -15,12 +16,13 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from fastmta import metrics
-from fastmta.access.accounts import Accounts
+from fastmta.access.accounts import Accounts, User
 from fastmta.access.audit import AuditEntry
-from fastmta.access.stores import Access, copy
+from fastmta.access.stores import CONNECT_TIMEOUT, Access, move
 from fastmta.access.tokens import TokenExists
 from fastmta.admin.api.realtime import Feed
 from fastmta.admin.app import create_app
+from fastmta.admin.state import AdminState
 from fastmta.config import load
 from tests.conftest import Server
 
@@ -117,10 +119,19 @@ def test_an_audit_entry_keeps_its_before_after_and_request_fields(access: Access
     assert access.audit.newest(1, 0)[0][0].before is None and created.after == {"username": "erin"}
 
 
+def test_what_the_api_and_the_cli_accept_fits_every_store(access: Access) -> None:
+    """A client's X-Request-Id has up to 128 characters (admin/app.py), a token named by the CLI any number."""
+    long_name = "a token named at length by the command line, as queue.lmdb always kept it"
+    token, text = access.tokens.create(long_name, "viewer")
+    assert access.tokens.verify(text) == token and token.name == long_name
+    stored = access.audit.append(entry(f"token:{long_name}", "token.create", token.id, request_id="r" * 128))
+    assert access.audit.newest(1, 0) == ([stored], 1)
+
+
 # --- a node joining a cluster ----------------------------------------------------------------------
 
 
-def test_copying_a_nodes_own_into_the_shared_store_keeps_passwords_and_tokens_working(
+def test_moving_a_nodes_own_into_the_shared_store_keeps_passwords_and_tokens_working(
     access: Access, tmp_path: Path
 ) -> None:
     env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
@@ -129,28 +140,50 @@ def test_copying_a_nodes_own_into_the_shared_store_keeps_passwords_and_tokens_wo
         accounts = Accounts(local.accounts.rows, CHEAP)
         carol = accounts.add("carol", "carol's password", quota=5)
         accounts.add("dave", "dave's password", admin=True)
+        accounts.add("erin", "erin's password on this node")
         kept, text = local.tokens.create("deploy", "operator")
-        local.tokens.create("taken", "viewer")
+        taken = local.tokens.create("taken", "viewer")[0]
         local.audit.append(entry("cli", "user.create", "carol"))
         access.tokens.create("taken", "admin")  # already in the shared store, under another id
         access.accounts.rows.insert(carol)  # already there too
+        Accounts(access.accounts.rows, CHEAP).add("erin", "erin's password in the cluster")
 
-        copied = copy(local, access)
-        assert (copied.users, copied.tokens, copied.audit, copied.name_taken) == (1, 1, 1, ["taken"])
+        moved = move(local, access)
+        assert (moved.users, moved.tokens, moved.audit) == (1, 1, 1)
+        assert (moved.name_taken, moved.replaced) == (["taken"], ["erin"])
         shared = Accounts(access.accounts.rows, CHEAP)
         assert shared.verify("dave", "dave's password") and shared.verify("carol", "carol's password")
-        assert shared.get("carol") == carol
+        assert shared.get("carol") == carol and shared.verify("erin", "erin's password in the cluster")
         assert access.tokens.verify(text) == kept
         assert access.audit.newest(10, 0) == local.audit.newest(10, 0)
+        assert local.accounts.list() == [] and local.tokens.list() == [taken]  # the token waits for its name
 
-        again = copy(local, access)
-        assert (again.users, again.tokens, again.audit, again.name_taken) == (0, 0, 0, ["taken"])
+        again = move(local, access)
+        assert (again.users, again.tokens, again.audit, again.name_taken, again.replaced) == (0, 0, 0, ["taken"], [])
+    finally:
+        env.close()
+
+
+def test_moving_again_brings_back_no_user_or_token_the_cluster_deleted(access: Access, tmp_path: Path) -> None:
+    """A node's own users and tokens leave it once shared, so a second `fastmta access share` (the README
+    says it adds only what is missing) cannot restore a leaked token revoked, or a user deleted, since."""
+    env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
+    try:
+        local = Access.local(env)
+        Accounts(local.accounts.rows, CHEAP).add("mallory", "mallory's password")
+        token, text = local.tokens.create("leaked", "admin")
+        move(local, access)
+        access.accounts.delete("mallory")
+        access.tokens.revoke(token.id)
+
+        assert (move(local, access).users, move(local, access).tokens) == (0, 0)
+        assert access.accounts.get("mallory") is None and access.tokens.verify(text) is None
     finally:
         env.close()
 
 
 @pytest.mark.parametrize("access", ["postgresql"], indirect=True)
-def test_fastmta_access_share_copies_what_a_node_kept_alone(access: Access, tmp_path: Path) -> None:
+def test_fastmta_access_share_moves_what_a_node_kept_alone(access: Access, tmp_path: Path) -> None:
     """The operator's way into a cluster: users made before [history] url pointed at PostgreSQL work after."""
     assert access.engine is not None
     alone = Server(tmp_path, {})  # only its config and data_dir: the commands need no running server
@@ -160,7 +193,8 @@ def test_fastmta_access_share_copies_what_a_node_kept_alone(access: Access, tmp_
     url = access.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     joined = Server(tmp_path, {"history": {"url": url}})  # the same data_dir, now in the cluster
     shared = joined.cli("access", "share")
-    assert shared.returncode == 0 and shared.stdout.startswith(b"copied 1 users, 0 tokens and 0 audit entries"), shared.stderr
+    assert shared.returncode == 0, shared.stderr
+    assert shared.stdout.startswith(b"moved 1 users and 0 tokens, copied 0 audit entries")
     assert joined.cli("user", "verify", "carol", "--password-stdin", input=b"pw of carol\n").returncode == 0
     assert [user.username for user in access.accounts.list()] == ["carol"]
 
@@ -188,3 +222,72 @@ def test_with_the_shared_database_unreachable_lookups_fail_and_the_api_says_why(
             answer = client.get("/api/v1/delivery", headers={"Authorization": credentials})
             assert answer.status_code == 503, answer.text
             assert answer.json()["error"]["code"] == "DATABASE_UNREACHABLE"
+
+
+@pytest.mark.parametrize("access", ["postgresql"], indirect=True)
+def test_the_shared_store_outlives_a_database_restart_and_its_errors_carry_no_hashes(access: Access, tmp_path: Path) -> None:
+    """A pooled connection that PostgreSQL closed is replaced, not handed to an AUTH to fail it; a failed
+    statement's error, which the logs show, names no password hash."""
+    assert access.engine is not None
+    url = access.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    config = load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": url})
+    env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
+    opened = Access.opened(config, env)
+    try:
+        assert opened.engine is not None
+        accounts = Accounts(opened.accounts.rows, CHEAP)
+        accounts.add("carol", "pw of carol")
+        with opened.engine.connect() as pooled:
+            backend = pooled.scalar(sa.text("SELECT pg_backend_pid()"))
+        with access.engine.connect() as other:  # what a restart of PostgreSQL does to every session
+            assert other.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        assert accounts.verify("carol", "pw of carol")
+
+        secret_hash = CHEAP.hash("another password")
+        with pytest.raises(sa.exc.DataError) as refused:
+            opened.accounts.rows.insert(User("x" * 200, secret_hash))  # longer than the column
+        assert secret_hash not in str(refused.value)
+    finally:
+        opened.close()
+        env.close()
+
+
+@pytest.mark.parametrize("access", ["postgresql"], indirect=True)
+def test_the_admin_process_reads_history_and_the_shared_store_through_one_pool(access: Access, tmp_path: Path) -> None:
+    assert access.engine is not None
+    url = access.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    metrics.directory_for(tmp_path).mkdir(parents=True, exist_ok=True)
+    state = AdminState.open(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": url}))
+    try:
+        assert state.access.engine is not None and state.database() is state.access.engine
+    finally:
+        state.close()
+
+
+def test_a_database_that_drops_packets_fails_a_lookup_within_the_connect_timeout(tmp_path: Path) -> None:
+    """Not after the system's TCP timeout: meanwhile an SMTP worker could check no AUTH at all."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test]')")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # The accept queue full and never read: the kernel drops further SYNs, as a lost host's network would.
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        env = lmdb.open(str(tmp_path / "local.lmdb"), map_size=1 << 24, max_dbs=16)
+        try:
+            url = f"postgresql://fastmta@127.0.0.1:{port}/h"
+            default = Access.opened(load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": url}), env)
+            assert default.engine is not None and default.engine.url.query["connect_timeout"] == str(CONNECT_TIMEOUT)
+            # The url's own wins; 2 is the least libpq takes.
+            config = load(environ={"FASTMTA_SERVER_DATA_DIR": str(tmp_path), "FASTMTA_HISTORY_URL": f"{url}?connect_timeout=2"})
+            started = time.monotonic()
+            with pytest.raises(sa.exc.OperationalError):
+                Access.opened(config, env).accounts.get("carol")
+            assert time.monotonic() - started < 10
+        finally:
+            env.close()
+            for filler in fillers:
+                filler.close()

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 
 from fastmta.config import Config, ConfigError, load
@@ -60,11 +62,23 @@ def test_migrations_create_the_schema_of_schema_py_and_run_twice(sink: HistorySi
     assert Path(tmp_path / "var" / "history.db").is_file() == (sink.engine.dialect.name == "sqlite")
     db.migrate(sink.engine)  # the second upgrade, on a database already at head, changes nothing
     with sink.engine.connect() as connection:
-        assert connection.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
+        assert connection.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0005"
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
         if sink.engine.dialect.name == "sqlite":
             assert connection.scalar(sa.text("PRAGMA journal_mode")) == "wal"
             assert connection.scalar(sa.text("PRAGMA synchronous")) == 2  # FULL
+
+
+def test_the_access_migrations_go_down_and_up_again(sink: HistorySink) -> None:
+    """Down to before users, tokens and audit (0003), and back to head, in the database a cluster shares."""
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(db.MIGRATIONS))
+    with sink.engine.begin() as connection:
+        settings.attributes["connection"] = connection
+        command.downgrade(settings, "0003")
+        assert not {"users", "tokens", "audit"} & set(sa.inspect(connection).get_table_names())
+        command.upgrade(settings, "head")
+        assert compare_metadata(MigrationContext.configure(connection), metadata) == []
 
 
 def test_a_message_received_then_delivered_and_failed(sink: HistorySink) -> None:
