@@ -78,8 +78,11 @@ class Poster:
         if secret:
             sent[SIGNATURE_HEADER] = signature(secret, int(time.time()), body)
         deadline = time.monotonic() + self.timeout
-        connection, reused = self._connection(parts.scheme, parts.hostname or "", parts.port)
+        connection = self._connection(parts.scheme, parts.hostname or "", parts.port)
         try:
+            reused = connection.sock is not None
+            if not reused:
+                self._connect(connection)
             try:
                 return self._exchange(connection, target, body, sent, deadline)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
@@ -105,8 +108,8 @@ class Poster:
                 connection.close()
             self._opened.clear()
 
-    def _connection(self, scheme: str, host: str, port: int | None) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection to the receiver, connected; and whether it was open already."""
+    def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
+        """This thread's connection to the receiver: open from an earlier request, or to be connected."""
         connections: dict[_Receiver, http.client.HTTPConnection] = self._local.__dict__.setdefault("by_receiver", {})
         connection = connections.get((scheme, host, port))
         if connection is None:
@@ -117,10 +120,7 @@ class Poster:
             connections[(scheme, host, port)] = connection
             with self._opened_lock:
                 self._opened.append(connection)
-        if connection.sock is not None:
-            return connection, True
-        self._connect(connection)
-        return connection, False
+        return connection
 
     def _connect(self, connection: http.client.HTTPConnection) -> None:
         connection.connect()  # within connect_timeout, TLS handshake included

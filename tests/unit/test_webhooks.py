@@ -336,3 +336,21 @@ def test_requests_go_several_at_once_and_every_event_arrives(engine: sa.Engine, 
     assert sorted(body["data"]["message_id"] for body in receiver.bodies()) == sorted(m.id for m in msgs)
     assert elapsed < 16 * 0.1 / 2  # one at a time would take 1.6 s; eight at once about 0.2 s
     sink.close()
+
+
+def test_a_receiver_that_refuses_connections_is_retried_then_its_events_dead_lettered(engine: sa.Engine) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+    event = outcome(records.Delivered, message(), "250 ok")
+    sink = webhook(engine, settings(url))
+    with pytest.raises(ReceiverFailing, match="ConnectionRefusedError"):
+        sink.deliver(numbered([event]))
+    sink.close()
+    sink = webhook(engine, settings(url, retry_for=0))
+    sink.deliver(numbered([event]))
+    (letter,) = letters(engine)
+    assert letter.event_id == event.id and "ConnectionRefusedError" in letter.reason
+    sink.close()
