@@ -63,6 +63,8 @@ class SqlUsers(_Rows):
 
 
 class SqlTokens(_Rows):
+    remote = True
+
     def insert(self, token: Token) -> None:
         # The unique name and the primary key decide, so two nodes creating one name at once cannot both win.
         try:

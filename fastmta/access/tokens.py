@@ -47,7 +47,12 @@ def _digest(secret: str) -> str:
 
 
 class TokenRows(Protocol):
-    """Where tokens are kept: LmdbTokens below on one node, access/sql.py's SqlTokens in a cluster."""
+    """Where tokens are kept: LmdbTokens below on one node, access/sql.py's SqlTokens in a cluster.
+
+    `remote` says whether a look-up waits on the network (and so belongs off an event loop).
+    """
+
+    remote: bool
 
     def insert(self, token: Token) -> None:
         """Raises TokenExists, storing nothing, when its name (or id) is taken."""
@@ -66,6 +71,8 @@ class TokenRows(Protocol):
 
 class LmdbTokens:
     """Tokens in the `tokens` database of queue.lmdb: this node's own."""
+
+    remote = False
 
     def __init__(self, env: lmdb.Environment) -> None:
         self._env = env
