@@ -37,13 +37,11 @@ class Cluster:
         assert bin_dir is not None, "PostgreSQL is not installed (apt-get install postgresql)"
         self.bin_dir = bin_dir
         self.as_user: list[str] = []
+        self.directory = directory
         if os.geteuid() == 0:
             self.as_user = ["runuser", "-u", "nobody", "--"]
-            directory.chmod(0o777)  # nobody must reach its cluster's directory under root's temporary one
-            for parent in directory.parents:
-                if parent == Path(parent.anchor) or parent.stat().st_mode & 0o001:
-                    break
-                parent.chmod(parent.stat().st_mode | 0o001)
+            directory.chmod(0o777)
+        self._reachable()
         self.data, self.sockets = directory / "data", directory / "sockets"
         self.sockets.mkdir()
         self.sockets.chmod(0o777)
@@ -51,14 +49,27 @@ class Cluster:
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.process: subprocess.Popen[bytes] | None = None
-        subprocess.run(
+        made = subprocess.run(
             [*self.as_user, str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
              "--no-sync"],
-            check=True, capture_output=True, timeout=120,
+            capture_output=True, timeout=120,
         )  # fmt: skip
+        if made.returncode != 0:
+            raise RuntimeError(f"initdb failed: {made.stderr.decode(errors='replace')}")
+
+    def _reachable(self) -> None:
+        """As root, lets nobody reach the cluster's directory under root's temporary one. Again before each
+        start: a pytest session started meanwhile makes its pytest-of-root private again."""
+        if not self.as_user:
+            return
+        for parent in self.directory.parents:
+            if parent == Path(parent.anchor) or parent.stat().st_mode & 0o001:
+                break
+            parent.chmod(parent.stat().st_mode | 0o001)
 
     def start(self) -> None:
         """Starts the server and returns once it accepts connections."""
+        self._reachable()
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(
                 [*self.as_user, str(self.bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
