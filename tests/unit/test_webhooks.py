@@ -354,3 +354,20 @@ def test_a_receiver_that_refuses_connections_is_retried_then_its_events_dead_let
     (letter,) = letters(engine)
     assert letter.event_id == event.id and "ConnectionRefusedError" in letter.reason
     sink.close()
+
+
+def test_a_proxy_from_the_environment_is_asked_for_the_whole_url(
+    engine: sa.Engine, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.parse import urlsplit
+
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://user:pa%40ss@127.0.0.1:{urlsplit(receiver.url).port}")  # the receiver plays it
+    sink = webhook(engine, settings("http://hooks.example.invalid/hook"))
+    event = outcome(records.Delivered, message(), "250 ok")
+    sink.deliver(numbered([event]))
+    (request,) = receiver.requests
+    assert request.path == "http://hooks.example.invalid/hook" and request.json()["id"] == event.id
+    assert request.headers["proxy-authorization"] == "Basic dXNlcjpwYUBzcw=="  # user:pa@ss
+    sink.close()
