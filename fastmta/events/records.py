@@ -15,6 +15,7 @@ import typing
 
 import msgspec
 
+from fastmta.events.names import EVENT_TYPES
 from fastmta.queue.records import Message, Recipient
 
 
@@ -200,7 +201,7 @@ class Entry:
             head = _HEAD_DECODER.decode(self.raw)
         except msgspec.DecodeError:
             return None
-        return head if head.type in _KNOWN_TAGS else None
+        return head if head.type in EVENT_TYPES else None
 
     def json(self) -> bytes:
         """The event as JSON: the stored bytes themselves, unless an earlier version stored them."""
@@ -212,8 +213,6 @@ class Entry:
     def _is_json(self) -> bool:
         return self.raw[:1] == b"{"
 
-
-_KNOWN_TAGS = frozenset(TAGS.values())
 
 def new_event_id(now: float | None = None) -> str:
     """A UUIDv7 (RFC 9562): 48 bits of milliseconds, the version and variant, 74 random bits.
