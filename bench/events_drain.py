@@ -22,20 +22,23 @@ from targets import BENCH, free_port, wait_for_port
 
 from fastmta.config import EventsConfig, WebhookConfig
 from fastmta.events.outbox import Outbox
-from fastmta.events.records import Received, new_event_id
+from fastmta.events.records import received_entry
 from fastmta.events.runner import EventsRunner
 from fastmta.events.webhooks import WebhookSink
 from fastmta.history import db
 from fastmta.metrics import EventsMetrics
+from fastmta.queue.records import MESSAGE_ENCODER, Message, Recipient
 
 
-def received(number: int, now: float) -> Received:
-    return Received(
-        id=new_event_id(now), at=now, node="n1", message_id=f"{number:021x}", sender="bench@source.example",
-        recipients=[f"user{number}@example.com"], size=1024, client_ip="127.0.0.1", helo="source.example",
-        listener="smtp", header_message_id=f"<{number}@source.example>", header_from="bench@source.example",
-        header_to=f"user{number}@example.com", subject=f"Benchmark message number {number}",
+def received(number: int, now: float) -> bytes:
+    """The outbox entry an SMTP worker writes for a message it queued."""
+    message = Message(
+        id=f"{number:021x}", sender="bench@source.example", recipients=[Recipient(address=f"user{number}@example.com")],
+        received_at=now, size=1024, next_attempt=now, client_ip="127.0.0.1", helo="source.example", listener="smtp",
+        message_id=f"<{number}@source.example>", header_from="bench@source.example", header_to=f"user{number}@example.com",
+        subject=f"Benchmark message number {number}",
     )  # fmt: skip
+    return received_entry(MESSAGE_ENCODER.encode(message), "n1", now)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             now = time.time()
             for start in range(0, args.events, 20):  # as group commits of 20 messages would
                 with env.begin(write=True) as txn:
-                    outbox.append(txn, [received(n, now) for n in range(start, min(start + 20, args.events))])
+                    outbox.append_encoded(txn, [received(n, now) for n in range(start, min(start + 20, args.events))])
             sink.deliver([])  # the dead letters' database is made on the first call: not what is measured
             cpu, wall = time.process_time(), time.perf_counter()
             while runner.step(time.time()):

@@ -16,7 +16,7 @@ import typing
 import msgspec
 
 from fastmta.events.names import EVENT_TYPES
-from fastmta.queue.records import Message, Recipient
+from fastmta.queue.records import MESSAGE_DECODER, Message, Recipient
 
 
 class Event(msgspec.Struct, tag_field="type", kw_only=True):
@@ -163,10 +163,47 @@ class Head(msgspec.Struct, gc=False):
 _HEAD_DECODER = msgspec.json.Decoder(Head)
 
 
+class _StoredReceived(msgspec.Struct, array_like=True, gc=False):
+    """A received event as the SMTP worker stores it: the message's queue record, as the worker encoded it
+    for the queue anyway, with the event's own id, time and node (see received_entry)."""
+
+    id: str
+    at: float
+    node: str
+    record: msgspec.Raw
+
+
+# The first byte of a stored received event: neither JSON ("{") nor an earlier version's MessagePack map.
+_RECEIVED_MARK = b"R"
+_STORED_RECEIVED_ENCODER = msgspec.msgpack.Encoder()
+_STORED_RECEIVED_DECODER = msgspec.msgpack.Decoder(_StoredReceived)
+
+
+def received_entry(record: bytes, node: str, now: float) -> bytes:
+    """The outbox entry of a message's received event, made of its encoded queue record.
+
+    Building the event and encoding it as JSON would cost the SMTP worker three times as much, inside
+    ingress; the events process does it when a sink asks (Entry.event, Entry.json()). The record
+    evolves by its own rules (queue/records.py), which a reader of the entry follows too.
+    """
+    stored = _StoredReceived(new_event_id(now), now, node, msgspec.Raw(record))
+    return _RECEIVED_MARK + _STORED_RECEIVED_ENCODER.encode(stored)
+
+
+def _decoded_event(raw: bytes) -> AnyEvent:
+    mark = raw[:1]
+    if mark == b"{":
+        return EVENT_DECODER.decode(raw)
+    if mark == _RECEIVED_MARK:
+        stored = _STORED_RECEIVED_DECODER.decode(memoryview(raw)[1:])
+        return received(MESSAGE_DECODER.decode(stored.record), stored.node, stored.at, stored.id)
+    return _MSGPACK_DECODER.decode(raw)
+
+
 class Entry:
     """An outbox entry as the sinks get it: its sequence number and stored bytes, and its event, decoded on
-    first use and then shared by every sink. A sink that needs only the head and the JSON (a webhook)
-    never decodes the whole event. An entry that cannot be decoded has no event (None) and no head."""
+    first use. A sink that needs only the head and the JSON (a webhook) never decodes an event stored as
+    JSON. An entry that cannot be decoded has no event (None) and no head."""
 
     __slots__ = ("sequence", "raw", "_event", "_decoded")
 
@@ -185,7 +222,7 @@ class Entry:
         if not self._decoded:
             self._decoded = True
             try:
-                self._event = EVENT_DECODER.decode(self.raw) if self._is_json else _MSGPACK_DECODER.decode(self.raw)
+                self._event = _decoded_event(self.raw)
             except msgspec.DecodeError:
                 self._event = None
         return self._event
@@ -195,6 +232,8 @@ class Entry:
         """The event's type, id and time; None for an entry that cannot be decoded or whose type this
         version does not know (a reader skips those)."""
         if self._decoded or not self._is_json:
+            # A received event stored as its queue record is decoded whole: a head that is there does not
+            # promise a record that decodes, and the JSON a sink asks for next is built of it anyway.
             event = self.event
             return None if event is None else Head(TAGS[type(event)], event.id, event.at)
         try:
@@ -204,7 +243,7 @@ class Entry:
         return head if head.type in EVENT_TYPES else None
 
     def json(self) -> bytes:
-        """The event as JSON: the stored bytes themselves, unless an earlier version stored them."""
+        """The event as JSON: the stored bytes themselves, when they are JSON."""
         if self._is_json:
             return self.raw
         return EVENT_ENCODER.encode(self.event)
@@ -232,9 +271,10 @@ _random = random.Random()
 os.register_at_fork(after_in_child=_random.seed)
 
 
-def received(message: Message, node: str, now: float) -> Received:
+def received(message: Message, node: str, now: float, event_id: str = "") -> Received:
+    """The event of a message entering the queue; `event_id` is the id it was stored under, if it was."""
     return Received(
-        id=new_event_id(now),
+        id=event_id or new_event_id(now),
         at=now,
         node=node,
         message_id=message.id,

@@ -191,14 +191,16 @@ class QueueStore:
     def new_message(self, message: Message, body: bytes, also: Sequence[events.Event] = ()) -> NewMessage:
         """What put_message() writes: the message's record, body, schedule entry and (with events on) its events."""
         schedule = schedule_key(message.next_attempt, message.id) if message.state == ACTIVE else None
-        arrived: list[events.Event] = []
+        record = MESSAGE_ENCODER.encode(message)
+        entries: list[bytes] = []
         if "received" in self.event_types:
-            arrived.append(events.received(message, self.node, time.time()))
+            entries.append(events.received_entry(record, self.node, time.time()))
         if self.events:
+            more: list[events.Event] = list(also)
             if message.state == HELD:
-                arrived.append(events.about_message(events.Held, message.id, self.node))
-            arrived.extend(also)
-        return NewMessage(message.id.encode(), MESSAGE_ENCODER.encode(message), body, schedule, self.outbox.encoded(arrived))
+                more.insert(0, events.about_message(events.Held, message.id, self.node))
+            entries += self.outbox.encoded(more)
+        return NewMessage(message.id.encode(), record, body, schedule, entries)
 
     def put_message(self, txn: lmdb.Transaction, new: NewMessage) -> None:
         """Writes a new message made ready by new_message(), except its events."""

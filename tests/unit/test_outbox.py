@@ -11,8 +11,8 @@ import pytest
 
 from fastmta.events import records as events
 from fastmta.events.outbox import Outbox
-from fastmta.events.records import EVENT_DECODER, EVENT_ENCODER
-from fastmta.queue.records import DEFERRED, HELD, Message, Recipient, new_message_id
+from fastmta.events.records import EVENT_DECODER, EVENT_ENCODER, Entry
+from fastmta.queue.records import DEFERRED, HELD, MESSAGE_ENCODER, Message, Recipient, new_message_id
 from fastmta.queue.schedule import Scheduler, Settlement
 from fastmta.queue.store import QueueStore, StoreFullError
 
@@ -50,6 +50,20 @@ def test_every_kind_of_event_round_trips_through_json() -> None:
         events.AuthFailed(id=events.new_event_id(), at=3.0, node="n1", client_ip="192.0.2.1", username="u"),
     ):
         assert EVENT_DECODER.decode(EVENT_ENCODER.encode(event)) == event
+
+
+def test_a_received_event_is_stored_as_the_queue_record_and_read_as_the_event(store: QueueStore) -> None:
+    arrived = message(("b@example.org", "c@example.org"))
+    store.insert([(arrived, b"body")])
+    (entry,) = store.outbox.read(0, 10)
+    assert entry.raw.endswith(MESSAGE_ENCODER.encode(arrived))  # the worker encoded it once, for the queue
+    head = entry.head
+    assert head is not None and head.type == "received"
+    expected = events.received(arrived, "n1", head.at, head.id)
+    assert entry.event == expected
+    assert EVENT_DECODER.decode(entry.json()) == expected and entry.json() == EVENT_ENCODER.encode(expected)
+    # As an earlier version stored it, as JSON, it reads the same.
+    assert Entry.of(1, expected).event == expected and Entry.of(1, expected).head == head
 
 
 def test_event_ids_are_unique_and_sort_by_time() -> None:
@@ -135,9 +149,12 @@ def test_an_undecodable_entry_is_reported_not_skipped(store: QueueStore) -> None
     with store.env.begin(write=True) as txn:
         txn.put((2).to_bytes(8, "big"), b"{not json", db=entries)
         txn.put((3).to_bytes(8, "big"), b"\xc1not msgpack", db=entries)
+        txn.put((4).to_bytes(8, "big"), b"R\xc1not a record", db=entries)
+        unreadable_record = events.received_entry(b"\xc1not a record", "n1", time.time())
+        txn.put((5).to_bytes(8, "big"), unreadable_record, db=entries)
     found = store.outbox.read(0, 10)
     assert [(entry.sequence, entry.event is None, entry.head is None) for entry in found] == [
-        (1, False, False), (2, True, True), (3, True, True),
+        (1, False, False), (2, True, True), (3, True, True), (4, True, True), (5, True, True),
     ]  # fmt: skip
 
 
