@@ -9,6 +9,7 @@ stay in the timeline only.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from operator import itemgetter
@@ -44,6 +45,8 @@ from fastmta.events.records import (
 from fastmta.history import cleanup, db, dead_letters
 from fastmta.history.schema import DELETED, FAILED, QUEUED, REJECTED, SENT, events, messages, recipients
 
+log = logging.getLogger("fastmta.events")
+
 # How often retention ([history] keep) runs: each run removes about this much time's worth of rows.
 _PRUNE_SECONDS = 3600.0
 # Ids per IN (...) lookup: well under SQLite's limit on bound parameters.
@@ -74,7 +77,10 @@ class HistorySink:
     def deliver(self, batch: Sequence[Entry]) -> None:
         db.ready(self.engine)
         decoded = [(entry, event) for entry in batch if (event := entry.event) is not None]
-        self.undecodable += len(batch) - len(decoded)
+        if len(decoded) < len(batch):
+            self.undecodable += len(batch) - len(decoded)
+            skipped = [entry.sequence for entry in batch if entry.event is None]
+            log.warning("history: outbox entries %s cannot be decoded; skipped", ", ".join(map(str, skipped)))
         fresh_only = bool(batch) and self._committed_through >= 0 and batch[0].sequence > self._committed_through
         try:
             with self.engine.begin() as connection:

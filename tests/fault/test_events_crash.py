@@ -100,11 +100,12 @@ class Tally:
         self.problems: dict[str, list[str]] = {}
         self._history(history_url)
         self._receiver(receiver)
+        self._explain_history_losses()
 
     def _history(self, url: str) -> None:
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         with engine.connect() as connection:
-            events = connection.execute(sa.text("SELECT type, message_id, recipient, data FROM events")).all()
+            events = connection.execute(sa.text("SELECT type, message_id, recipient, data, id, seq FROM events")).all()
             messages = {row.id: row for row in connection.execute(sa.text("SELECT id, status, attempts, deferred FROM messages"))}
             recipients = {
                 (row.message_id, row.address): row
@@ -114,7 +115,8 @@ class Tally:
         per_type: Counter[tuple[str, str]] = Counter()
         deferrals: Counter[tuple[str, str]] = Counter()
         most_attempts: dict[tuple[str, str], int] = {}
-        for kind, message_id, recipient, data in events:
+        self._history_rows = {row.id: row for row in events}
+        for kind, message_id, recipient, data, _, _ in events:
             per_type[kind, message_id] += 1
             if kind in ("delivered", "deferred", "failed", "expired"):
                 attempts = (json.loads(data) if isinstance(data, str) else data)["attempts"]
@@ -147,15 +149,29 @@ class Tally:
         copies: Counter[str] = Counter()
         seen: set[tuple[str, str]] = set()
         taken = [request.json() for request in list(receiver.requests) if request.answer == "ok"]
+        self._received_ids: dict[tuple[str, str], set[str]] = {}
         for event in taken:
             copies[event["id"]] += 1
             seen.add((event["event"], event["data"]["message_id"]))
+            self._received_ids.setdefault((event["event"], event["data"]["message_id"]), set()).add(event["id"])
         self.figures["receiver_events"] = len(copies)
         self.figures["receiver_duplicates"] = sum(n - 1 for n in copies.values())
         self.figures["receiver_requests"] = len(receiver.requests)
         self.problems["receiver lost"] = [
             m for m in sorted(self.acked) if ("message.received", m) not in seen or ("message.sent", m) not in seen
         ]
+
+    def _explain_history_losses(self) -> None:
+        """For each event history lacks: the id the receiver got it under, and what history holds under that id."""
+        explained = []
+        for problem in self.problems["history lost"]:
+            message_id = problem.split()[0]
+            for hook_type in ("message.received", "message.sent"):
+                for event_id in sorted(self._received_ids.get((hook_type, message_id), ())):
+                    row = self._history_rows.get(event_id)
+                    held = f"{row.type} of {row.message_id} seq {row.seq}" if row else "nothing"
+                    explained.append(f"{message_id} {hook_type} {event_id}: history holds {held}")
+        self.figures["history_lost_explained"] = explained
 
     def lost(self) -> int:
         history = {problem.split()[0] for problem in self.problems["history lost"]}
