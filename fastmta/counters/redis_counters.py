@@ -258,8 +258,10 @@ class RedisCounters:
         connection = self._connection
         try:
             connection.send_packed_command([hiredis.pack_command(command) for command in commands])
-            while self._unread:
-                self._read_unread()
+            if self._unread:
+                while self._unread:
+                    self._read_unread()
+                self.answers_waiting()
             return [connection.read_response() for _ in commands]
         except BaseException as error:
             self.abandon(error if isinstance(error, redis.RedisError) else redis.ConnectionError(repr(error)))

@@ -58,6 +58,7 @@ class Admissions:
         self._reading: int | None = None  # the descriptor watched for replies
         self._timer: asyncio.TimerHandle | None = None
         self._delivering = False
+        self._closed = False
         counters.shared.stop_reading = self._stop_reading
         counters.shared.answers_waiting = self._answers_waiting
 
@@ -100,7 +101,7 @@ class Admissions:
 
     def _answers_waiting(self) -> None:
         """Answers were read (or given up on) outside _deliver: delivered in the next turn."""
-        if not self._delivering:
+        if not self._delivering and not self._closed:
             self._delivering = True
             self._loop.call_soon(self._deliver)
 
@@ -129,6 +130,7 @@ class Admissions:
             self._timer = self._loop.call_at(self._loop.time() + max(0.0, due - time.monotonic()), self._overdue)
 
     def close(self) -> None:
+        self._closed = True
         self._stop_reading()
         if self._timer is not None:
             self._timer.cancel()

@@ -91,6 +91,18 @@ def test_admissions_asked_together_are_answered_later_and_counted_in_redis(
         assert not it.counters.degraded
 
 
+def test_an_answer_read_by_a_command_that_waits_is_still_delivered(
+    redis_server: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    with admitting(redis_server, key_prefix, tmp_path) as it:
+        outcomes = ask(it, IP)
+        it.loop.run_until_complete(asyncio.sleep(0))  # written
+        # A session's reservation waits for its reply, reading the admission's first, on the same connection.
+        assert it.counters.take("messages", OTHER_IP, 3200, 3600.0, 100) == 100
+        settle(it)
+        assert outcomes == {0: RESERVED}
+
+
 def test_redis_silent_past_the_timeout_makes_the_waiting_admissions_count_locally(
     redis_server: RedisServer, key_prefix: str, tmp_path: Path
 ) -> None:
