@@ -212,13 +212,14 @@ class FailoverCounters:
         return True
 
     @_locked
-    def answers(self) -> list[tuple[object, Opened | None | lmdb.Error]]:
+    def answers(self, readable: bool = False) -> list[tuple[object, Opened | None | lmdb.Error]]:
         """open_soon's openings answered so far, by token: by Redis, or by state.lmdb when Redis failed meanwhile.
 
-        An lmdb.Error is state.lmdb's failure to count one (the connection goes uncounted).
+        `readable` as for RedisCounters.answers. An lmdb.Error is state.lmdb's failure to count one
+        (the connection goes uncounted).
         """
         answered: list[tuple[object, Opened | None | lmdb.Error]] = []
-        for opening, found in self.shared.answers():
+        for opening, found in self.shared.answers(readable):
             ip, per_minute, reserve = opening.ip, opening.per_minute, opening.reserve
             try:
                 if isinstance(found, redis.exceptions.NoScriptError):  # asked again, telling Redis the scripts

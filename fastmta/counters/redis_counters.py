@@ -195,6 +195,14 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+_ALIVE_MS, _HOLD_MS = _ms(ALIVE_SECONDS), _ms(HOLD_SECONDS)
+
+
+def _packed(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """One buffer, so one send: redis-py sends each item of the list on its own."""
+    return [b"".join([hiredis.pack_command(command) for command in commands])]
+
+
 class RedisCounters:
     """One process's view; `node` names the node, the pid the process within it."""
 
@@ -257,7 +265,7 @@ class RedisCounters:
         """
         connection = self._connection
         try:
-            connection.send_packed_command([hiredis.pack_command(command) for command in commands])
+            connection.send_packed_command(_packed(commands))
             if self._unread:
                 while self._unread:
                     self._read_unread()
@@ -272,7 +280,7 @@ class RedisCounters:
         keys = [*release.hashes, *release.rate_keys]
         counts = [self._held[name] for name in release.hashes]
         return ("EVALSHA", self._release.sha, len(keys), *keys,
-                self.owner, len(release.hashes), _ms(HOLD_SECONDS), *counts, *release.amounts)  # fmt: skip
+                self.owner, len(release.hashes), _HOLD_MS, *counts, *release.amounts)  # fmt: skip
 
     # ----- openings answered later ------------------------------------------------------------
 
@@ -294,7 +302,7 @@ class RedisCounters:
             self._raise(hashes)
             unread.append(_Unread(opening, hashes, None, written_at))
         try:
-            self._connection.send_packed_command([hiredis.pack_command(command) for command in commands])
+            self._connection.send_packed_command(_packed(commands))
         except BaseException as error:
             for entry in unread:
                 self._lower(entry.hashes)
@@ -302,14 +310,21 @@ class RedisCounters:
             raise
         self._unread.extend(unread)
 
-    def answers(self) -> list[tuple[Opening, Opened | None | redis.RedisError]]:
+    def answers(self, readable: bool = False) -> list[tuple[Opening, Opened | None | redis.RedisError]]:
         """The openings answered since the last call, reading the replies that have arrived without waiting for more.
 
-        None is a refusal (connections_per_minute); an error is Redis's failure to answer (the
-        connection is closed then, and no opening is left unanswered), or a script it did not know.
+        `readable`: the event loop says the connection has something to read. With no reply awaited
+        that is the server closing it. None is a refusal (connections_per_minute); an error is
+        Redis's failure to answer (the connection is closed then, and no opening is left
+        unanswered), or a script it did not know.
         """
+        connection = self._connection
         try:
-            while self._unread and self._connection.can_read(timeout=0):
+            if readable and self._unread:
+                self._read_unread()
+            elif readable and connection.can_read(timeout=0):  # raises if closed
+                raise redis.ConnectionError("Redis sent what was not asked for")
+            while self._unread and connection.can_read(timeout=0):
                 self._read_unread()
         except redis.RedisError as error:
             self.abandon(error)
@@ -321,9 +336,9 @@ class RedisCounters:
         return self._unread[0].written_at if self._unread else None
 
     def reading(self) -> int | None:
-        """The descriptor to watch for replies, while some are awaited."""
+        """The descriptor to watch for replies (and for the server closing it), while connected."""
         sock = self._connection._sock  # type: ignore[attr-defined]  # redis-py offers no public accessor
-        return sock.fileno() if sock is not None and self._unread else None
+        return None if sock is None else sock.fileno()
 
     def abandon(self, error: redis.RedisError) -> None:
         """Closes the connection; the openings still unanswered get `error` as their answer, their counts lowered again."""
@@ -448,7 +463,7 @@ class RedisCounters:
             reserve_args += [wanted.limit, wanted.want, repr(wanted_overlap), ttl]
         keys = [self._alive_key, *rate_keys, *hashes, *reserve_keys]
         return ("EVALSHA", self._hold.sha, len(keys), *keys,
-                self.owner, f"{self._prefix}alive:", _ms(ALIVE_SECONDS), _ms(HOLD_SECONDS), rate_limit, repr(overlap),
+                self.owner, f"{self._prefix}alive:", _ALIVE_MS, _HOLD_MS, rate_limit, repr(overlap),
                 rate_ttl, limit, len(hashes), *counts, *reserve_args)  # fmt: skip
 
     def _letting_go(self, hashes: Sequence[str], give_back: Iterable[Unused], now: float | None, later: bool = False) -> None:

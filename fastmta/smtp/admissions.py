@@ -84,14 +84,14 @@ class Admissions:
         self._watch()
 
     def _watch(self) -> None:
-        """Reads replies when they come, and gives up on them after the timeout."""
+        """Reads replies when they come (the connection stays watched while open), and gives up on them after the timeout."""
         reading = self._counters.shared.reading()
         if reading != self._reading:
             self._stop_reading()
             if reading is not None:
-                self._loop.add_reader(reading, self._deliver)
+                self._loop.add_reader(reading, self._deliver, True)
                 self._reading = reading
-        if self._timer is None and reading is not None:
+        if self._timer is None and self._unanswered:
             self._timer = self._loop.call_at(self._loop.time() + self._timeout, self._overdue)
 
     def _stop_reading(self) -> None:
@@ -105,9 +105,9 @@ class Admissions:
             self._delivering = True
             self._loop.call_soon(self._deliver)
 
-    def _deliver(self) -> None:
+    def _deliver(self, readable: bool = False) -> None:
         self._delivering = False
-        for token, opened in self._counters.answers():
+        for token, opened in self._counters.answers(readable):
             admission, answer = cast(_Asked, token)
             self._answer(answer, self._outcome(admission, opened))
         self._watch()
