@@ -34,6 +34,7 @@ RESERVED = {("messages", IP): 100, ("recipients", IP): 100}  # a chunk is 1/32 o
 class Admitting(NamedTuple):
     loop: asyncio.AbstractEventLoop
     counters: FailoverCounters
+    limits: ClientLimits
     admissions: Admissions
 
 
@@ -44,9 +45,10 @@ def admitting(server: RedisServer, prefix: str, state: Path, timeout: float = 1.
     counters = FailoverCounters(
         RedisCounters(client(server.url, timeout), prefix, "node"), RateLimiter(state / "state.lmdb"), "smtp-0"
     )
-    admissions = Admissions(ClientLimits(counters, LIMITS, 100, 2), counters, loop, timeout)
+    limits = ClientLimits(counters, LIMITS, 100, 2)
+    admissions = Admissions(limits, counters, loop, timeout)
     try:
-        yield Admitting(loop, counters, admissions)
+        yield Admitting(loop, counters, limits, admissions)
     finally:
         admissions.close()
         counters.close()
@@ -100,6 +102,25 @@ def test_an_answer_read_by_a_command_that_waits_is_still_delivered(
         assert it.counters.take("messages", OTHER_IP, 3200, 3600.0, 100) == 100
         settle(it)
         assert outcomes == {0: RESERVED}
+
+
+def test_scripts_redis_forgot_are_told_again_and_nothing_is_lost(
+    redis_server: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    with admitting(redis_server, key_prefix, tmp_path) as it:
+        first = ask(it, IP)
+        settle(it)
+        assert first == {0: RESERVED}
+        it.limits.release(IP, RESERVED)  # waits for the next write
+        with redis.Redis.from_url(redis_server.url) as connection:
+            connection.script_flush()
+        assert ask(it, IP) == {}
+        settle(it)  # the write failed NOSCRIPT: the opening is asked again, telling Redis the scripts
+        it.counters.sweep()  # the release, refused with it, goes again
+        assert not it.counters.degraded
+        other = RedisCounters(client(redis_server.url, 1.0), key_prefix, "other")
+        assert other.connection_opened(IP) == Opened(2, 1)  # the second open, the first given back
+        other.close()
 
 
 def test_redis_silent_past_the_timeout_makes_the_waiting_admissions_count_locally(
