@@ -77,7 +77,13 @@ class Admissions:
     def _flush(self) -> None:
         asked, self._asked = self._asked, []
         openings = [Opening(item, item.admission.ip, item.admission.per_minute, item.admission.reserve) for item in asked]
-        if not self._counters.open_soon(openings):
+        try:
+            written = self._counters.open_soon(openings)
+        except lmdb.Error as error:  # going local, the open connections could not be moved to state.lmdb
+            for _, answer in asked:
+                self._answer(answer, error)
+            return
+        if not written:
             for admission, answer in asked:  # Redis unreachable: counted at once, in state.lmdb
                 self._answer(answer, counted(functools.partial(self._limits.admit, admission.ip, admission.exempt)))
             return
