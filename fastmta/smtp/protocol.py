@@ -96,7 +96,7 @@ class SmtpProtocol(asyncio.Protocol):
             self._apply(self.session.shutdown(now))
 
     def _apply(self, step: Step) -> None:
-        # Admission (but in a cluster) and reservations are answered at once, so they loop here rather than recurse.
+        # Reservations, and admissions outside a cluster, are answered at once, so they loop here rather than recurse.
         while True:
             out, action = step
             session = self.session
