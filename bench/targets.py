@@ -295,14 +295,11 @@ def wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"redis-server did not answer on 127.0.0.1:{port}")
 
 
-class FastMTABaseline(FastMTA):
+class BaselineBuild(FastMTA):
     """Another build of fastmta (an earlier commit, say) beside this one, so a change is measured in one run.
 
     BASELINE_FASTMTA names its `fastmta` command, e.g. a venv made from `git worktree add /tmp/base <commit>`.
     """
-
-    name = "fastmta-baseline"
-    durability = "fsync before 250 (baseline build)"
 
     def executable(self) -> str | None:
         command = os.environ.get("BASELINE_FASTMTA", "")
@@ -310,6 +307,21 @@ class FastMTABaseline(FastMTA):
 
     def missing(self) -> str | None:
         return None if self.executable() else "set BASELINE_FASTMTA to the fastmta command of the build to compare with"
+
+
+class FastMTABaseline(BaselineBuild):
+    name = "fastmta-baseline"
+    durability = "fsync before 250 (baseline build)"
+
+
+class FastMTABaselineInCluster(BaselineBuild, FastMTAInCluster):
+    """fastmta-cluster on the baseline build: beside fastmta-cluster, what a change to cluster mode did."""
+
+    name = "fastmta-baseline-cluster"
+    durability = "fsync before 250; limits in Redis (baseline build)"
+
+    def missing(self) -> str | None:
+        return BaselineBuild.missing(self) or FastMTAInCluster.missing(self)
 
 
 class Postfix(Target):
@@ -365,7 +377,7 @@ class SmtpSink(Target):
 TARGETS: dict[str, Target] = {
     t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTAWithHistory(),
                            FastMTAWithDkim(), FastMTAWithEd25519(), FastMTAWithWebhooks(), FastMTABaseline(),
-                           FastMTAWithLimits(), FastMTAInCluster())
+                           FastMTAWithLimits(), FastMTAInCluster(), FastMTABaselineInCluster())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")

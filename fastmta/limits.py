@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from fastmta.config import Config, LimitsConfig
-from fastmta.counters.interface import Counters, Unused, Wanted
+from fastmta.counters.interface import Counters, Opened, Unused, Wanted
 from fastmta.networks import Networks
 
 DAY = 86400.0
@@ -39,6 +39,15 @@ SPENDABLE = {
 }
 # Reserved as a connection is admitted: nearly every connection that is let in sends mail.
 AT_ADMISSION = ("messages", "recipients")
+
+
+class Admission(NamedTuple):
+    """A connection to count (ClientLimits.admission): what Counters.connection_opened is asked for it."""
+
+    ip: str
+    exempt: bool
+    per_minute: int  # connections_per_minute, 0 when exempt
+    reserve: list[Wanted]
 
 
 class LimitExceeded(Exception):
@@ -94,17 +103,27 @@ class ClientLimits:
     def admit(self, ip: str, exempt: bool) -> dict[tuple[str, str], int]:
         """Counts a new connection and reserves its first chunks (AT_ADMISSION), in one write; what
         was reserved, by (kind, key). Raises LimitExceeded (and counts nothing) instead."""
+        admission = self.admission(ip, exempt)
+        return self.admitted(admission, self._limiter.connection_opened(ip, admission.per_minute, reserve=admission.reserve))
+
+    def admission(self, ip: str, exempt: bool) -> Admission:
+        """What counting a new connection from `ip` asks of the counters; admit() in two halves, for
+        counters that answer later (fastmta.smtp.admissions)."""
         limited = [] if exempt else [kind for kind in AT_ADMISSION if self.per_client[kind] > 0]
         reserve = [self._wanted(kind, ip, self.per_client[kind]) for kind in limited]
-        opened = self._limiter.connection_opened(ip, 0 if exempt else self._limits.connections_per_minute, reserve=reserve)
+        return Admission(ip, exempt, 0 if exempt else self._limits.connections_per_minute, reserve)
+
+    def admitted(self, admission: Admission, opened: Opened | None) -> dict[tuple[str, str], int]:
+        """The counters' answer to an admission: what was reserved, by (kind, key); or LimitExceeded, nothing kept counted."""
         if opened is None:
             raise self._refusal("connections_per_minute")
+        ip, reserve = admission.ip, admission.reserve
         reserved = {(wanted.kind, wanted.key): granted for wanted, granted in zip(reserve, opened.reserved, strict=True)}
         if opened.total > self._max_connections:
             self.release(ip, reserved)
             # The server's own limit, not a client's: no smtp_ratelimit_hits_total.
             raise LimitExceeded("max_connections")
-        if not exempt and opened.from_ip > self._max_per_ip:
+        if not admission.exempt and opened.from_ip > self._max_per_ip:
             self.release(ip, reserved)
             raise self._refusal("max_connections_per_ip")
         return reserved

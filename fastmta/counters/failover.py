@@ -16,6 +16,9 @@ What moves at each switch, so that nothing is counted twice or forgotten:
   (those still counting) when it returns, so the cluster's windows include it.
 - Holds on destinations: granted without counting while Redis is unreachable (each runner's own
   max_connections still applies); the ones let go meanwhile are written when Redis returns.
+- Openings written without waiting (open_soon): going local abandons those still unanswered
+  (their counts lowered first, so that they do not move), and answers() counts them in
+  state.lmdb instead.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import lmdb
 import redis
 
 from fastmta.counters.interface import Opened, Unused, Wanted
-from fastmta.counters.redis_counters import RedisCounters
+from fastmta.counters.redis_counters import Opening, RedisCounters
 from fastmta.ratelimit import RateLimiter
 
 log = logging.getLogger("fastmta.cluster")
@@ -112,6 +115,7 @@ class FailoverCounters:
 
     def _failed(self, error: redis.RedisError) -> None:
         self._retry_at = time.monotonic() + RETRY_SECONDS
+        self.shared.abandon(error)
         if self.degraded:
             return
         self.degraded = True
@@ -179,6 +183,9 @@ class FailoverCounters:
         found = self._ask(lambda: self.shared.connection_opened(ip, per_minute, now, reserve))
         if not isinstance(found, _Unreachable):
             return found
+        return self._opened_locally(ip, per_minute, now, reserve)
+
+    def _opened_locally(self, ip: str, per_minute: int, now: float | None, reserve: Sequence[Wanted]) -> Opened | None:
         opened = self.local.connection_opened(ip, per_minute, now, reserve)
         if opened is not None:
             self._local_open[ip] += 1
@@ -187,6 +194,56 @@ class FailoverCounters:
             for wanted, granted in zip(reserve, opened.reserved, strict=True):
                 self._counted_alone(wanted.kind, wanted.key, wanted.window, now, granted)
         return opened
+
+    @_locked
+    def open_soon(self, openings: Sequence[Opening]) -> bool:
+        """Writes the openings to Redis without waiting for the answers, which answers() gives.
+
+        False when they were not written because Redis is unreachable: connection_opened() then
+        answers each at once, from state.lmdb.
+        """
+        if not self._shared_usable():
+            return False
+        try:
+            self.shared.open_soon(openings)
+        except redis.RedisError as error:
+            self._failed(error)
+            return False
+        return True
+
+    @_locked
+    def answers(self, readable: bool = False) -> list[tuple[object, Opened | None | lmdb.Error]]:
+        """open_soon's openings answered so far, by token: by Redis, or by state.lmdb when Redis failed meanwhile.
+
+        `readable` as for RedisCounters.answers. An lmdb.Error is state.lmdb's failure to count one
+        (the connection goes uncounted).
+        """
+        answered: list[tuple[object, Opened | None | lmdb.Error]] = []
+        for opening, found in self.shared.answers(readable):
+            ip, per_minute, reserve = opening.ip, opening.per_minute, opening.reserve
+            try:
+                if isinstance(found, redis.exceptions.NoScriptError):  # asked again, telling Redis the scripts
+                    answered.append((opening.token, self.connection_opened(ip, per_minute, reserve=reserve)))
+                elif isinstance(found, redis.RedisError):
+                    self._failed(found)
+                    answered.append((opening.token, self._opened_locally(ip, per_minute, None, reserve)))
+                else:
+                    answered.append((opening.token, found))
+            except lmdb.Error as error:
+                answered.append((opening.token, error))
+        return answered
+
+    @_locked
+    def overdue(self, timeout: float) -> float | None:
+        """Gives up on Redis (as a command that timed out would) if an opening has waited `timeout` for its
+        answer; when to ask again (time.monotonic()), or None if no opening waits."""
+        since = self.shared.unanswered_since()
+        if since is None:
+            return None
+        if time.monotonic() < since + timeout:
+            return since + timeout
+        self._failed(redis.TimeoutError(f"no answer from Redis within {timeout} s"))
+        return None
 
     @_locked
     def connection_closed(self, ip: str, give_back: Iterable[Unused] = (), now: float | None = None) -> None:

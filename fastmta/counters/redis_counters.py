@@ -4,11 +4,13 @@ Every update is one Lua script (EVALSHA), so it is atomic and costs one round tr
 an expiry. Rates use the same sliding-window counter as state.lmdb: two string keys per kind, key
 and window, expiring when they stop counting.
 
-An SMTP connection costs one round trip of its own: its opening, which also takes its first
-reservations of messages and recipients. Its close needs no answer: it waits for the process's
-next script (the next connection's opening, usually) and goes in the same write, or for the
-once-a-second sweep. Meanwhile the limits count it as still open, and what it gives back as still
-taken: stricter for up to a second, never more lenient.
+An SMTP connection costs one script of its own: its opening, which also takes its first
+reservations of messages and recipients. An SMTP worker need not wait for it (open_soon): the
+openings asked within one turn of its event loop go in one write and their answers are read as
+they arrive (answers()), in order, on the same connection as every other command of the counting
+path. A close needs no answer: it waits for the process's next write (the next openings, usually),
+or for the once-a-second sweep. Meanwhile the limits count it as still open, and what it gives back
+as still taken: stricter for up to a second, never more lenient.
 
 What is held open (SMTP connections per IP and per node, connections to a destination) is kept per
 owner, "<node>:<pid>", as a field of one hash per thing counted. The owner keeps the truth in its
@@ -26,9 +28,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import hiredis
 import redis
@@ -154,6 +156,36 @@ def client(url: str, timeout: float) -> redis.Redis:
     )
 
 
+class Opening(NamedTuple):
+    """A connection_opened() written without waiting for its answer (open_soon); `token` tells the asker which it is."""
+
+    token: object
+    ip: str
+    per_minute: int = 0
+    reserve: Sequence[Wanted] = ()
+
+
+class _Release(NamedTuple):
+    """A release not sent yet: the hashes whose counts it writes (as they are when sent), and what goes back to which window."""
+
+    hashes: Sequence[str]
+    rate_keys: Sequence[str] = ()
+    amounts: Sequence[int] = ()
+
+
+class _Unread(NamedTuple):
+    """A command written whose reply is still to be read: an opening (its counts were raised as it was written), or a release."""
+
+    opening: Opening | None
+    hashes: Sequence[str]
+    release: _Release | None
+    written_at: float  # time.monotonic()
+
+
+def _nothing() -> None:
+    """Nobody to tell."""
+
+
 def _bytes(value: bytes | str) -> bytes:
     """redis-py types replies as bytes or str, by a client option; this client never decodes."""
     return value if isinstance(value, bytes) else value.encode()
@@ -161,6 +193,14 @@ def _bytes(value: bytes | str) -> bytes:
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+_ALIVE_MS, _HOLD_MS = _ms(ALIVE_SECONDS), _ms(HOLD_SECONDS)
+
+
+def _packed(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """One buffer, so one send: redis-py sends each item of the list on its own."""
+    return [b"".join([hiredis.pack_command(command) for command in commands])]
 
 
 class RedisCounters:
@@ -182,8 +222,16 @@ class RedisCounters:
         # field in since it last told Redis everything, so a republish can remove what no longer holds.
         self._held: Counter[str] = Counter()
         self._touched: set[str] = set()
-        # Releases not sent yet (keys, arguments of _RELEASE): they go before the next script.
-        self._pending: list[tuple[list[str], list[Any]]] = []
+        # Releases not sent yet: they go before the next command.
+        self._pending: list[_Release] = []
+        # Commands written by open_soon whose replies are not read yet, in the order written; and
+        # the openings answered and not yet collected by answers().
+        self._unread: deque[_Unread] = deque()
+        self._answered: list[tuple[Opening, Opened | None | redis.RedisError]] = []
+        # Set by whoever reads answers on an event loop (fastmta.smtp.admissions): told before the
+        # connection closes, and when answers wait that no reply of its own will announce.
+        self.stop_reading: Callable[[], None] = _nothing
+        self.answers_waiting: Callable[[], None] = _nothing
 
     def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """The script's answer; releases waiting to be sent go first, in the same round trip."""
@@ -197,7 +245,7 @@ class RedisCounters:
         other commands are ones that can run twice.
         """
         pending, self._pending = self._pending, []
-        batch = [("EVALSHA", self._release.sha, len(keys), *keys, *args) for keys, args in pending] + list(commands)
+        batch = [self._release_command(release) for release in pending] + list(commands)
         try:
             return self._send(batch)[len(pending):]
         except redis.exceptions.NoScriptError:
@@ -211,16 +259,134 @@ class RedisCounters:
         The counting path skips redis-py's command methods and pipelines: their retry wrapper,
         pool checkout (a poll of the socket), reply callbacks and argument checks cost 150-200 µs
         of CPU per round trip on the reference machine, this about 50 with hiredis packing the
-        commands (docs/scaling.md, "Measured"). A failure leaves the connection closed, with no reply
-        half-read; the next command connects again.
+        commands (docs/scaling.md, "Measured"). Replies to openings written earlier (open_soon) come
+        first: they are read and kept for answers(). A failure leaves the connection closed, with no
+        reply half-read; the next command connects again.
         """
         connection = self._connection
         try:
-            connection.send_packed_command([hiredis.pack_command(command) for command in commands])
+            connection.send_packed_command(_packed(commands))
+            if self._unread:
+                while self._unread:
+                    self._read_unread()
+                self.answers_waiting()
             return [connection.read_response() for _ in commands]
-        except BaseException:
-            connection.disconnect()
+        except BaseException as error:
+            self.abandon(error if isinstance(error, redis.RedisError) else redis.ConnectionError(repr(error)))
             raise
+
+    def _release_command(self, release: _Release) -> tuple[Any, ...]:
+        """The counts are this owner's when the command is written: the last write to a hash always tells the truth."""
+        keys = [*release.hashes, *release.rate_keys]
+        counts = [self._held[name] for name in release.hashes]
+        return ("EVALSHA", self._release.sha, len(keys), *keys,
+                self.owner, len(release.hashes), _HOLD_MS, *counts, *release.amounts)  # fmt: skip
+
+    # ----- openings answered later ------------------------------------------------------------
+
+    def open_soon(self, openings: Sequence[Opening], now: float | None = None) -> None:
+        """Writes the openings, after the releases waiting, without reading the replies: answers() gives them.
+
+        An opening's counts are raised as it is written, so that whatever is written after it counts
+        it; they are lowered again if Redis refuses it or cannot answer.
+        """
+        at = time.time() if now is None else now
+        written_at = time.monotonic()
+        pending, self._pending = self._pending, []
+        commands = [self._release_command(release) for release in pending]
+        unread = [_Unread(None, (), release, written_at) for release in pending]
+        for opening in openings:
+            hashes = self._connection_hashes(opening.ip)
+            rate = ("connections", opening.ip, opening.per_minute, 60.0) if opening.per_minute > 0 else None
+            commands.append(self._hold_command(hashes, 0, rate, at, opening.reserve))
+            self._raise(hashes)
+            unread.append(_Unread(opening, hashes, None, written_at))
+        try:
+            self._connection.send_packed_command(_packed(commands))
+        except BaseException as error:
+            for entry in unread:
+                self._lower(entry.hashes)
+            self.abandon(error if isinstance(error, redis.RedisError) else redis.ConnectionError(repr(error)))
+            raise
+        self._unread.extend(unread)
+
+    def answers(self, readable: bool = False) -> list[tuple[Opening, Opened | None | redis.RedisError]]:
+        """The openings answered since the last call, reading the replies that have arrived without waiting for more.
+
+        `readable`: the event loop says the connection has something to read. With no reply awaited
+        that is the server closing it. None is a refusal (connections_per_minute); an error is
+        Redis's failure to answer (the connection is closed then, and no opening is left
+        unanswered), or a script it did not know.
+        """
+        connection = self._connection
+        try:
+            if readable and self._unread:
+                self._read_unread()
+            elif readable and connection.can_read(timeout=0):  # raises if closed
+                raise redis.ConnectionError("Redis sent what was not asked for")
+            while self._unread and connection.can_read(timeout=0):
+                self._read_unread()
+        except redis.RedisError as error:
+            self.abandon(error)
+        answered, self._answered = self._answered, []
+        return answered
+
+    def unanswered_since(self) -> float | None:
+        """When (time.monotonic()) the oldest opening still without an answer was written."""
+        return self._unread[0].written_at if self._unread else None
+
+    def reading(self) -> int | None:
+        """The descriptor to watch for replies (and for the server closing it), while connected."""
+        sock = self._connection._sock  # type: ignore[attr-defined]  # redis-py offers no public accessor
+        return None if sock is None else sock.fileno()
+
+    def abandon(self, error: redis.RedisError) -> None:
+        """Closes the connection; the openings still unanswered get `error` as their answer, their counts lowered again."""
+        self.stop_reading()
+        self._connection.disconnect()
+        for entry in self._unread:
+            self._lower(entry.hashes)
+            if entry.opening is not None:
+                self._answered.append((entry.opening, error))
+        self._unread.clear()
+        if self._answered:
+            self.answers_waiting()
+
+    def _read_unread(self) -> None:
+        entry = self._unread[0]
+        try:
+            reply: Any = self._connection.read_response()
+        except redis.ResponseError as error:  # an error reply; the connection is fine
+            reply = error
+        self._unread.popleft()
+        if entry.opening is not None:
+            self._answered.append((entry.opening, self._opened(entry.hashes, reply)))
+        elif isinstance(reply, redis.exceptions.NoScriptError) and entry.release is not None:
+            self._pending.append(entry.release)  # sent again with the next command, which tells Redis the scripts
+
+    def _opened(self, hashes: Sequence[str], reply: Any) -> Opened | None | redis.RedisError:
+        if isinstance(reply, redis.RedisError):
+            self._lower(hashes)
+            return reply
+        sums = [int(value) for value in reply]
+        if sums[0] < 0:
+            self._lower(hashes)
+            # What was written after it counted it: written again, right, with the next command.
+            self._pending.append(_Release(hashes))
+            return None
+        return Opened(sums[0], sums[1], tuple(sums[2:]))
+
+    def _raise(self, hashes: Sequence[str]) -> None:
+        for name in hashes:
+            self._held[name] += 1
+            self._touched.add(name)
+
+    def _lower(self, hashes: Sequence[str]) -> None:
+        for name in hashes:
+            self._held[name] -= 1
+            if self._held[name] <= 0:
+                del self._held[name]
+
 
     # ----- rates ------------------------------------------------------------------------------
 
@@ -268,7 +434,21 @@ class RedisCounters:
         now: float | None,
         reserve: Sequence[Wanted] = (),
     ) -> list[int]:
-        at = time.time() if now is None else now
+        command = self._hold_command(hashes, limit, rate, time.time() if now is None else now, reserve)
+        sums = [int(value) for value in self._with_pending(command)[-1]]
+        if sums[0] >= 0:
+            self._raise(hashes)
+        return sums
+
+    def _hold_command(
+        self,
+        hashes: Sequence[str],
+        limit: int,
+        rate: tuple[str, str, int, float] | None,
+        at: float,
+        reserve: Sequence[Wanted],
+    ) -> tuple[Any, ...]:
+        """_HOLD for one more held of each hash by this owner."""
         counts = [self._held[name] + 1 for name in hashes]
         if rate is None:
             rate_keys, overlap, rate_ttl, rate_limit = ["", ""], 0.0, 1, 0
@@ -281,37 +461,24 @@ class RedisCounters:
             keys, wanted_overlap, ttl = self._rate_keys(wanted.kind, wanted.key, wanted.window, at)
             reserve_keys += keys
             reserve_args += [wanted.limit, wanted.want, repr(wanted_overlap), ttl]
-        answer = self._run(
-            self._hold,
-            [self._alive_key, *rate_keys, *hashes, *reserve_keys],
-            [self.owner, f"{self._prefix}alive:", _ms(ALIVE_SECONDS), _ms(HOLD_SECONDS), rate_limit, repr(overlap),
-             rate_ttl, limit, len(hashes), *counts, *reserve_args],
-        )  # fmt: skip
-        sums = [int(value) for value in answer]
-        if sums[0] >= 0:
-            for name in hashes:
-                self._held[name] += 1
-                self._touched.add(name)
-        return sums
+        keys = [self._alive_key, *rate_keys, *hashes, *reserve_keys]
+        return ("EVALSHA", self._hold.sha, len(keys), *keys,
+                self.owner, f"{self._prefix}alive:", _ALIVE_MS, _HOLD_MS, rate_limit, repr(overlap),
+                rate_ttl, limit, len(hashes), *counts, *reserve_args)  # fmt: skip
 
     def _letting_go(self, hashes: Sequence[str], give_back: Iterable[Unused], now: float | None, later: bool = False) -> None:
-        """Written now, or with the next script when `later`."""
-        for name in hashes:
-            self._held[name] = max(0, self._held[name] - 1)
+        """Written now, or with the next command when `later`."""
+        self._lower(hashes)
         rate_keys, amounts = [], []
         for kind, key, window, amount in give_back:
             keys, _, _ = self._rate_keys(kind, key, window, time.time() if now is None else now)
             rate_keys.append(keys[0])
             amounts.append(amount)
-        counts = [self._held[name] for name in hashes]
-        release = ([*hashes, *rate_keys], [self.owner, len(hashes), _ms(HOLD_SECONDS), *counts, *amounts])
+        release = _Release(hashes, rate_keys, amounts)
         if later:
             self._pending.append(release)
         else:
-            self._run(self._release, *release)
-        for name in hashes:
-            if not self._held[name]:
-                del self._held[name]
+            self._with_pending(self._release_command(release))
 
     def _connection_hashes(self, ip: str) -> list[str]:
         return [f"{self._prefix}conn:{ip}", f"{self._prefix}conn-total:{self._node}"]
@@ -439,5 +606,6 @@ class RedisCounters:
             self._with_pending(("DEL", self._alive_key))
         except redis.RedisError:
             pass  # they stop counting when the key expires
+        self.stop_reading()
         self._connection.disconnect()
         self._redis.close()

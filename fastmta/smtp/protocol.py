@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, cast
@@ -16,6 +17,7 @@ from fastmta.queue.records import Message, new_message_id
 from fastmta.queue.store import EtrnRequest, StoreFullError
 from fastmta.scan.scanner import Outcome, detections
 from fastmta.scan.verdict import TEMPFAIL, Verdict
+from fastmta.smtp.admissions import AdmissionOutcome, counted
 from fastmta.smtp.envelope import queue_record
 from fastmta.smtp.session import MAINTENANCE, Admit, Close, Commit, RecordEtrn, Reserve, Scan, Session, StartTls, Step, VerifyAuth
 from fastmta.smtp.tls import describe
@@ -94,7 +96,7 @@ class SmtpProtocol(asyncio.Protocol):
             self._apply(self.session.shutdown(now))
 
     def _apply(self, step: Step) -> None:
-        # Admission and reservations are answered at once, so they loop here rather than recurse.
+        # Reservations, and admissions outside a cluster, are answered at once, so they loop here rather than recurse.
         while True:
             out, action = step
             session = self.session
@@ -107,7 +109,10 @@ class SmtpProtocol(asyncio.Protocol):
             if out:
                 transport.write(out)
             if isinstance(action, Admit):
-                step = self._admit(session, action)
+                admitted = self._admit(session, action)
+                if admitted is None:
+                    return  # answered later, by _admission_answered
+                step = admitted
             elif isinstance(action, Reserve):
                 step = session.reserved(self._reserve(action))
             else:
@@ -157,23 +162,38 @@ class SmtpProtocol(asyncio.Protocol):
         transport.write_eof()
         self._linger = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.abort)
 
-    def _admit(self, session: Session, request: Admit) -> Step:
+    def _admit(self, session: Session, request: Admit) -> Step | None:
+        """The session's next step, or None when the answer comes later (limits counted in Redis)."""
         limits = self._worker.limits
         exempt = request.known and limits.exempt(request.ip)
         if self._worker.in_maintenance:
             self._worker.metrics.rejected[MAINTENANCE] += 1
             return session.admitted(MAINTENANCE, exempt)
-        try:
-            return session.admitted("", exempt, limits.admit(request.ip, exempt))
-        except LimitExceeded as refusal:
-            self._worker.metrics.rejected[refusal.limit] += 1
-            return session.admitted(refusal.limit, exempt)
-        except lmdb.Error as exc:
+        admissions = self._worker.admissions
+        if admissions is None:
+            return self._admission(session, exempt, counted(functools.partial(limits.admit, request.ip, exempt)))
+        admissions.ask(request.ip, exempt, functools.partial(self._admission_answered, request.ip, exempt))
+        return None
+
+    def _admission_answered(self, ip: str, exempt: bool, outcome: AdmissionOutcome) -> None:
+        session = self.session
+        if session is None or session.closed or self._transport is None:
+            if not isinstance(outcome, Exception):  # gone while it waited: what was counted goes back
+                self._worker.release(ip, outcome)
+            return
+        self._apply(self._admission(session, exempt, outcome))
+
+    def _admission(self, session: Session, exempt: bool, outcome: AdmissionOutcome) -> Step:
+        if isinstance(outcome, LimitExceeded):
+            self._worker.metrics.rejected[outcome.limit] += 1
+            return session.admitted(outcome.limit, exempt)
+        if isinstance(outcome, lmdb.Error):
             # state.lmdb holds no mail: a client is not turned away (or left without a greeting)
             # because it cannot be counted, on a full disk say; the commit decides about its mail.
-            self._worker.state_failed(exc)
+            self._worker.state_failed(outcome)
             self._counted = False
-        return session.admitted("", exempt)
+            return session.admitted("", exempt)
+        return session.admitted("", exempt, outcome)
 
     def _reserve(self, request: Reserve) -> int:
         try:

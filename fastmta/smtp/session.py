@@ -332,11 +332,14 @@ class Session:
             self._close_with(_NOT_ADMITTED[refused_by])
             return self._flush()
         self._admitted = True
+        self._held.update(reserved or {})
+        if self._draining:  # the server began to stop while the admission was being counted
+            self._close_with(R.SHUTTING_DOWN)
+            return self._flush()
         if not exempt:
             for kind, limit in self.settings.per_client_limits.items():
                 if limit > 0:
                     self._limits[kind] = (self.client_ip, limit)
-        self._held.update(reserved or {})
         self._out.append(f"220 {self.settings.hostname} ESMTP fastmta\r\n".encode())
         return self._run()
 

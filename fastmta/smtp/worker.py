@@ -28,6 +28,7 @@ from fastmta.queue.records import Message
 from fastmta.queue.store import QueueStore, StoreFullError
 from fastmta.queue.wakeup import Poker
 from fastmta.scan.scanner import Scanner
+from fastmta.smtp.admissions import Admissions
 from fastmta.smtp.protocol import SmtpProtocol
 from fastmta.smtp.session import SMTPS, Settings
 from fastmta.smtp.tls import server_context
@@ -71,6 +72,12 @@ class Worker:
         )
         self.in_maintenance = self._maintenance.enabled()
         self.limits = ClientLimits.configured(self.limiter, config, refused=self.metrics.limit_hit)
+        # In a cluster a new connection's admission is answered when Redis replies, without blocking the loop.
+        self.admissions = (
+            Admissions(self.limits, self.limiter, loop, config.cluster.redis_timeout)
+            if isinstance(self.limiter, FailoverCounters)
+            else None
+        )
         self.tls_context: ssl.SSLContext | None = (
             server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
         )
@@ -194,11 +201,15 @@ class Worker:
         await self.committer.wait_idle()
         for connection in list(self.connections):
             connection.shutdown(now=True)
+        if self.admissions is not None:  # what the connections that waited for one counted goes back
+            await self.admissions.settled()
         self.committer.close()
         self.metrics.flush(0)
         log.info("%s stopped", self.name)
 
     def close(self) -> None:
+        if self.admissions is not None:
+            self.admissions.close()
         self._blocking.shutdown(wait=False)
         if self._poker is not None:
             self._poker.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +24,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def key_prefix() -> str:
     return f"test{next(_prefixes)}:"
+
+
+@pytest.fixture
+def outage_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, to stop and start again."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    yield server
+    if server.process is not None:
+        server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,17 +60,6 @@ def test_heartbeats_list_the_nodes_seen_within_their_ttl(redis_server: RedisServ
     while "b" in first.nodes() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert first.nodes() == {"a": b"a-report"}
-
-
-@pytest.fixture
-def outage_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, to stop and start again."""
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory).start()
-    yield server
-    if server.process is not None:
-        server.stop()
 
 
 def test_failover_counts_locally_and_tells_redis_when_it_returns(outage_redis: RedisServer, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from fastmta.config import LimitsConfig
 from fastmta.limits import ClientLimits
 from fastmta.queue.store import StoreFullError
 from fastmta.ratelimit import RateLimiter
-from fastmta.smtp.session import Close, Session
+from fastmta.smtp.session import Admit, Close, Session
 from tests.session_driver import LIMITS, Driver, make_settings
 
 
@@ -194,6 +194,17 @@ def test_shutdown_closes_idle_session(limiter: RateLimiter) -> None:
     driver.feed(b"EHLO x\r\n")
     out, action = driver.session.shutdown()
     assert out.startswith(b"421 4.3.2") and isinstance(action, Close)
+
+
+def test_an_admission_answered_after_shutdown_began_closes_and_gives_back_what_it_reserved() -> None:
+    """In a cluster the answer comes later (fastmta.smtp.admissions): the server may have begun to stop meanwhile."""
+    session = Session(make_settings(), "192.0.2.1", 1234)
+    out, action = session.start(0.0)
+    assert out == b"" and isinstance(action, Admit)
+    assert session.shutdown() == (b"", action)  # still waiting for the answer: nothing to say yet
+    out, action = session.admitted("", False, {("messages", "192.0.2.1"): 3})
+    assert out.startswith(b"421 4.3.2") and isinstance(action, Close)
+    assert session.connection_lost() == {("messages", "192.0.2.1"): 3}
 
 
 def test_bare_line_endings(limiter: RateLimiter) -> None:
