@@ -163,8 +163,8 @@ def test_pipelined_transactions_answered_in_order(server: Server) -> None:
 def _read_by_server(client: socket.socket) -> bool:
     """Whether the server has read everything the client sent (/proc/net/tcp): the client's send queue holds
     nothing unacknowledged, and the server's receive queue is empty."""
-    here = "0100007F:%04X" % client.getsockname()[1]
-    there = "0100007F:%04X" % client.getpeername()[1]
+    here = f"0100007F:{client.getsockname()[1]:04X}"
+    there = f"0100007F:{client.getpeername()[1]:04X}"
     queues = {}  # (local, remote) -> (tx_queue, rx_queue)
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
