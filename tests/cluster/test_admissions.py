@@ -180,6 +180,22 @@ def test_an_answer_that_fails_leaves_none_of_its_batch_unanswered(
         assert outcomes == {0: {("messages", OTHER_IP): 100, ("recipients", OTHER_IP): 100}}
 
 
+def test_a_release_redis_fails_in_a_batch_makes_the_worker_count_locally_as_a_command_that_waits_would(
+    redis_server: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    with admitting(redis_server, key_prefix, tmp_path) as it:
+        ask(it, IP)
+        settle(it)
+        it.limits.release(IP, RESERVED)  # waits for the next write
+        with redis.Redis.from_url(redis_server.url) as connection:
+            connection.set(f"{key_prefix}conn:{IP}", "not a hash")  # the release fails WRONGTYPE
+        outcomes = ask(it, OTHER_IP)
+        settle(it)
+        assert it.counters.degraded
+        assert outcomes == {0: {("messages", OTHER_IP): 100, ("recipients", OTHER_IP): 100}}
+        assert it.counters.local.open_connections(OTHER_IP) == 1
+
+
 def test_openings_refused_noscript_are_written_again_behind_the_scripts_without_waiting(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
