@@ -41,13 +41,15 @@ class Admitting(NamedTuple):
 
 
 @contextmanager
-def admitting(server: RedisServer, prefix: str, state: Path, timeout: float = 1.0) -> Iterator[Admitting]:
+def admitting(
+    server: RedisServer, prefix: str, state: Path, timeout: float = 1.0, limits_config: LimitsConfig = LIMITS
+) -> Iterator[Admitting]:
     """A worker's admissions on a loop of the test's own (uvloop, as the worker's): at most two connections per IP."""
     loop = uvloop.new_event_loop()
     counters = FailoverCounters(
         RedisCounters(client(server.url, timeout), prefix, "node"), RateLimiter(state / "state.lmdb"), "smtp-0"
     )
-    limits = ClientLimits(counters, LIMITS, 100, 2)
+    limits = ClientLimits(counters, limits_config, 100, 2)
     admissions = Admissions(limits, counters, loop, timeout)
     try:
         yield Admitting(loop, counters, limits, admissions)
@@ -98,6 +100,22 @@ def test_admissions_asked_together_are_answered_later_and_counted_in_redis(
         assert other.connection_opened(IP) == Opened(3, 1)
         other.close()
         assert not it.counters.degraded
+
+
+def test_an_opening_refused_per_minute_is_taken_out_of_the_counts_written_after_it_in_its_batch(
+    redis_server: RedisServer, key_prefix: str, tmp_path: Path
+) -> None:
+    one_a_minute = LimitsConfig(exempt_mynetworks=False, connections_per_minute=1)
+    with admitting(redis_server, key_prefix, tmp_path, limits_config=one_a_minute) as it:
+        outcomes = ask(it, IP, IP, OTHER_IP)  # OTHER_IP's opening is written counting the refused one
+        settle(it)
+        refused = outcomes[1]
+        assert isinstance(refused, LimitExceeded) and refused.limit == "connections_per_minute"
+        it.counters.sweep()  # the counts, rewritten without it, go
+        with redis.Redis.from_url(redis_server.url) as connection:
+            owner = it.counters.shared.owner
+            assert connection.hget(f"{key_prefix}conn-total:node", owner) == b"2"
+            assert connection.hget(f"{key_prefix}conn:{IP}", owner) == b"1"
 
 
 def test_an_answer_read_by_a_command_that_waits_is_still_delivered(
