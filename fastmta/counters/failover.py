@@ -219,12 +219,15 @@ class FailoverCounters:
         (the connection goes uncounted).
         """
         answered: list[tuple[object, Opened | None | lmdb.Error]] = []
-        for opening, found in self.shared.answers(readable):
+        try:
+            replies = self.shared.answers(readable)
+        except redis.RedisError as error:
+            self._failed(error)
+            replies = self.shared.answers()  # the openings answered meanwhile, and those given up on with it
+        for opening, found in replies:
             ip, per_minute, reserve = opening.ip, opening.per_minute, opening.reserve
             try:
-                if isinstance(found, redis.exceptions.NoScriptError):  # asked again, telling Redis the scripts
-                    answered.append((opening.token, self.connection_opened(ip, per_minute, reserve=reserve)))
-                elif isinstance(found, redis.RedisError):
+                if isinstance(found, redis.RedisError):
                     self._failed(found)
                     answered.append((opening.token, self._opened_locally(ip, per_minute, None, reserve)))
                 else:
@@ -232,6 +235,16 @@ class FailoverCounters:
             except lmdb.Error as error:
                 answered.append((opening.token, error))
         return answered
+
+    def listen(self, stop_reading: Callable[[], None], answers_waiting: Callable[[], None]) -> None:
+        """Whoever reads answers() on an event loop is told before the counting connection closes
+        (`stop_reading`), and when answers wait that no reply of the connection will announce."""
+        self.shared.stop_reading = stop_reading
+        self.shared.answers_waiting = answers_waiting
+
+    def reply_fd(self) -> int | None:
+        """The file descriptor to watch for open_soon's replies, while the counting connection is open."""
+        return self.shared.reply_fd()
 
     @_locked
     def overdue(self, timeout: float) -> float | None:

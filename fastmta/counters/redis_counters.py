@@ -161,8 +161,8 @@ class Opening(NamedTuple):
 
     token: object
     ip: str
-    per_minute: int = 0
-    reserve: Sequence[Wanted] = ()
+    per_minute: int
+    reserve: Sequence[Wanted]
 
 
 class _Release(NamedTuple):
@@ -174,7 +174,8 @@ class _Release(NamedTuple):
 
 
 class _Unread(NamedTuple):
-    """A command written whose reply is still to be read: an opening (its counts were raised as it was written), or a release."""
+    """A command written whose reply is still to be read: an opening (its counts were raised as it was written), a
+    release, or neither (a script told to Redis again)."""
 
     opening: Opening | None
     hashes: Sequence[str]
@@ -193,6 +194,21 @@ def _bytes(value: bytes | str) -> bytes:
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+def _as_redis_error(error: BaseException) -> redis.RedisError:
+    """What the openings still unanswered hear when a write or read failed."""
+    return error if isinstance(error, redis.RedisError) else redis.ConnectionError(repr(error))
+
+
+def _connections_rate(ip: str, per_minute: int) -> tuple[str, str, int, float] | None:
+    """The per-minute limit of new connections from `ip`, as _hold_command takes it."""
+    return ("connections", ip, per_minute, 60.0) if per_minute > 0 else None
+
+
+def _opened(sums: Sequence[int]) -> Opened | None:
+    """_HOLD's answer to a connection's opening: None when the per-minute rate refused it."""
+    return None if sums[0] < 0 else Opened(sums[0], sums[1], tuple(sums[2:]))
 
 
 _ALIVE_MS, _HOLD_MS = _ms(ALIVE_SECONDS), _ms(HOLD_SECONDS)
@@ -228,6 +244,10 @@ class RedisCounters:
         # the openings answered and not yet collected by answers().
         self._unread: deque[_Unread] = deque()
         self._answered: list[tuple[Opening, Opened | None | redis.RedisError]] = []
+        # Openings Redis refused for not knowing the scripts (restarted, or flushed them): written again,
+        # behind the scripts, by answers(); and whether the next write must tell Redis the scripts.
+        self._refused: list[Opening] = []
+        self._scripts_unknown = False
         # Set by whoever reads answers on an event loop (fastmta.smtp.admissions): told before the
         # connection closes, and when answers wait that no reply of its own will announce.
         self.stop_reading: Callable[[], None] = _nothing
@@ -249,9 +269,13 @@ class RedisCounters:
         try:
             return self._send(batch)[len(pending):]
         except redis.exceptions.NoScriptError:
-            for script in (self._take, self._hold, self._release, self._switch):
+            for script in self._scripts():
                 self._redis.script_load(script.script)
+            self._scripts_unknown = False
             return self._send(batch)[len(pending):]
+
+    def _scripts(self) -> tuple[Script, ...]:
+        return (self._take, self._hold, self._release, self._switch)
 
     def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The raw replies to `commands`, written at once on this process's own connection.
@@ -272,7 +296,7 @@ class RedisCounters:
                 self.answers_waiting()
             return [connection.read_response() for _ in commands]
         except BaseException as error:
-            self.abandon(error if isinstance(error, redis.RedisError) else redis.ConnectionError(repr(error)))
+            self.abandon(_as_redis_error(error))
             raise
 
     def _release_command(self, release: _Release) -> tuple[Any, ...]:
@@ -284,20 +308,27 @@ class RedisCounters:
 
     # ----- openings answered later ------------------------------------------------------------
 
-    def open_soon(self, openings: Sequence[Opening], now: float | None = None) -> None:
+    def open_soon(self, openings: Sequence[Opening]) -> None:
         """Writes the openings, after the releases waiting, without reading the replies: answers() gives them.
 
         An opening's counts are raised as it is written, so that whatever is written after it counts
-        it; they are lowered again if Redis refuses it or cannot answer.
+        it; they are lowered again if Redis refuses it or cannot answer. After a NOSCRIPT the scripts
+        go first, in the same write.
         """
-        at = time.time() if now is None else now
+        at = time.time()
         written_at = time.monotonic()
+        commands: list[tuple[Any, ...]] = []
+        unread: list[_Unread] = []
+        if self._scripts_unknown:
+            self._scripts_unknown = False
+            commands = [("SCRIPT", "LOAD", script.script) for script in self._scripts()]
+            unread = [_Unread(None, (), None, written_at) for _ in commands]
         pending, self._pending = self._pending, []
-        commands = [self._release_command(release) for release in pending]
-        unread = [_Unread(None, (), release, written_at) for release in pending]
+        commands += [self._release_command(release) for release in pending]
+        unread += [_Unread(None, (), release, written_at) for release in pending]
         for opening in openings:
             hashes = self._connection_hashes(opening.ip)
-            rate = ("connections", opening.ip, opening.per_minute, 60.0) if opening.per_minute > 0 else None
+            rate = _connections_rate(opening.ip, opening.per_minute)
             commands.append(self._hold_command(hashes, 0, rate, at, opening.reserve))
             self._raise(hashes)
             unread.append(_Unread(opening, hashes, None, written_at))
@@ -306,7 +337,7 @@ class RedisCounters:
         except BaseException as error:
             for entry in unread:
                 self._lower(entry.hashes)
-            self.abandon(error if isinstance(error, redis.RedisError) else redis.ConnectionError(repr(error)))
+            self.abandon(_as_redis_error(error))
             raise
         self._unread.extend(unread)
 
@@ -316,7 +347,9 @@ class RedisCounters:
         `readable`: the event loop says the connection has something to read. With no reply awaited
         that is the server closing it. None is a refusal (connections_per_minute); an error is
         Redis's failure to answer (the connection is closed then, and no opening is left
-        unanswered), or a script it did not know.
+        unanswered). Openings refused because Redis did not know the scripts are written again, behind
+        them, and answered by a later call. Raises an error reply other than NOSCRIPT (to a release:
+        an opening's is its answer), as a command that waits for its reply would.
         """
         connection = self._connection
         try:
@@ -328,6 +361,14 @@ class RedisCounters:
                 self._read_unread()
         except redis.RedisError as error:
             self.abandon(error)
+            if isinstance(error, redis.ResponseError):
+                raise  # an error reply to a release: the caller gives up on Redis; the next call gives the answers
+        refused, self._refused = self._refused, []
+        if refused:
+            try:
+                self.open_soon(refused)
+            except redis.RedisError as error:  # written again or answered: never left waiting
+                self._answered += [(opening, error) for opening in refused]
         answered, self._answered = self._answered, []
         return answered
 
@@ -335,8 +376,8 @@ class RedisCounters:
         """When (time.monotonic()) the oldest opening still without an answer was written."""
         return self._unread[0].written_at if self._unread else None
 
-    def reading(self) -> int | None:
-        """The descriptor to watch for replies (and for the server closing it), while connected."""
+    def reply_fd(self) -> int | None:
+        """The file descriptor to watch for replies (and for the server closing it), while connected."""
         sock = self._connection._sock  # type: ignore[attr-defined]  # redis-py offers no public accessor
         return None if sock is None else sock.fileno()
 
@@ -349,32 +390,40 @@ class RedisCounters:
             if entry.opening is not None:
                 self._answered.append((entry.opening, error))
         self._unread.clear()
+        if not isinstance(error, redis.exceptions.NoScriptError):  # else still written again, by answers()
+            self._answered += [(opening, error) for opening in self._refused]
+            self._refused.clear()
         if self._answered:
             self.answers_waiting()
 
     def _read_unread(self) -> None:
+        """Reads the oldest reply awaited. A NOSCRIPT reply's command is written again, behind the scripts; any
+        other error reply fails as it would for a command that waits for its reply (the caller gives up on Redis)."""
         entry = self._unread[0]
         try:
             reply: Any = self._connection.read_response()
         except redis.ResponseError as error:  # an error reply; the connection is fine
-            reply = error
+            self._unread.popleft()
+            if entry.opening is not None:
+                self._lower(entry.hashes)
+                self._refused.append(entry.opening)  # written again, or answered with the error by abandon()
+            if not isinstance(error, redis.exceptions.NoScriptError):
+                raise
+            self._scripts_unknown = True
+            if entry.release is not None:
+                self._pending.append(entry.release)
+            return
         self._unread.popleft()
         if entry.opening is not None:
             self._answered.append((entry.opening, self._opened(entry.hashes, reply)))
-        elif isinstance(reply, redis.exceptions.NoScriptError) and entry.release is not None:
-            self._pending.append(entry.release)  # sent again with the next command, which tells Redis the scripts
 
-    def _opened(self, hashes: Sequence[str], reply: Any) -> Opened | None | redis.RedisError:
-        if isinstance(reply, redis.RedisError):
-            self._lower(hashes)
-            return reply
-        sums = [int(value) for value in reply]
-        if sums[0] < 0:
+    def _opened(self, hashes: Sequence[str], reply: Any) -> Opened | None:
+        opened = _opened([int(value) for value in reply])
+        if opened is None:
             self._lower(hashes)
             # What was written after it counted it: written again, right, with the next command.
             self._pending.append(_Release(hashes))
-            return None
-        return Opened(sums[0], sums[1], tuple(sums[2:]))
+        return opened
 
     def _raise(self, hashes: Sequence[str]) -> None:
         for name in hashes:
@@ -486,9 +535,7 @@ class RedisCounters:
     def connection_opened(
         self, ip: str, per_minute: int = 0, now: float | None = None, reserve: Sequence[Wanted] = ()
     ) -> Opened | None:
-        rate = ("connections", ip, per_minute, 60.0) if per_minute > 0 else None
-        answer = self._holding(self._connection_hashes(ip), 0, rate, now, reserve)
-        return None if answer[0] < 0 else Opened(answer[0], answer[1], tuple(answer[2:]))
+        return _opened(self._holding(self._connection_hashes(ip), 0, _connections_rate(ip, per_minute), now, reserve))
 
     def connection_closed(self, ip: str, give_back: Iterable[Unused] = (), now: float | None = None) -> None:
         self._letting_go(self._connection_hashes(ip), give_back, now, later=True)
@@ -530,12 +577,12 @@ class RedisCounters:
     def republish(self) -> None:
         """Tells Redis this owner's counts again: after an outage, or when its fields were dropped as dead."""
         with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._alive_key, "1", px=_ms(ALIVE_SECONDS))
+            pipe.set(self._alive_key, "1", px=_ALIVE_MS)
             for name in self._touched - set(self._held):
                 pipe.hdel(name, self.owner)
             for name, count in self._held.items():
                 pipe.hset(name, self.owner, count)
-                pipe.pexpire(name, _ms(HOLD_SECONDS))
+                pipe.pexpire(name, _HOLD_MS)
             pipe.execute()
         self._touched = set(self._held)
         # The counts just written are newer than the waiting releases' (what those gave back of rate
@@ -550,11 +597,11 @@ class RedisCounters:
     def sweep(self, now: float | None = None) -> int:
         """Sends releases still waiting; renews this owner's alive key; if it had expired (a stall, a
         Redis restart), tells its counts again."""
-        created = self._with_pending(("SET", self._alive_key, "1", "PX", _ms(ALIVE_SECONDS), "NX"))[-1]
+        created = self._with_pending(("SET", self._alive_key, "1", "PX", _ALIVE_MS, "NX"))[-1]
         if created and self._held:
             self.republish()
         elif not created:
-            self._redis.pexpire(self._alive_key, _ms(ALIVE_SECONDS))
+            self._redis.pexpire(self._alive_key, _ALIVE_MS)
         return 0
 
     def forget_dead_processes(self) -> int:

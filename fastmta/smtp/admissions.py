@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, cast
@@ -29,6 +30,8 @@ from fastmta.limits import Admission, ClientLimits, LimitExceeded
 AdmissionOutcome = Mapping[tuple[str, str], int] | LimitExceeded | lmdb.Error
 Answer = Callable[[AdmissionOutcome], None]
 
+log = logging.getLogger("fastmta.smtp")
+
 
 class _Asked(NamedTuple):
     admission: Admission
@@ -44,6 +47,9 @@ def counted(count: Callable[[], Mapping[tuple[str, str], int]]) -> AdmissionOutc
 
 
 class Admissions:
+    """One SMTP worker's admissions in a cluster: asks Redis for each loop turn's new connections in one write,
+    watches the counting connection for the replies, and answers each connection once."""
+
     def __init__(
         self, limits: ClientLimits, counters: FailoverCounters, loop: asyncio.AbstractEventLoop, timeout: float
     ) -> None:
@@ -55,12 +61,11 @@ class Admissions:
         self._unanswered = 0
         self._settled = asyncio.Event()
         self._settled.set()
-        self._reading: int | None = None  # the descriptor watched for replies
+        self._reading: int | None = None  # the file descriptor watched for replies
         self._timer: asyncio.TimerHandle | None = None
         self._delivering = False
         self._closed = False
-        counters.shared.stop_reading = self._stop_reading
-        counters.shared.answers_waiting = self._answers_waiting
+        counters.listen(self._stop_reading, self._answers_waiting)
 
     def ask(self, ip: str, exempt: bool, answer: Answer) -> None:
         """Counts a new connection (ClientLimits.admit); `answer` hears the outcome, in a later turn of the loop."""
@@ -85,13 +90,13 @@ class Admissions:
             return
         if not written:
             for admission, answer in asked:  # Redis unreachable: counted at once, in state.lmdb
-                self._answer(answer, counted(functools.partial(self._limits.admit, admission.ip, admission.exempt)))
+                self._answer(answer, self._counted_now(admission))
             return
         self._watch()
 
     def _watch(self) -> None:
         """Reads replies when they come (the connection stays watched while open), and gives up on them after the timeout."""
-        reading = self._counters.shared.reading()
+        reading = self._counters.reply_fd()
         if reading != self._reading:
             self._stop_reading()
             if reading is not None:
@@ -113,10 +118,22 @@ class Admissions:
 
     def _deliver(self, readable: bool = False) -> None:
         self._delivering = False
+        self._answer_arrived(readable)
+        self._watch()
+
+    def _answer_arrived(self, readable: bool = False) -> None:
+        """Answers the connections whose replies have come (reading what is there, never waiting)."""
         for token, opened in self._counters.answers(readable):
             admission, answer = cast(_Asked, token)
             self._answer(answer, self._outcome(admission, opened))
-        self._watch()
+
+    def _counted_now(self, admission: Admission) -> AdmissionOutcome:
+        """Counts a connection Redis was not asked about (unreachable): in state.lmdb, reusing its Admission."""
+        try:
+            opened = self._counters.connection_opened(admission.ip, admission.per_minute, reserve=admission.reserve)
+        except lmdb.Error as error:
+            return error
+        return self._outcome(admission, opened)
 
     def _outcome(self, admission: Admission, opened: Opened | None | lmdb.Error) -> AdmissionOutcome:
         if isinstance(opened, lmdb.Error):
@@ -127,15 +144,22 @@ class Admissions:
         self._unanswered -= 1
         if not self._unanswered:
             self._settled.set()
-        answer(outcome)
+        try:
+            answer(outcome)
+        except Exception:  # one connection's fault must not leave the others of its batch unanswered
+            log.exception("an admission's answer failed")
 
     def _overdue(self) -> None:
         self._timer = None
+        # Replies that came while the loop was busy are read first: uvloop runs due timers before it
+        # polls, and an opening Redis did count must not be given up on (and counted again locally).
+        self._answer_arrived()
         due = self._counters.overdue(self._timeout)
         if due is not None:  # the oldest is not overdue yet: looked at again when it would be
             self._timer = self._loop.call_at(self._loop.time() + max(0.0, due - time.monotonic()), self._overdue)
 
     def close(self) -> None:
+        """Stops watching the counting connection and the clock; answers still owed are not delivered."""
         self._closed = True
         self._stop_reading()
         if self._timer is not None:

@@ -118,7 +118,7 @@ class SmtpProtocol(asyncio.Protocol):
             else:
                 break
         if action is None:
-            if self._paused:
+            if self._paused and not session.blocked:
                 self._paused = False
                 transport.resume_reading()
             return

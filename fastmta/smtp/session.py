@@ -235,6 +235,9 @@ class Session:
         self._pos = 0
         self._out: list[bytes] = []
         self._action: Action | None = None
+        # The action last handed to the shell: one still under way is not handed out again, so data,
+        # a shutdown or a timeout arriving meanwhile cannot make it happen twice.
+        self._handed_out: Action | None = None
         self._admitted = False
         self._address_known = True
         self._trusted = False
@@ -299,11 +302,15 @@ class Session:
 
     @property
     def deadline(self) -> float:
-        """When expire() must be called if nothing else happens; infinite while an effect is under way."""
+        """When expire() must be called if nothing else happens; infinite while an effect is under way, except
+        an admission: a client left without a greeting for command_timeout is told so (a backstop, as the
+        shell gives up on the counters sooner)."""
         mode = self._mode
+        cap = self._started + self.settings.max_session
+        if mode == _WAIT and isinstance(self._action, Admit):
+            return min(self._line_started + self.settings.command_timeout, cap)
         if mode == _WAIT or mode == _CLOSED:
             return math.inf
-        cap = self._started + self.settings.max_session
         if mode == _DATA or mode == _BDAT:
             rate = self.settings.min_data_rate
             data = self._data_started + self.settings.command_timeout + (self._data_bytes / rate if rate > 0 else math.inf)
@@ -458,9 +465,12 @@ class Session:
     def _flush(self) -> Step:
         out = b"".join(self._out)
         self._out.clear()
-        action = self._action
         if self._mode == _CLOSED:
-            action = _CLOSE
+            return out, _CLOSE
+        action = self._action
+        if action is self._handed_out:
+            return out, None
+        self._handed_out = action
         return out, action
 
     def _run(self) -> Step:
@@ -538,6 +548,7 @@ class Session:
         self._trusted = self._address_known and self.settings.policy.trusted(self.client_ip)
         self._action = Admit(self.client_ip, self._address_known)
         self._mode = _WAIT
+        self._line_started = self._now  # the admission's time (deadline) starts now
 
     def _close_with(self, reply: bytes) -> None:
         self._out.append(reply)

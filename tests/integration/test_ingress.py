@@ -11,10 +11,13 @@ import ssl
 import subprocess
 import time
 from email.message import EmailMessage
+from pathlib import Path
 
 import aiosmtplib
 import pytest
 
+from fastmta.queue.store import open_env
+from tests.admin.conftest import wait_until
 from tests.conftest import Server
 
 MESSAGE = (
@@ -155,6 +158,45 @@ def test_pipelined_transactions_answered_in_order(server: Server) -> None:
     assert without_received(stored_body(server, queued_id(first))) == b"one\r\n"
     assert without_received(stored_body(server, queued_id(second))) == b"two\r\n"
     assert json.loads(server.cli("queue", "show", queued_id(second)).stdout)["sender"] == ""
+
+
+def _read_by_server(client: socket.socket) -> bool:
+    """Whether the server has read everything the client sent (/proc/net/tcp): the client's send queue holds
+    nothing unacknowledged, and the server's receive queue is empty."""
+    here = f"0100007F:{client.getsockname()[1]:04X}"
+    there = f"0100007F:{client.getpeername()[1]:04X}"
+    queues = {}  # (local, remote) -> (tx_queue, rx_queue)
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        queues[(fields[1], fields[2])] = tuple(int(size, 16) for size in fields[4].split(":"))
+    return queues.get((here, there), (1, 0))[0] == 0 and queues.get((there, here), (0, 1))[1] == 0
+
+
+def test_commands_arriving_while_a_message_is_committed_store_it_once(server: Server) -> None:
+    """A pipelined command read while the message is being stored (the store held up by a writer of the test's
+    own) must not make the message be stored a second time."""
+    client = Raw(server.port)
+    client.command(b"EHLO pipe.test")
+    transaction = b"MAIL FROM:<once@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+    client.send(transaction)
+    assert [client.reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    env = open_env(server.data_dir / "queue.lmdb", 1 << 26)
+    with env.begin(write=True):  # LMDB's one writer: the server's commit waits for this transaction
+        client.send(b"first\r\n.\r\n")
+        assert wait_until(lambda: _read_by_server(client.sock), interval=0.01)
+        client.send(b"NOOP\r\n")  # a read of its own, while the commit waits
+        assert wait_until(lambda: _read_by_server(client.sock), interval=0.01)
+    env.close()
+    first = client.reply()
+    assert client.reply().startswith(b"250 2.0.0 Ok")
+    # The worker's commits are written in order: once this one is answered, a second copy would be stored.
+    client.send(transaction)
+    assert [client.reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    second = client.command(b"second\r\n.")
+    assert client.command(b"QUIT").startswith(b"221")
+    client.close()
+    listed = json.loads(server.cli("queue", "list", "--json").stdout)
+    assert [entry["id"] for entry in listed if entry["sender"] == "once@example.com"] == [queued_id(first), queued_id(second)]
 
 
 def test_bdat_chunks(server: Server) -> None:

@@ -13,7 +13,7 @@ from fastmta.config import LimitsConfig
 from fastmta.limits import ClientLimits
 from fastmta.queue.store import StoreFullError
 from fastmta.ratelimit import RateLimiter
-from fastmta.smtp.session import Admit, Close, Session
+from fastmta.smtp.session import Admit, Close, Commit, Session
 from tests.session_driver import LIMITS, Driver, make_settings
 
 
@@ -201,10 +201,41 @@ def test_an_admission_answered_after_shutdown_began_closes_and_gives_back_what_i
     session = Session(make_settings(), "192.0.2.1", 1234)
     out, action = session.start(0.0)
     assert out == b"" and isinstance(action, Admit)
-    assert session.shutdown() == (b"", action)  # still waiting for the answer: nothing to say yet
+    assert session.shutdown() == (b"", None)  # still waiting for the answer: nothing to say, nothing new to do
     out, action = session.admitted("", False, {("messages", "192.0.2.1"): 3})
     assert out.startswith(b"421 4.3.2") and isinstance(action, Close)
     assert session.connection_lost() == {("messages", "192.0.2.1"): 3}
+
+
+def test_an_action_under_way_is_handed_out_once_whatever_arrives_meanwhile() -> None:
+    """Data, a shutdown or the clock while the shell carries out an action must not make it happen twice
+    (a second admission counted, a message stored twice)."""
+    session = Session(make_settings(), "192.0.2.1", 1234)
+    out, admit = session.start(0.0)
+    assert isinstance(admit, Admit)
+    assert session.feed(b"EHLO x\r\n", 1.0) == (b"", None)  # an early talker
+    assert session.shutdown() == (b"", None)
+    assert session.expire(2.0) == (b"", None)
+    out, action = session.admitted("", False)
+    assert out.startswith(b"421 4.3.2") and isinstance(action, Close)  # once: the server began to stop meanwhile
+    session = Session(make_settings(), "192.0.2.1", 1234)
+    session.start(0.0)
+    session.admitted("", False)
+    out, commit = session.feed(b"HELO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@example.org>\r\nDATA\r\nhi\r\n.\r\n", 1.0)
+    assert isinstance(commit, Commit)
+    assert session.feed(b"QUIT\r\n", 1.5) == (b"", None)  # pipelined, in a read of its own
+    out, action = session.committed("1", None)
+    assert out.startswith(b"250 ") and out.endswith(b"221 2.0.0 Bye\r\n") and isinstance(action, Close)
+
+
+def test_a_client_left_waiting_for_its_admission_is_told_it_timed_out() -> None:
+    """A backstop: the shell gives up on the counters well before (fastmta.smtp.admissions)."""
+    session = Session(make_settings(command_timeout=30.0), "192.0.2.1", 1234)
+    session.start(0.0)
+    assert session.deadline == 30.0
+    out, action = session.expire(30.0)
+    assert out.startswith(b"421 4.4.2") and isinstance(action, Close)
+    assert session.connection_lost() is None  # nothing was counted for it
 
 
 def test_bare_line_endings(limiter: RateLimiter) -> None:
