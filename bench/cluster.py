@@ -55,10 +55,10 @@ from fastmta.ratelimit import RateLimiter
 from fastmta.smtp.admissions import AdmissionOutcome, Admissions
 
 
-def command_stats(port: int) -> dict[str, int]:
-    """Calls per command since Redis started (INFO commandstats), by command name."""
+def info(port: int, section: str) -> str:
+    """Redis's INFO of one section, as text."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"INFO commandstats\r\n")
+        sock.sendall(f"INFO {section}\r\n".encode())
         header = b""
         while not header.endswith(b"\r\n"):
             header += sock.recv(1)
@@ -66,12 +66,23 @@ def command_stats(port: int) -> dict[str, int]:
         body = b""
         while len(body) < size + 2:
             body += sock.recv(65536)
+    return body.decode()
+
+
+def command_stats(port: int) -> dict[str, int]:
+    """Calls per command since Redis started (INFO commandstats), by command name."""
     calls = {}
-    for line in body.decode().splitlines():
+    for line in info(port, "commandstats").splitlines():
         if line.startswith("cmdstat_"):
             name, _, fields = line[len("cmdstat_"):].partition(":")
             calls[name] = int(dict(field.split("=") for field in fields.split(","))["calls"])
     return calls
+
+
+def redis_cpu(port: int) -> float:
+    """Seconds of CPU redis-server has used, user and system (INFO cpu)."""
+    fields = dict(line.split(":", 1) for line in info(port, "cpu").splitlines() if ":" in line)
+    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
 
 
 def source(port: int, sessions: int, per_connection: int, duration: float) -> dict:  # type: ignore[type-arg]
@@ -92,9 +103,9 @@ def ops(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[typ
     running = target.start(work, free_port())
     try:
         for per_connection in (int(value) for value in args.per_connection.split(",")):
-            before = command_stats(target.redis_port)
+            before, cpu_before = command_stats(target.redis_port), redis_cpu(target.redis_port)
             load = source(running.port, args.sessions, per_connection, args.duration)
-            after = command_stats(target.redis_port)
+            after, cpu_after = command_stats(target.redis_port), redis_cpu(target.redis_port)
             accepted = max(1, load["messages_accepted"])
             by_command = {name: (after[name] - before.get(name, 0)) / accepted for name in after}
             results.append({
@@ -102,6 +113,7 @@ def ops(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[typ
                 "messages_accepted": load["messages_accepted"],
                 "messages_per_second": load["messages_per_second"],
                 "redis_commands_per_message": round(sum(by_command.values()), 3),
+                "redis_cpu_us_per_message": round((cpu_after - cpu_before) * 1e6 / accepted, 1),
                 "by_command": {name: round(value, 3) for name, value in sorted(by_command.items()) if value},
             })  # fmt: skip
     finally:
@@ -269,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         pattern = "one message per connection" if row["per_connection"] == 1 else f"per_connection={row['per_connection']}"
         print(f"{pattern}: {row['messages_accepted']} accepted, {row['messages_per_second']:.0f} msg/s, "
-              f"{row['redis_commands_per_message']} Redis commands per message {row['by_command']}")  # fmt: skip
+              f"{row['redis_commands_per_message']} Redis commands per message {row['by_command']}, "
+              f"{row['redis_cpu_us_per_message']} µs of redis-server's CPU per message")  # fmt: skip
     return 0
 
 
