@@ -78,8 +78,8 @@ class HistorySink:
         db.ready(self.engine)
         decoded = [(entry, event) for entry in batch if (event := entry.event) is not None]
         if len(decoded) < len(batch):
-            self.undecodable += len(batch) - len(decoded)
             skipped = [entry.sequence for entry in batch if entry.event is None]
+            self.undecodable += len(skipped)
             log.warning("history: outbox entries %s cannot be decoded; skipped", ", ".join(map(str, skipped)))
         fresh_only = bool(batch) and self._committed_through >= 0 and batch[0].sequence > self._committed_through
         try:

@@ -196,10 +196,8 @@ class QueueStore:
         if "received" in self.event_types:
             entries.append(events.received_entry(record, self.node, time.time()))
         if self.events:
-            more: list[events.Event] = list(also)
-            if message.state == HELD:
-                more.insert(0, events.about_message(events.Held, message.id, self.node))
-            entries += self.outbox.encoded(more)
+            held = [events.about_message(events.Held, message.id, self.node)] if message.state == HELD else []
+            entries += self.outbox.encoded([*held, *also])
         return NewMessage(message.id.encode(), record, body, schedule, entries)
 
     def put_message(self, txn: lmdb.Transaction, new: NewMessage) -> None:

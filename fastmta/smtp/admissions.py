@@ -12,7 +12,6 @@ here and counts synchronously (ClientLimits.admit).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -38,10 +37,10 @@ class _Asked(NamedTuple):
     answer: Answer
 
 
-def counted(count: Callable[[], Mapping[tuple[str, str], int]]) -> AdmissionOutcome:
-    """The outcome of counting a connection now (`count` is ClientLimits.admit with its arguments)."""
+def counted(count: Callable[..., Mapping[tuple[str, str], int]], *arguments: object) -> AdmissionOutcome:
+    """The outcome of counting a connection now: `count` (ClientLimits.admit or .admitted) called with `arguments`."""
     try:
-        return count()
+        return count(*arguments)
     except (LimitExceeded, lmdb.Error) as refusal:
         return refusal
 
@@ -138,7 +137,7 @@ class Admissions:
     def _outcome(self, admission: Admission, opened: Opened | None | lmdb.Error) -> AdmissionOutcome:
         if isinstance(opened, lmdb.Error):
             return opened
-        return counted(functools.partial(self._limits.admitted, admission, opened))
+        return counted(self._limits.admitted, admission, opened)
 
     def _answer(self, answer: Answer, outcome: AdmissionOutcome) -> None:
         self._unanswered -= 1

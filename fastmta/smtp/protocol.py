@@ -171,7 +171,7 @@ class SmtpProtocol(asyncio.Protocol):
             return session.admitted(MAINTENANCE, exempt)
         admissions = self._worker.admissions
         if admissions is None:
-            return self._admission(session, exempt, counted(functools.partial(limits.admit, request.ip, exempt)))
+            return self._admission(session, exempt, counted(limits.admit, request.ip, exempt))
         admissions.ask(request.ip, exempt, functools.partial(self._admission_answered, request.ip, exempt))
         return None
 
