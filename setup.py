@@ -5,7 +5,7 @@ import os
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["lines", "data", "headers"]
+EXTENSIONS = ["lines", "data", "headers", "received"]
 
 directives = {
     "language_level": "3",

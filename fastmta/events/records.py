@@ -15,8 +15,9 @@ import typing
 
 import msgspec
 
+from fastmta._ext import received_json
 from fastmta.events.names import EVENT_TYPES
-from fastmta.queue.records import MESSAGE_DECODER, Message, Recipient
+from fastmta.queue.records import Message, Recipient
 
 
 class Event(msgspec.Struct, tag_field="type", kw_only=True):
@@ -176,42 +177,36 @@ class _StoredReceived(msgspec.Struct, array_like=True, gc=False):
 # The first byte of a stored received event: neither JSON ("{") nor an earlier version's MessagePack map.
 _RECEIVED_MARK = b"R"
 _STORED_RECEIVED_ENCODER = msgspec.msgpack.Encoder()
-_STORED_RECEIVED_DECODER = msgspec.msgpack.Decoder(_StoredReceived)
 
 
 def received_entry(record: bytes, node: str, now: float) -> bytes:
     """The outbox entry of a message's received event, made of its encoded queue record.
 
     Building the event and encoding it as JSON would cost the SMTP worker three times as much, inside
-    ingress; the events process does it when a sink asks (Entry.event, Entry.json()). The record
-    evolves by its own rules (queue/records.py), which a reader of the entry follows too.
+    ingress; the events process does it when a sink asks (Entry.json(), compiled: fastmta/_ext/received.pyx).
+    The record evolves by its own rules (queue/records.py), which a reader of the entry follows too.
     """
     stored = _StoredReceived(new_event_id(now), now, node, msgspec.Raw(record))
     return _RECEIVED_MARK + _STORED_RECEIVED_ENCODER.encode(stored)
 
 
-def _decoded_event(raw: bytes) -> AnyEvent:
-    mark = raw[:1]
-    if mark == b"{":
-        return EVENT_DECODER.decode(raw)
-    if mark == _RECEIVED_MARK:
-        stored = _STORED_RECEIVED_DECODER.decode(memoryview(raw)[1:])
-        return received(MESSAGE_DECODER.decode(stored.record), stored.node, stored.at, stored.id)
-    return _MSGPACK_DECODER.decode(raw)
-
-
 class Entry:
-    """An outbox entry as the sinks get it: its sequence number and stored bytes, and its event, decoded on
-    first use. A sink that needs only the head and the JSON (a webhook) never decodes an event stored as
-    JSON. An entry that cannot be decoded has no event (None) and no head."""
+    """An outbox entry as the sinks get it: its sequence number and stored bytes; its head, JSON and event are
+    made on first use. A sink that needs only the head and the JSON (a webhook) never decodes an event
+    stored as JSON, and gets a received event's JSON made straight from the stored record (compiled: the
+    events process does this for every message received). An entry that cannot be decoded, or whose type
+    this version does not know, has no event and no head (None): a reader skips it."""
 
-    __slots__ = ("sequence", "raw", "_event", "_decoded")
+    __slots__ = ("sequence", "raw", "_event", "_decoded", "_received", "_undecodable")
 
     def __init__(self, sequence: int, raw: bytes) -> None:
         self.sequence = sequence
         self.raw = raw
         self._event: AnyEvent | None = None
         self._decoded = False
+        # A received event stored as its record: its id, time and JSON, once made.
+        self._received: tuple[str, float, bytes] | None = None
+        self._undecodable = False
 
     @classmethod
     def of(cls, sequence: int, event: Event) -> Entry:
@@ -222,18 +217,19 @@ class Entry:
         if not self._decoded:
             self._decoded = True
             try:
-                self._event = _decoded_event(self.raw)
-            except msgspec.DecodeError:
+                self._event = self._decoded_event()
+            except (msgspec.DecodeError, ValueError):
                 self._event = None
         return self._event
 
     @property
     def head(self) -> Head | None:
-        """The event's type, id and time; None for an entry that cannot be decoded or whose type this
-        version does not know (a reader skips those)."""
-        if self._decoded or not self._is_json:
-            # A received event stored as its queue record is decoded whole: a head that is there does not
-            # promise a record that decodes, and the JSON a sink asks for next is built of it anyway.
+        """The event's type, id and time."""
+        mark = self.raw[:1]
+        if mark == _RECEIVED_MARK:
+            made = self._made_received()
+            return None if made is None else Head("received", made[0], made[1])
+        if mark != b"{":
             event = self.event
             return None if event is None else Head(TAGS[type(event)], event.id, event.at)
         try:
@@ -244,13 +240,31 @@ class Entry:
 
     def json(self) -> bytes:
         """The event as JSON: the stored bytes themselves, when they are JSON."""
-        if self._is_json:
+        mark = self.raw[:1]
+        if mark == b"{":
             return self.raw
+        if mark == _RECEIVED_MARK and (made := self._made_received()) is not None:
+            return made[2]
         return EVENT_ENCODER.encode(self.event)
 
-    @property
-    def _is_json(self) -> bool:
-        return self.raw[:1] == b"{"
+    def _decoded_event(self) -> AnyEvent:
+        mark = self.raw[:1]
+        if mark == b"{":
+            return EVENT_DECODER.decode(self.raw)
+        if mark == _RECEIVED_MARK:
+            made = self._made_received()
+            if made is None:
+                raise ValueError("undecodable received event")
+            return EVENT_DECODER.decode(made[2])
+        return _MSGPACK_DECODER.decode(self.raw)
+
+    def _made_received(self) -> tuple[str, float, bytes] | None:
+        if self._received is None and not self._undecodable:
+            try:
+                self._received = received_json(self.raw)
+            except ValueError:
+                self._undecodable = True
+        return self._received
 
 
 def new_event_id(now: float | None = None) -> str:

@@ -14,6 +14,7 @@ which at-least-once delivery allows and the sinks deduplicate.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -135,6 +136,10 @@ def run(config: Config, name: str, make_sinks: Callable[[Config], list[Sink]]) -
     os.nice(_NICENESS)
     store = QueueStore.opened(config)
     runner = EventsRunner(store.outbox, make_sinks(config), EventsMetrics(name, config.server.metrics))
+    # What start-up made (modules, SQLAlchemy's and the sinks' objects) lives as long as the process:
+    # out of the collector's sight, each collection the events' own objects set off costs a few of
+    # them, not the whole heap (a quarter of this process's CPU per event, measured at 4,000 msg/s).
+    gc.freeze()
 
     async def main() -> None:
         stop = asyncio.Event()

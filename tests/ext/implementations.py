@@ -15,6 +15,7 @@ NOT_COMPILED = "FASTMTA_NO_EXTENSIONS=1: the compiled modules are switched off"
 Buffer = bytes | bytearray | memoryview
 SplitLines = Callable[[Buffer, int, int], tuple[list[bytes | None], list[int]]]
 ParseHeaders = Callable[[Buffer], tuple[dict[str, str], int]]
+ReceivedJson = Callable[[bytes], tuple[str, float, bytes]]
 ScannerClass = type[DataScanner]  # the twin's class stands for both: data.pyi declares the same surface
 
 

@@ -1,4 +1,5 @@
-"""Hypothesis inputs for the hot path: command buffers, DATA streams cut into reads, and header blocks, all rich in edge bytes."""
+"""Hypothesis inputs for the hot path: command buffers, DATA streams cut into reads, header blocks and stored received
+events, all rich in edge bytes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
+import msgspec
 from hypothesis import settings, strategies as st
 
 from tests.ext.implementations import Buffer
@@ -132,3 +134,74 @@ header_blocks = st.one_of(
     st.tuples(st.lists(fields, max_size=10).map(b"".join), block_ends, st.binary(max_size=10)).map(b"".join),
     st.binary(max_size=60),
 )
+
+
+# --- received events as the outbox stores them (b"R" + MessagePack [id, time, node, queue record]) -----------
+
+# Mostly what JSON must escape or pass through untouched; some text nobody thought of.
+texts = st.one_of(
+    st.text(alphabet=st.sampled_from(["a", '"', "\\", "\n", "\b", "\x00", "\x1f", "\x7f", "é", "\u2028", "😀"]), max_size=6),
+    st.text(max_size=8),
+)
+# Any MessagePack value, of every width msgspec writes: what a field the event does not use may hold.
+any_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), texts, st.binary(max_size=4),
+        st.builds(msgspec.msgpack.Ext, st.integers(0, 127), st.sampled_from([b"", b"x", b"xy", b"abcd", b"a" * 16, b"a" * 300])),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(texts, inner, max_size=3)),
+    max_leaves=6,
+)  # fmt: skip
+_STRING_KEYS = ["id", "sender", "client_ip", "helo", "auth_user", "listener", "tls", "message_id", "header_from",
+                "header_to", "subject", "workspace_id", "campaign_id", "user_id", "priority"]  # fmt: skip
+
+
+def _mostly(right: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """Values of the right type, now and then of any other."""
+    return st.one_of(right, right, right, any_values)
+
+
+_addresses = st.fixed_dictionaries({"address": texts}, optional={"state": any_values, "notify": any_values})
+_others = {"received_at": any_values, "attempts": any_values, "unknown": any_values}
+# Records as a queue writes them (what a field is missing takes its default), and others with any field
+# missing or of another type.
+records = st.one_of(
+    st.fixed_dictionaries(
+        {"id": texts, "sender": texts, "recipients": st.lists(_addresses, max_size=3), "size": st.integers(-(2**63), 2**64 - 1)},
+        optional={**{key: texts for key in _STRING_KEYS[2:]}, **_others},
+    ),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            **{key: _mostly(texts) for key in _STRING_KEYS},
+            "recipients": _mostly(st.lists(_mostly(_addresses), max_size=3)),
+            "size": _mostly(st.integers(-(2**63), 2**64 - 1)),
+            **_others,
+        },
+    ),
+)  # fmt: skip
+_times = st.one_of(st.floats(), st.integers(-(2**63), 2**64 - 1))
+stored_received = st.tuples(
+    st.one_of(
+        st.tuples(texts, _times, texts, records).map(list),
+        st.tuples(texts, _times, texts, records).map(list),
+        st.tuples(_mostly(texts), _mostly(_times), _mostly(texts), _mostly(records)).map(list),
+        st.lists(any_values, max_size=4),
+    ),
+    st.lists(any_values, max_size=2),  # later fields: a reader skips them
+).map(lambda parts: b"R" + msgspec.msgpack.encode(parts[0] + parts[1]))
+
+
+@st.composite
+def _damaged(draw: st.DrawFn, entry: bytes) -> bytes:
+    """The entry cut short, a byte of it changed, or bytes after it."""
+    how = draw(st.sampled_from(["cut", "change", "append"]))
+    if how == "cut":
+        return entry[: draw(st.integers(0, len(entry)))]
+    if how == "append":
+        return entry + draw(st.binary(min_size=1, max_size=3))
+    at = draw(st.integers(0, len(entry) - 1))
+    return entry[:at] + bytes([draw(st.integers(0, 255))]) + entry[at + 1 :]
+
+
+received_entries = st.one_of(stored_received, stored_received, stored_received.flatmap(_damaged), st.binary(max_size=40))

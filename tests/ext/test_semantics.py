@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, strategies as st
 
-from tests.ext.implementations import ParseHeaders, ScannerClass, SplitLines, both
-from tests.ext.strategies import Read, data_reads, thorough
+from fastmta.events.records import EVENT_ENCODER, received, received_entry
+from fastmta.queue.records import MESSAGE_ENCODER, Message, Recipient
+
+from tests.ext.implementations import ParseHeaders, ReceivedJson, ScannerClass, SplitLines, both
+from tests.ext.strategies import Read, data_reads, texts, thorough
 
 with_split_lines = pytest.mark.parametrize("split_lines", both("lines", "split_lines"))
 with_scanner = pytest.mark.parametrize("scanner_class", both("data", "DataScanner"))
 with_parse_headers = pytest.mark.parametrize("parse_headers", both("headers", "parse_headers"))
+with_received_json = pytest.mark.parametrize("received_json", both("received", "received_json"))
 
 NOT_CONTIGUOUS = memoryview(b"EHLO x\r\n" * 2)[::2]
 
@@ -272,3 +276,36 @@ def test_a_continuation_before_any_field_ends_the_block_at_once(parse_headers: P
 def test_parse_headers_refuses_a_non_contiguous_buffer(parse_headers: ParseHeaders) -> None:
     with pytest.raises(BufferError):
         parse_headers(NOT_CONTIGUOUS)
+
+
+# --- received_json -------------------------------------------------------------------------------------------
+
+messages = st.builds(
+    Message,
+    id=texts, sender=texts, recipients=st.lists(st.builds(Recipient, address=texts, attempts=st.integers(0, 9)), max_size=3),
+    received_at=st.floats(0, 2e9), size=st.integers(0, 2**40), next_attempt=st.floats(0, 2e9),
+    client_ip=texts, helo=texts, listener=st.sampled_from(["smtp", "submission", ""]), auth_user=texts, tls=texts,
+    message_id=texts, header_from=texts, header_to=texts, subject=texts, workspace_id=texts, campaign_id=texts,
+    user_id=texts, priority=texts, lease_owner=texts,
+)  # fmt: skip
+
+
+@with_received_json
+@thorough
+@given(messages, texts, st.floats(0, 2e9))
+def test_a_stored_received_event_becomes_the_received_events_json(
+    received_json: ReceivedJson, message: Message, node: str, now: float
+) -> None:
+    entry = received_entry(MESSAGE_ENCODER.encode(message), node, now)
+    event_id, at, made = received_json(entry)
+    assert made == EVENT_ENCODER.encode(received(message, node, now, event_id)) and at == now
+
+
+@with_received_json
+def test_a_record_without_a_sender_is_no_received_event(received_json: ReceivedJson) -> None:
+    whole = received_entry(MESSAGE_ENCODER.encode(Message(id="q1", sender="a@b", recipients=[], received_at=1.0, size=1,
+                                                          next_attempt=1.0)), "n1", 1.0)  # fmt: skip
+    received_json(whole)
+    without = whole.replace(b"\xa6sender\xa3a@b", b"\xa6unused\xa3a@b")
+    with pytest.raises(ValueError, match="undecodable received event"):
+        received_json(without)

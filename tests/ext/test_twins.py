@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, strategies as st
 
-from fastmta._ext import COMPILED, data_ref, headers_ref, lines_ref
+from fastmta._ext import COMPILED, data_ref, headers_ref, lines_ref, received_ref
 from tests.ext.implementations import NOT_COMPILED, Buffer, ScannerClass, SplitLines
 from tests.ext.strategies import (
     Read,
@@ -19,6 +19,7 @@ from tests.ext.strategies import (
     data_reads,
     header_blocks,
     line_limits,
+    received_entries,
     thorough,
 )
 
@@ -28,6 +29,7 @@ if not COMPILED:
 lines = importlib.import_module("fastmta._ext.lines")
 data = importlib.import_module("fastmta._ext.data")
 headers = importlib.import_module("fastmta._ext.headers")
+received = importlib.import_module("fastmta._ext.received")
 
 
 def exact(value: object) -> object:
@@ -140,3 +142,13 @@ def test_parse_headers_agree(raw: bytes, kind: Callable[[bytes], Buffer]) -> Non
 def test_parse_headers_agree_wherever_the_buffer_ends(block: bytes) -> None:
     for cut in range(len(block) + 1):
         assert outcome(headers.parse_headers, block[:cut]) == outcome(headers_ref.parse_headers, block[:cut])
+
+
+# --- received_json -------------------------------------------------------------------------------------------
+
+
+@thorough
+@given(received_entries)
+def test_received_json_agree(entry: bytes) -> None:
+    # repr: a time that is NaN equals itself there.
+    assert repr(outcome(received.received_json, entry)) == repr(outcome(received_ref.received_json, entry))

@@ -1,0 +1,451 @@
+"""A received event stored as its message's queue record, as the event's JSON; the twin is received_ref.py.
+
+The record's MessagePack is read in place and the JSON written from it, without making the record, the
+event or their strings Python objects: the events process does this for every message received, on the
+CPUs ingress runs on.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdio cimport snprintf
+from libc.string cimport memcmp, memcpy, strlen
+
+import msgspec
+
+from fastmta._ext.received_ref import UNDECODABLE
+
+# Floats are written as msgspec writes them: the JSON must be the event's, byte for byte.
+cdef object _float_json = msgspec.json.Encoder().encode
+
+# Nesting past this in a value the event does not use is refused (msgspec would run out of stack long before).
+cdef enum:
+    MAX_DEPTH = 256
+
+# The record's string fields, by index: where each is found (its key) and what it is called in the event.
+cdef enum:
+    ID = 0
+    SENDER = 1
+    FIRST_PLAIN = 2  # from here on, written in this order under the same name, except message_id
+    STRINGS = 15
+
+cdef const char* RECORD_KEYS[STRINGS]
+RECORD_KEYS[:] = [
+    b"id", b"sender", b"client_ip", b"helo", b"auth_user", b"listener", b"tls", b"message_id", b"header_from",
+    b"header_to", b"subject", b"workspace_id", b"campaign_id", b"user_id", b"priority",
+]
+cdef const char* EVENT_KEYS[STRINGS]
+EVENT_KEYS[:] = [
+    b"", b"", b',"client_ip":', b',"helo":', b',"auth_user":', b',"listener":', b',"tls":', b',"header_message_id":',
+    b',"header_from":', b',"header_to":', b',"subject":', b',"workspace_id":', b',"campaign_id":', b',"user_id":',
+    b',"priority":',
+]
+cdef Py_ssize_t RECORD_KEY_LENGTHS[STRINGS]
+cdef int _index
+for _index in range(STRINGS):
+    RECORD_KEY_LENGTHS[_index] = <Py_ssize_t>strlen(RECORD_KEYS[_index])
+# Message's defaults: an omitted field (queue records omit defaults) has the default's value.
+cdef const char* DEFAULTS[STRINGS]
+DEFAULTS[:] = [b"", b"", b"", b"", b"", b"smtp", b"", b"", b"", b"", b"", b"", b"", b"", b""]
+
+
+cdef struct Reader:
+    const unsigned char* data
+    Py_ssize_t pos
+    Py_ssize_t end
+
+
+cdef struct Span:  # a string inside the entry
+    Py_ssize_t start
+    Py_ssize_t length
+
+
+cdef struct Out:
+    char* data
+    Py_ssize_t length
+    Py_ssize_t capacity
+
+
+class _Malformed(ValueError):
+    pass
+
+
+cdef int _fail() except -1:
+    raise _Malformed()
+
+
+cdef inline int _need(Reader* r, Py_ssize_t count) except -1:
+    if r.end - r.pos < count:
+        _fail()
+    return 0
+
+
+cdef inline uint64_t _big_endian(Reader* r, int count) noexcept:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(count):
+        value = (value << 8) | r.data[r.pos + i]
+    r.pos += count
+    return value
+
+
+cdef int _string(Reader* r, Span* out, bint checked=True) except -1:
+    """A str; `checked`, its UTF-8 is valid (msgspec refuses an invalid one where a field is a str, not in a key)."""
+    cdef unsigned char kind
+    cdef Py_ssize_t length, i
+    _need(r, 1)
+    kind = r.data[r.pos]
+    r.pos += 1
+    if 0xa0 <= kind <= 0xbf:
+        length = kind & 0x1f
+    elif kind == 0xd9:
+        _need(r, 1)
+        length = <Py_ssize_t>_big_endian(r, 1)
+    elif kind == 0xda:
+        _need(r, 2)
+        length = <Py_ssize_t>_big_endian(r, 2)
+    elif kind == 0xdb:
+        _need(r, 4)
+        length = <Py_ssize_t>_big_endian(r, 4)
+    else:
+        return _fail()
+    _need(r, length)
+    out.start = r.pos
+    out.length = length
+    r.pos += length
+    if not checked:
+        return 0
+    for i in range(out.start, out.start + length):
+        if r.data[i] >= 0x80:
+            PyUnicode_DecodeUTF8(<const char*>r.data + out.start, length, NULL)
+            break
+    return 0
+
+
+cdef Py_ssize_t _container(Reader* r, bint is_map) except -1:
+    """The length of the array (or map) that starts here."""
+    cdef unsigned char kind
+    _need(r, 1)
+    kind = r.data[r.pos]
+    r.pos += 1
+    if is_map:
+        if 0x80 <= kind <= 0x8f:
+            return kind & 0x0f
+        if kind == 0xde:
+            _need(r, 2)
+            return <Py_ssize_t>_big_endian(r, 2)
+        if kind == 0xdf:
+            _need(r, 4)
+            return <Py_ssize_t>_big_endian(r, 4)
+    else:
+        if 0x90 <= kind <= 0x9f:
+            return kind & 0x0f
+        if kind == 0xdc:
+            _need(r, 2)
+            return <Py_ssize_t>_big_endian(r, 2)
+        if kind == 0xdd:
+            _need(r, 4)
+            return <Py_ssize_t>_big_endian(r, 4)
+    return _fail()
+
+
+cdef int _skip(Reader* r, int depth) except -1:
+    """Past one value of any type, checking only that it is whole: a field the event does not use."""
+    cdef unsigned char kind
+    cdef Py_ssize_t count = 0, i
+    if depth > MAX_DEPTH:
+        return _fail()
+    _need(r, 1)
+    kind = r.data[r.pos]
+    if kind <= 0x7f or kind >= 0xe0 or kind in (0xc0, 0xc2, 0xc3):
+        r.pos += 1
+        return 0
+    if 0x80 <= kind <= 0x8f or kind in (0xde, 0xdf):
+        count = _container(r, True)
+        for i in range(2 * count):
+            _skip(r, depth + 1)
+        return 0
+    if 0x90 <= kind <= 0x9f or kind in (0xdc, 0xdd):
+        count = _container(r, False)
+        for i in range(count):
+            _skip(r, depth + 1)
+        return 0
+    r.pos += 1
+    if 0xa0 <= kind <= 0xbf:
+        count = kind & 0x1f
+    elif kind in (0xc4, 0xd9):
+        _need(r, 1)
+        count = <Py_ssize_t>_big_endian(r, 1)
+    elif kind in (0xc5, 0xda):
+        _need(r, 2)
+        count = <Py_ssize_t>_big_endian(r, 2)
+    elif kind in (0xc6, 0xdb):
+        _need(r, 4)
+        count = <Py_ssize_t>_big_endian(r, 4)
+    elif kind == 0xc7:  # ext 8, 16, 32: a length, a type byte, the data
+        _need(r, 1)
+        count = <Py_ssize_t>_big_endian(r, 1) + 1
+    elif kind == 0xc8:
+        _need(r, 2)
+        count = <Py_ssize_t>_big_endian(r, 2) + 1
+    elif kind == 0xc9:
+        _need(r, 4)
+        count = <Py_ssize_t>_big_endian(r, 4) + 1
+    elif kind in (0xca, 0xce, 0xd2):
+        count = 4
+    elif kind in (0xcb, 0xcf, 0xd3):
+        count = 8
+    elif kind in (0xcc, 0xd0):
+        count = 1
+    elif kind in (0xcd, 0xd1):
+        count = 2
+    elif 0xd4 <= kind <= 0xd8:  # fixext 1, 2, 4, 8, 16: a type byte, the data
+        count = 1 + (1 << (kind - 0xd4))
+    else:  # 0xc1: never used
+        return _fail()
+    _need(r, count)
+    r.pos += count
+    return 0
+
+
+cdef int _integer(Reader* r, char* text, size_t room) except -1:
+    """An integer, written as decimal text: msgspec takes any MessagePack integer for an int, and nothing else."""
+    cdef unsigned char kind
+    cdef uint64_t unsigned_value
+    cdef int64_t signed_value
+    _need(r, 1)
+    kind = r.data[r.pos]
+    r.pos += 1
+    if kind <= 0x7f:
+        snprintf(text, room, "%d", <int>kind)
+    elif kind >= 0xe0:
+        snprintf(text, room, "%d", <int>kind - 256)
+    elif 0xcc <= kind <= 0xcf:
+        _need(r, 1 << (kind - 0xcc))
+        unsigned_value = _big_endian(r, 1 << (kind - 0xcc))
+        snprintf(text, room, "%llu", <unsigned long long>unsigned_value)
+    elif 0xd0 <= kind <= 0xd3:
+        _need(r, 1 << (kind - 0xd0))
+        unsigned_value = _big_endian(r, 1 << (kind - 0xd0))
+        if kind == 0xd0:
+            signed_value = <signed char>unsigned_value
+        elif kind == 0xd1:
+            signed_value = <short>unsigned_value
+        elif kind == 0xd2:
+            signed_value = <int>unsigned_value
+        else:
+            signed_value = <int64_t>unsigned_value
+        snprintf(text, room, "%lld", <long long>signed_value)
+    else:
+        return _fail()
+    return 0
+
+
+cdef double _float(Reader* r) except? -1.0:
+    """A float; msgspec takes an integer for a float too."""
+    cdef unsigned char kind
+    cdef uint64_t bits
+    cdef unsigned int bits32
+    cdef double value
+    cdef float value32
+    cdef char text[32]
+    _need(r, 1)
+    kind = r.data[r.pos]
+    if kind == 0xcb:
+        r.pos += 1
+        _need(r, 8)
+        bits = _big_endian(r, 8)
+        memcpy(&value, &bits, 8)
+        return value
+    if kind == 0xca:
+        r.pos += 1
+        _need(r, 4)
+        bits32 = <unsigned int>_big_endian(r, 4)
+        memcpy(&value32, &bits32, 4)
+        return value32
+    _integer(r, text, sizeof(text))
+    return float(text.decode("ascii"))
+
+
+cdef int _append(Out* out, const char* src, Py_ssize_t count) except -1:
+    cdef Py_ssize_t capacity
+    cdef char* grown
+    if out.length + count > out.capacity:
+        capacity = max(out.length + count, 2 * out.capacity, 1024)
+        grown = <char*>PyMem_Realloc(out.data, <size_t>capacity)
+        if grown == NULL:
+            raise MemoryError()
+        out.data = grown
+        out.capacity = capacity
+    memcpy(out.data + out.length, src, <size_t>count)
+    out.length += count
+    return 0
+
+
+cdef inline int _text(Out* out, const char* src) except -1:
+    return _append(out, src, <Py_ssize_t>strlen(src))
+
+
+cdef int _json_string(Out* out, const unsigned char* src, Py_ssize_t length) except -1:
+    """A JSON string, escaped as msgspec escapes: the quote, the backslash and control characters."""
+    cdef Py_ssize_t run = 0, i
+    cdef unsigned char c
+    cdef char escape[8]
+    _append(out, b'"', 1)
+    for i in range(length):
+        c = src[i]
+        if c >= 0x20 and c != 0x22 and c != 0x5c:
+            continue
+        _append(out, <const char*>src + run, i - run)
+        run = i + 1
+        if c == 0x22:
+            _append(out, b'\\"', 2)
+        elif c == 0x5c:
+            _append(out, b"\\\\", 2)
+        elif c == 0x08:
+            _append(out, b"\\b", 2)
+        elif c == 0x09:
+            _append(out, b"\\t", 2)
+        elif c == 0x0a:
+            _append(out, b"\\n", 2)
+        elif c == 0x0c:
+            _append(out, b"\\f", 2)
+        elif c == 0x0d:
+            _append(out, b"\\r", 2)
+        else:
+            snprintf(escape, sizeof(escape), "\\u%04x", c)
+            _append(out, escape, 6)
+    _append(out, <const char*>src + run, length - run)
+    _append(out, b'"', 1)
+    return 0
+
+
+cdef inline int _span_string(Out* out, Reader* r, Span* span) except -1:
+    return _json_string(out, r.data + span.start, span.length)
+
+
+cdef int _key_index(Reader* r, Span* key) noexcept:
+    cdef int index
+    for index in range(STRINGS):
+        if _key_is(r, key, RECORD_KEYS[index], RECORD_KEY_LENGTHS[index]):
+            return index
+    return -1
+
+
+cdef bint _key_is(Reader* r, Span* key, const char* name, Py_ssize_t length) noexcept:
+    return key.length == length and memcmp(name, r.data + key.start, <size_t>length) == 0
+
+
+cdef int _recipients(Reader* r, Out* out) except -1:
+    """The recipients' array, as the list of their addresses."""
+    cdef Py_ssize_t count = _container(r, False), fields, i, j
+    cdef Span key, address
+    cdef bint found
+    _append(out, b"[", 1)
+    for i in range(count):
+        fields = _container(r, True)
+        found = False
+        for j in range(fields):
+            _string(r, &key, False)
+            if _key_is(r, &key, b"address", 7):
+                _string(r, &address)
+                found = True
+            else:
+                _skip(r, 1)
+        if not found:
+            return _fail()
+        if i:
+            _append(out, b",", 1)
+        _span_string(out, r, &address)
+    _append(out, b"]", 1)
+    return 0
+
+
+cdef tuple _transcode(Reader* r, Out* out):
+    cdef Span event_id, node, key
+    cdef Span strings[STRINGS]
+    cdef bint present[STRINGS]
+    cdef Py_ssize_t count, fields, i, recipients_at = -1, recipients_end = 0
+    cdef char size_text[32]
+    cdef bint sized = False
+    cdef double at
+    cdef int index
+    cdef Out recipients
+    recipients.data = NULL
+    recipients.length = 0
+    recipients.capacity = 0
+    count = _container(r, False)
+    if count < 4:
+        return _fail()
+    _string(r, &event_id)
+    at = _float(r)
+    _string(r, &node)
+    for i in range(STRINGS):
+        present[i] = False
+    try:
+        fields = _container(r, True)
+        for i in range(fields):
+            _string(r, &key, False)
+            index = _key_index(r, &key)
+            if index >= 0:
+                _string(r, &strings[index])
+                present[index] = True
+            elif _key_is(r, &key, b"recipients", 10):
+                recipients.length = 0  # a key given twice: the last one counts, as in msgspec
+                _recipients(r, &recipients)
+            elif _key_is(r, &key, b"size", 4):
+                _integer(r, size_text, sizeof(size_text))
+                sized = True
+            else:
+                _skip(r, 1)
+        if not (present[ID] and present[SENDER] and recipients.data != NULL and sized):
+            return _fail()
+        for i in range(4, count):
+            _skip(r, 1)
+        if r.pos != r.end:
+            return _fail()
+        _append(out, b'{"type":"received","sender":', 28)
+        _span_string(out, r, &strings[SENDER])
+        _append(out, b',"recipients":', 14)
+        _append(out, recipients.data, recipients.length)
+        _append(out, b',"size":', 8)
+        _text(out, size_text)
+        for index in range(FIRST_PLAIN, STRINGS):
+            _text(out, EVENT_KEYS[index])
+            if present[index]:
+                _span_string(out, r, &strings[index])
+            else:
+                _json_string(out, <const unsigned char*>DEFAULTS[index], <Py_ssize_t>strlen(DEFAULTS[index]))
+        _append(out, b',"id":', 6)
+        _span_string(out, r, &event_id)
+        _append(out, b',"at":', 6)
+        formatted = _float_json(at)
+        _append(out, PyBytes_AS_STRING(formatted), PyBytes_GET_SIZE(formatted))
+        _append(out, b',"node":', 8)
+        _span_string(out, r, &node)
+        _append(out, b',"message_id":', 14)
+        _span_string(out, r, &strings[ID])
+        _append(out, b',"recipient":""}', 16)
+    finally:
+        PyMem_Free(recipients.data)
+    identifier = PyUnicode_DecodeUTF8(<const char*>r.data + event_id.start, event_id.length, NULL)
+    return identifier, at, PyBytes_FromStringAndSize(out.data, out.length)
+
+
+def received_json(bytes entry):
+    """The event's id, time and JSON, from an outbox entry written by events.records.received_entry."""
+    cdef Reader reader
+    cdef Out out
+    reader.data = <const unsigned char*>PyBytes_AS_STRING(entry)
+    reader.pos = 1 if PyBytes_GET_SIZE(entry) else 0
+    reader.end = PyBytes_GET_SIZE(entry)
+    out.data = NULL
+    out.length = 0
+    out.capacity = 0
+    try:
+        return _transcode(&reader, &out)
+    except ValueError:  # malformed, or a string that is not UTF-8
+        raise ValueError(UNDECODABLE) from None
+    finally:
+        PyMem_Free(out.data)
