@@ -6,7 +6,7 @@ CPUs ingress runs on.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdio cimport snprintf
@@ -48,6 +48,12 @@ for _index in range(STRINGS):
 # Message's defaults: an omitted field (queue records omit defaults) has the default's value.
 cdef const char* DEFAULTS[STRINGS]
 DEFAULTS[:] = [b"", b"", b"", b"", b"", b"smtp", b"", b"", b"", b"", b"", b"", b"", b"", b""]
+
+
+# The bytes JSON escapes (msgspec's choice): control characters, the quote and the backslash.
+cdef bint NEEDS_ESCAPE[256]
+for _index in range(256):
+    NEEDS_ESCAPE[_index] = _index < 0x20 or _index == 0x22 or _index == 0x5c
 
 
 cdef struct Reader:
@@ -114,13 +120,24 @@ cdef int _string(Reader* r, Span* out, bint checked=True) except -1:
     out.start = r.pos
     out.length = length
     r.pos += length
-    if not checked:
-        return 0
-    for i in range(out.start, out.start + length):
-        if r.data[i] >= 0x80:
-            PyUnicode_DecodeUTF8(<const char*>r.data + out.start, length, NULL)
-            break
+    if checked and not _ascii(r.data + out.start, length):
+        PyUnicode_DecodeUTF8(<const char*>r.data + out.start, length, NULL)
     return 0
+
+
+cdef bint _ascii(const unsigned char* text, Py_ssize_t length) noexcept:
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word
+    while i + 8 <= length:
+        memcpy(&word, text + i, 8)
+        if word & 0x8080808080808080ULL:
+            return False
+        i += 8
+    while i < length:
+        if text[i] >= 0x80:
+            return False
+        i += 1
+    return True
 
 
 cdef Py_ssize_t _container(Reader* r, bint is_map) except -1:
@@ -268,16 +285,19 @@ cdef double _float(Reader* r) except? -1.0:
     return float(text.decode("ascii"))
 
 
-cdef int _append(Out* out, const char* src, Py_ssize_t count) except -1:
-    cdef Py_ssize_t capacity
-    cdef char* grown
+cdef int _grow(Out* out, Py_ssize_t count) except -1:
+    cdef Py_ssize_t capacity = max(out.length + count, 2 * out.capacity)
+    cdef char* grown = <char*>PyMem_Realloc(out.data, <size_t>capacity)
+    if grown == NULL:
+        raise MemoryError()
+    out.data = grown
+    out.capacity = capacity
+    return 0
+
+
+cdef inline int _append(Out* out, const char* src, Py_ssize_t count) except -1:
     if out.length + count > out.capacity:
-        capacity = max(out.length + count, 2 * out.capacity, 1024)
-        grown = <char*>PyMem_Realloc(out.data, <size_t>capacity)
-        if grown == NULL:
-            raise MemoryError()
-        out.data = grown
-        out.capacity = capacity
+        _grow(out, count)
     memcpy(out.data + out.length, src, <size_t>count)
     out.length += count
     return 0
@@ -295,7 +315,7 @@ cdef int _json_string(Out* out, const unsigned char* src, Py_ssize_t length) exc
     _append(out, b'"', 1)
     for i in range(length):
         c = src[i]
-        if c >= 0x20 and c != 0x22 and c != 0x5c:
+        if not NEEDS_ESCAPE[c]:
             continue
         _append(out, <const char*>src + run, i - run)
         run = i + 1
@@ -338,27 +358,30 @@ cdef bint _key_is(Reader* r, Span* key, const char* name, Py_ssize_t length) noe
 
 
 cdef int _recipients(Reader* r, Out* out) except -1:
-    """The recipients' array, as the list of their addresses."""
+    """The recipients' array, as the list of their addresses; with out NULL, only checked and passed over."""
     cdef Py_ssize_t count = _container(r, False), fields, i, j
     cdef Span key, address
     cdef bint found
-    _append(out, b"[", 1)
+    if out != NULL:
+        _append(out, b"[", 1)
     for i in range(count):
         fields = _container(r, True)
         found = False
         for j in range(fields):
             _string(r, &key, False)
             if _key_is(r, &key, b"address", 7):
-                _string(r, &address)
+                _string(r, &address, out == NULL)  # checked on the first pass
                 found = True
             else:
                 _skip(r, 1)
         if not found:
             return _fail()
-        if i:
-            _append(out, b",", 1)
-        _span_string(out, r, &address)
-    _append(out, b"]", 1)
+        if out != NULL:
+            if i:
+                _append(out, b",", 1)
+            _span_string(out, r, &address)
+    if out != NULL:
+        _append(out, b"]", 1)
     return 0
 
 
@@ -366,15 +389,12 @@ cdef tuple _transcode(Reader* r, Out* out):
     cdef Span event_id, node, key
     cdef Span strings[STRINGS]
     cdef bint present[STRINGS]
-    cdef Py_ssize_t count, fields, i, recipients_at = -1, recipients_end = 0
+    cdef Py_ssize_t count, fields, i, recipients_at = -1
     cdef char size_text[32]
     cdef bint sized = False
     cdef double at
     cdef int index
-    cdef Out recipients
-    recipients.data = NULL
-    recipients.length = 0
-    recipients.capacity = 0
+    cdef Reader again
     count = _container(r, False)
     if count < 4:
         return _fail()
@@ -383,52 +403,51 @@ cdef tuple _transcode(Reader* r, Out* out):
     _string(r, &node)
     for i in range(STRINGS):
         present[i] = False
-    try:
-        fields = _container(r, True)
-        for i in range(fields):
-            _string(r, &key, False)
-            index = _key_index(r, &key)
-            if index >= 0:
-                _string(r, &strings[index])
-                present[index] = True
-            elif _key_is(r, &key, b"recipients", 10):
-                recipients.length = 0  # a key given twice: the last one counts, as in msgspec
-                _recipients(r, &recipients)
-            elif _key_is(r, &key, b"size", 4):
-                _integer(r, size_text, sizeof(size_text))
-                sized = True
-            else:
-                _skip(r, 1)
-        if not (present[ID] and present[SENDER] and recipients.data != NULL and sized):
-            return _fail()
-        for i in range(4, count):
+    fields = _container(r, True)
+    for i in range(fields):
+        _string(r, &key, False)
+        index = _key_index(r, &key)
+        if index >= 0:
+            _string(r, &strings[index])
+            present[index] = True
+        elif _key_is(r, &key, b"recipients", 10):
+            recipients_at = r.pos  # a key given twice: the last one counts, as in msgspec
+            _recipients(r, NULL)
+        elif _key_is(r, &key, b"size", 4):
+            _integer(r, size_text, sizeof(size_text))
+            sized = True
+        else:
             _skip(r, 1)
-        if r.pos != r.end:
-            return _fail()
-        _append(out, b'{"type":"received","sender":', 28)
-        _span_string(out, r, &strings[SENDER])
-        _append(out, b',"recipients":', 14)
-        _append(out, recipients.data, recipients.length)
-        _append(out, b',"size":', 8)
-        _text(out, size_text)
-        for index in range(FIRST_PLAIN, STRINGS):
-            _text(out, EVENT_KEYS[index])
-            if present[index]:
-                _span_string(out, r, &strings[index])
-            else:
-                _json_string(out, <const unsigned char*>DEFAULTS[index], <Py_ssize_t>strlen(DEFAULTS[index]))
-        _append(out, b',"id":', 6)
-        _span_string(out, r, &event_id)
-        _append(out, b',"at":', 6)
-        formatted = _float_json(at)
-        _append(out, PyBytes_AS_STRING(formatted), PyBytes_GET_SIZE(formatted))
-        _append(out, b',"node":', 8)
-        _span_string(out, r, &node)
-        _append(out, b',"message_id":', 14)
-        _span_string(out, r, &strings[ID])
-        _append(out, b',"recipient":""}', 16)
-    finally:
-        PyMem_Free(recipients.data)
+    if not (present[ID] and present[SENDER] and recipients_at >= 0 and sized):
+        return _fail()
+    for i in range(4, count):
+        _skip(r, 1)
+    if r.pos != r.end:
+        return _fail()
+    _append(out, b'{"type":"received","sender":', 28)
+    _span_string(out, r, &strings[SENDER])
+    _append(out, b',"recipients":', 14)
+    again = r[0]
+    again.pos = recipients_at
+    _recipients(&again, out)
+    _append(out, b',"size":', 8)
+    _text(out, size_text)
+    for index in range(FIRST_PLAIN, STRINGS):
+        _text(out, EVENT_KEYS[index])
+        if present[index]:
+            _span_string(out, r, &strings[index])
+        else:
+            _json_string(out, <const unsigned char*>DEFAULTS[index], <Py_ssize_t>strlen(DEFAULTS[index]))
+    _append(out, b',"id":', 6)
+    _span_string(out, r, &event_id)
+    _append(out, b',"at":', 6)
+    formatted = _float_json(at)
+    _append(out, PyBytes_AS_STRING(formatted), PyBytes_GET_SIZE(formatted))
+    _append(out, b',"node":', 8)
+    _span_string(out, r, &node)
+    _append(out, b',"message_id":', 14)
+    _span_string(out, r, &strings[ID])
+    _append(out, b',"recipient":""}', 16)
     identifier = PyUnicode_DecodeUTF8(<const char*>r.data + event_id.start, event_id.length, NULL)
     return identifier, at, PyBytes_FromStringAndSize(out.data, out.length)
 
@@ -440,9 +459,12 @@ def received_json(bytes entry):
     reader.data = <const unsigned char*>PyBytes_AS_STRING(entry)
     reader.pos = 1 if PyBytes_GET_SIZE(entry) else 0
     reader.end = PyBytes_GET_SIZE(entry)
-    out.data = NULL
     out.length = 0
-    out.capacity = 0
+    # The JSON is about as long as the entry: its keys are longer, the record's fields it leaves out make up for that.
+    out.capacity = 2 * reader.end + 512
+    out.data = <char*>PyMem_Malloc(<size_t>out.capacity)
+    if out.data == NULL:
+        raise MemoryError()
     try:
         return _transcode(&reader, &out)
     except ValueError:  # malformed, or a string that is not UTF-8
