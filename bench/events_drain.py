@@ -1,7 +1,7 @@
 """What the events process costs per event: the real runner and webhook sink draining an outbox, CPU counted in-process.
 
 Fills a fresh outbox with N received events (as an SMTP worker writes them), then runs EventsRunner.step
-until a webhook sink (batch 100, like `fastmta-webhooks` in compare.py) has posted them all to
+until a webhook sink (batch 500, like `fastmta-webhooks` in compare.py) has posted them all to
 webhook_sink.py, a receiver that answers at once. Prints the runner's CPU (all its threads, kernel time
 included) per event. The receiver's CPU is not counted.
 
@@ -44,7 +44,7 @@ def received(number: int, now: float) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=40_000)
-    parser.add_argument("--batch", type=int, default=100, help="events per request (default 100)")
+    parser.add_argument("--batch", type=int, default=500, help="events per request (default 500)")
     args = parser.parse_args(argv)
     port = free_port()
     receiver = subprocess.Popen([sys.executable, str(BENCH / "webhook_sink.py"), f"127.0.0.1:{port}"])

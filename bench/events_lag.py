@@ -4,7 +4,7 @@ Starts fastmta with history on, or with --sink webhooks a webhook receiver inste
 sink from GET /health (the age of the oldest event a sink does not have yet, at the cursor it last saved,
 so at most a second more than the events process itself knows) four times a second, through two phases:
 1. flat out: source.py closed loop for --duration seconds; then how long the sinks take to catch up once
-   the load stops (the events process runs at nice 19, so a machine kept busy by ingress delays it);
+   the load stops (the events process runs as SCHED_IDLE, so a machine kept busy by ingress delays it);
 2. sustained: source.py open loop at --fraction of the rate phase 1 reached, for --duration seconds.
 The target: the lag stays under 2 s in phase 2.
 """
