@@ -273,11 +273,13 @@ def new_event_id(now: float | None = None) -> str:
     Random bits rather than a node or process number: ids stay unique across nodes, restarts and
     forks without any of them being configured; they sort by time, and SQL stores them as a uuid.
     """
-    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    millis = int((time.time() if now is None else now) * 1000) & 0xFFFFFFFFFFFF
     bits = _random.getrandbits(74)
-    value = millis << 80 | 0x7 << 76 | (bits >> 62) << 64 | 0b10 << 62 | (bits & ((1 << 62) - 1))
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    # The groups of the text: milliseconds (32 and 16 bits), the version and 12 random bits, the variant
+    # and 14, then 48 random bits.
+    return "%08x-%04x-%04x-%04x-%012x" % (
+        millis >> 16, millis & 0xFFFF, 0x7000 | bits >> 62, 0x8000 | (bits >> 48) & 0x3FFF, bits & 0xFFFFFFFFFFFF
+    )
 
 
 # Seeded from os.urandom in every process: a child must not draw what its parent or siblings draw.

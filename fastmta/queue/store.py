@@ -195,7 +195,7 @@ class QueueStore:
         entries: list[bytes] = []
         if "received" in self.event_types:
             entries.append(events.received_entry(record, self.node, time.time()))
-        if self.events:
+        if self.events and (also or message.state == HELD):
             held = [events.about_message(events.Held, message.id, self.node)] if message.state == HELD else []
             entries += self.outbox.encoded([*held, *also])
         return NewMessage(message.id.encode(), record, body, schedule, entries)

@@ -66,6 +66,13 @@ def test_a_received_event_is_stored_as_the_queue_record_and_read_as_the_event(st
     assert Entry.of(1, expected).event == expected and Entry.of(1, expected).head == head
 
 
+def test_a_received_event_whose_record_is_damaged_has_no_head_and_no_event(store: QueueStore) -> None:
+    store.insert([(message(("b@example.org",)), b"body")])
+    (entry,) = store.outbox.read(0, 10)
+    damaged = Entry(entry.sequence, entry.raw.replace(b"sender", b"senDer"))  # a required field gone
+    assert damaged.head is None and damaged.event is None
+
+
 def test_event_ids_are_unique_and_sort_by_time() -> None:
     ids = [events.new_event_id(1000.0 + n / 1000) for n in range(2000)]
     assert len(set(ids)) == len(ids) and all(uuid.UUID(i).version == 7 for i in ids)
