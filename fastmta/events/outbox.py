@@ -45,13 +45,13 @@ class Outbox:
         if not entries:
             return
         raw = txn.get(_NEXT, db=self._meta)
-        sequence = 1 if raw is None else _SEQUENCE.unpack(raw)[0]
-        for entry in entries:
-            # append=True refuses (returns False) a key not past the last one: never drop an event silently.
-            if not txn.put(_SEQUENCE.pack(sequence), entry, db=self._entries, append=True):
-                raise lmdb.KeyExistsError(f"outbox entry {sequence} is not past the last one")
-            sequence += 1
-        txn.put(_NEXT, _SEQUENCE.pack(sequence), db=self._meta)
+        first = 1 if raw is None else _SEQUENCE.unpack(raw)[0]
+        items = [(_SEQUENCE.pack(sequence), entry) for sequence, entry in enumerate(entries, first)]
+        # append=True refuses (does not add) a key not past the last one: never drop an event silently.
+        _, added = txn.cursor(db=self._entries).putmulti(items, append=True)
+        if added != len(items):
+            raise lmdb.KeyExistsError(f"outbox entries from {first} are not past the last one")
+        txn.put(_NEXT, _SEQUENCE.pack(first + len(items)), db=self._meta)
 
     def read(self, after: int, limit: int) -> list[Entry]:
         """Up to `limit` entries past `after`, in commit order; each decodes its event when a sink asks for it."""

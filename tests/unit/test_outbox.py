@@ -6,6 +6,7 @@ import time
 import uuid
 from pathlib import Path
 
+import lmdb
 import msgspec
 import pytest
 
@@ -118,6 +119,14 @@ def test_operator_actions_and_settlements_write_their_events(store: QueueStore) 
     assert types(store.outbox) == ["Received", "Delivered", "Deferred", "Retried", "Held", "Released", "Deleted"]
     deferred = store.outbox.read(2, 1)[0].event
     assert isinstance(deferred, events.Deferred) and deferred.recipient == "c@example.org" and deferred.reply == "451 4.3.0 Try later"
+
+
+def test_an_entry_not_past_the_last_one_is_refused_not_dropped(store: QueueStore) -> None:
+    store.insert([(message(), b"1"), (message(), b"2")])
+    with pytest.raises(lmdb.KeyExistsError), store.env.begin(write=True) as txn:
+        txn.put(b"next", (2).to_bytes(8, "big"), db=store.env.open_db(b"outbox_meta", txn=txn))  # a sequence gone back
+        store.outbox.append_encoded(txn, [b"{}", b"{}"])
+    assert [entry.sequence for entry in store.outbox.read(0, 10)] == [1, 2] and store.outbox.last_sequence() == 2
 
 
 def test_entries_leave_only_when_every_sink_has_them(store: QueueStore) -> None:
