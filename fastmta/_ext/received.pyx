@@ -19,10 +19,6 @@ from fastmta._ext.received_ref import UNDECODABLE
 # Floats are written as msgspec writes them: the JSON must be the event's, byte for byte.
 cdef object _float_json = msgspec.json.Encoder().encode
 
-# Nesting past this in a value the event does not use is refused (msgspec would run out of stack long before).
-cdef enum:
-    MAX_DEPTH = 256
-
 # The record's string fields, by index: where each is found (its key) and what it is called in the event.
 cdef enum:
     ID = 0
@@ -81,8 +77,9 @@ cdef int _fail() except -1:
     raise _Malformed()
 
 
-cdef inline int _need(Reader* r, Py_ssize_t count) except -1:
-    if r.end - r.pos < count:
+cdef inline int _need(Reader* r, uint64_t count) except -1:
+    """At least `count` bytes are left: compared unsigned, so no length read from the entry can overflow it."""
+    if <uint64_t>(r.end - r.pos) < count:
         _fail()
     return 0
 
@@ -99,29 +96,23 @@ cdef inline uint64_t _big_endian(Reader* r, int count) noexcept:
 cdef int _string(Reader* r, Span* out, bint checked=True) except -1:
     """A str; `checked`, its UTF-8 is valid (msgspec refuses an invalid one where a field is a str, not in a key)."""
     cdef unsigned char kind
-    cdef Py_ssize_t length, i
+    cdef uint64_t length
     _need(r, 1)
     kind = r.data[r.pos]
     r.pos += 1
     if 0xa0 <= kind <= 0xbf:
         length = kind & 0x1f
-    elif kind == 0xd9:
-        _need(r, 1)
-        length = <Py_ssize_t>_big_endian(r, 1)
-    elif kind == 0xda:
-        _need(r, 2)
-        length = <Py_ssize_t>_big_endian(r, 2)
-    elif kind == 0xdb:
-        _need(r, 4)
-        length = <Py_ssize_t>_big_endian(r, 4)
+    elif 0xd9 <= kind <= 0xdb:  # str 8, 16, 32
+        _need(r, 1 << (kind - 0xd9))
+        length = _big_endian(r, 1 << (kind - 0xd9))
     else:
         return _fail()
     _need(r, length)
     out.start = r.pos
-    out.length = length
-    r.pos += length
-    if checked and not _ascii(r.data + out.start, length):
-        PyUnicode_DecodeUTF8(<const char*>r.data + out.start, length, NULL)
+    out.length = <Py_ssize_t>length
+    r.pos += out.length
+    if checked and not _ascii(r.data + out.start, out.length):
+        PyUnicode_DecodeUTF8(<const char*>r.data + out.start, out.length, NULL)
     return 0
 
 
@@ -140,8 +131,8 @@ cdef bint _ascii(const unsigned char* text, Py_ssize_t length) noexcept:
     return True
 
 
-cdef Py_ssize_t _container(Reader* r, bint is_map) except -1:
-    """The length of the array (or map) that starts here."""
+cdef uint64_t _container(Reader* r, bint is_map) except? 0xffffffffffffffff:
+    """The number of items of the array (or of pairs of the map) that starts here."""
     cdef unsigned char kind
     _need(r, 1)
     kind = r.data[r.pos]
@@ -149,80 +140,69 @@ cdef Py_ssize_t _container(Reader* r, bint is_map) except -1:
     if is_map:
         if 0x80 <= kind <= 0x8f:
             return kind & 0x0f
-        if kind == 0xde:
-            _need(r, 2)
-            return <Py_ssize_t>_big_endian(r, 2)
-        if kind == 0xdf:
-            _need(r, 4)
-            return <Py_ssize_t>_big_endian(r, 4)
+        if kind == 0xde or kind == 0xdf:  # map 16, 32
+            _need(r, 2 << (kind - 0xde))
+            return _big_endian(r, 2 << (kind - 0xde))
     else:
         if 0x90 <= kind <= 0x9f:
             return kind & 0x0f
-        if kind == 0xdc:
-            _need(r, 2)
-            return <Py_ssize_t>_big_endian(r, 2)
-        if kind == 0xdd:
-            _need(r, 4)
-            return <Py_ssize_t>_big_endian(r, 4)
-    return _fail()
+        if kind == 0xdc or kind == 0xdd:  # array 16, 32
+            _need(r, 2 << (kind - 0xdc))
+            return _big_endian(r, 2 << (kind - 0xdc))
+    _fail()
+    return 0xffffffffffffffff
 
 
-cdef int _skip(Reader* r, int depth) except -1:
-    """Past one value of any type, checking only that it is whole: a field the event does not use."""
+cdef int _skip(Reader* r) except -1:
+    """Past one value of any type, checking only that it is whole: a field the event does not use.
+
+    A loop over the values still to pass, not a recursion: nesting however deep takes no stack (each
+    level takes a byte of the entry, so the entry's size bounds the work).
+    """
     cdef unsigned char kind
-    cdef Py_ssize_t count = 0, i
-    if depth > MAX_DEPTH:
-        return _fail()
-    _need(r, 1)
-    kind = r.data[r.pos]
-    if kind <= 0x7f or kind >= 0xe0 or kind in (0xc0, 0xc2, 0xc3):
+    cdef uint64_t pending = 1, count
+    while pending:
+        pending -= 1
+        _need(r, 1)
+        kind = r.data[r.pos]
+        if kind <= 0x7f or kind >= 0xe0 or kind == 0xc0 or kind == 0xc2 or kind == 0xc3:
+            r.pos += 1
+            continue
+        if 0x80 <= kind <= 0x8f or kind == 0xde or kind == 0xdf:
+            pending += 2 * _container(r, True)
+            continue
+        if 0x90 <= kind <= 0x9f or kind == 0xdc or kind == 0xdd:
+            pending += _container(r, False)
+            continue
         r.pos += 1
-        return 0
-    if 0x80 <= kind <= 0x8f or kind in (0xde, 0xdf):
-        count = _container(r, True)
-        for i in range(2 * count):
-            _skip(r, depth + 1)
-        return 0
-    if 0x90 <= kind <= 0x9f or kind in (0xdc, 0xdd):
-        count = _container(r, False)
-        for i in range(count):
-            _skip(r, depth + 1)
-        return 0
-    r.pos += 1
-    if 0xa0 <= kind <= 0xbf:
-        count = kind & 0x1f
-    elif kind in (0xc4, 0xd9):
-        _need(r, 1)
-        count = <Py_ssize_t>_big_endian(r, 1)
-    elif kind in (0xc5, 0xda):
-        _need(r, 2)
-        count = <Py_ssize_t>_big_endian(r, 2)
-    elif kind in (0xc6, 0xdb):
-        _need(r, 4)
-        count = <Py_ssize_t>_big_endian(r, 4)
-    elif kind == 0xc7:  # ext 8, 16, 32: a length, a type byte, the data
-        _need(r, 1)
-        count = <Py_ssize_t>_big_endian(r, 1) + 1
-    elif kind == 0xc8:
-        _need(r, 2)
-        count = <Py_ssize_t>_big_endian(r, 2) + 1
-    elif kind == 0xc9:
-        _need(r, 4)
-        count = <Py_ssize_t>_big_endian(r, 4) + 1
-    elif kind in (0xca, 0xce, 0xd2):
-        count = 4
-    elif kind in (0xcb, 0xcf, 0xd3):
-        count = 8
-    elif kind in (0xcc, 0xd0):
-        count = 1
-    elif kind in (0xcd, 0xd1):
-        count = 2
-    elif 0xd4 <= kind <= 0xd8:  # fixext 1, 2, 4, 8, 16: a type byte, the data
-        count = 1 + (1 << (kind - 0xd4))
-    else:  # 0xc1: never used
-        return _fail()
-    _need(r, count)
-    r.pos += count
+        if 0xa0 <= kind <= 0xbf:
+            count = kind & 0x1f
+        elif kind == 0xc4 or kind == 0xd9:  # bin 8, str 8
+            _need(r, 1)
+            count = _big_endian(r, 1)
+        elif kind == 0xc5 or kind == 0xda:
+            _need(r, 2)
+            count = _big_endian(r, 2)
+        elif kind == 0xc6 or kind == 0xdb:
+            _need(r, 4)
+            count = _big_endian(r, 4)
+        elif 0xc7 <= kind <= 0xc9:  # ext 8, 16, 32: a length, a type byte, the data
+            _need(r, 1 << (kind - 0xc7))
+            count = _big_endian(r, 1 << (kind - 0xc7)) + 1
+        elif kind == 0xca or kind == 0xce or kind == 0xd2:
+            count = 4
+        elif kind == 0xcb or kind == 0xcf or kind == 0xd3:
+            count = 8
+        elif kind == 0xcc or kind == 0xd0:
+            count = 1
+        elif kind == 0xcd or kind == 0xd1:
+            count = 2
+        elif 0xd4 <= kind <= 0xd8:  # fixext 1, 2, 4, 8, 16: a type byte, the data
+            count = 1 + (1 << (kind - 0xd4))
+        else:  # 0xc1: never used
+            return _fail()
+        _need(r, count)
+        r.pos += <Py_ssize_t>count
     return 0
 
 
@@ -359,7 +339,7 @@ cdef bint _key_is(Reader* r, Span* key, const char* name, Py_ssize_t length) noe
 
 cdef int _recipients(Reader* r, Out* out) except -1:
     """The recipients' array, as the list of their addresses; with out NULL, only checked and passed over."""
-    cdef Py_ssize_t count = _container(r, False), fields, i, j
+    cdef uint64_t count = _container(r, False), fields, i, j
     cdef Span key, address
     cdef bint found
     if out != NULL:
@@ -373,7 +353,7 @@ cdef int _recipients(Reader* r, Out* out) except -1:
                 _string(r, &address, out == NULL)  # checked on the first pass
                 found = True
             else:
-                _skip(r, 1)
+                _skip(r)
         if not found:
             return _fail()
         if out != NULL:
@@ -389,7 +369,8 @@ cdef tuple _transcode(Reader* r, Out* out):
     cdef Span event_id, node, key
     cdef Span strings[STRINGS]
     cdef bint present[STRINGS]
-    cdef Py_ssize_t count, fields, i, recipients_at = -1
+    cdef uint64_t count, fields, i
+    cdef Py_ssize_t recipients_at = -1
     cdef char size_text[32]
     cdef bint sized = False
     cdef double at
@@ -417,11 +398,11 @@ cdef tuple _transcode(Reader* r, Out* out):
             _integer(r, size_text, sizeof(size_text))
             sized = True
         else:
-            _skip(r, 1)
+            _skip(r)
     if not (present[ID] and present[SENDER] and recipients_at >= 0 and sized):
         return _fail()
     for i in range(4, count):
-        _skip(r, 1)
+        _skip(r)
     if r.pos != r.end:
         return _fail()
     _append(out, b'{"type":"received","sender":', 28)
@@ -452,7 +433,7 @@ cdef tuple _transcode(Reader* r, Out* out):
     return identifier, at, PyBytes_FromStringAndSize(out.data, out.length)
 
 
-def received_json(bytes entry):
+def received_json(bytes entry not None):
     """The event's id, time and JSON, from an outbox entry written by events.records.received_entry."""
     cdef Reader reader
     cdef Out out

@@ -54,7 +54,10 @@ def received_json(entry: bytes) -> tuple[str, float, bytes]:
     """
     try:
         stored = _DECODER.decode(memoryview(entry)[1:])
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
+        # msgspec recurses into nested values, the compiled module does not: an entry nested past the
+        # interpreter's recursion limit (hundreds of levels; a queue record nests three) is refused here
+        # and read there, the one input on which the two differ.
         raise ValueError(UNDECODABLE) from None
     record = stored.record
     event = {

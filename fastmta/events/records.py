@@ -277,8 +277,9 @@ def new_event_id(now: float | None = None) -> str:
     bits = _random.getrandbits(74)
     # The groups of the text: milliseconds (32 and 16 bits), the version and 12 random bits, the variant
     # and 14, then 48 random bits.
-    return "%08x-%04x-%04x-%04x-%012x" % (
-        millis >> 16, millis & 0xFFFF, 0x7000 | bits >> 62, 0x8000 | (bits >> 48) & 0x3FFF, bits & 0xFFFFFFFFFFFF
+    return (
+        f"{millis >> 16:08x}-{millis & 0xFFFF:04x}-{0x7000 | bits >> 62:04x}-{0x8000 | (bits >> 48) & 0x3FFF:04x}-"
+        f"{bits & 0xFFFFFFFFFFFF:012x}"
     )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import struct
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from hypothesis import given, strategies as st
 
@@ -152,3 +154,69 @@ def test_parse_headers_agree_wherever_the_buffer_ends(block: bytes) -> None:
 def test_received_json_agree(entry: bytes) -> None:
     # repr: a time that is NaN equals itself there.
     assert repr(outcome(received.received_json, entry)) == repr(outcome(received_ref.received_json, entry))
+
+
+def _stored(record: bytes, at: bytes = b"\xcb" + struct.pack(">d", 1.5), tail: bytes = b"") -> bytes:
+    """An outbox entry of a received event around a record given as MessagePack bytes."""
+    return b"R\x94" + msgspec.msgpack.encode("E1") + at + msgspec.msgpack.encode("n1") + record + tail
+
+
+def _record(*pairs: bytes, without: str = "") -> bytes:
+    """A record map of the required fields (less `without`) and the given extra key and value bytes."""
+    fields = {"id": "M1", "sender": "a@b", "recipients": [{"address": "x@y"}], "size": 10}
+    encoded = [msgspec.msgpack.encode(k) + msgspec.msgpack.encode(v) for k, v in fields.items() if k != without]
+    encoded += pairs
+    return bytes([0x80 | len(encoded)]) + b"".join(encoded)
+
+
+_KEY = msgspec.msgpack.encode
+# Inputs random generation rarely makes: keys given twice, keys that are not str, strings that are not
+# UTF-8 where the event uses them and where it does not, every width of integer and length, ext values,
+# other types where a str, int or float belongs, deep nesting where the event does not look.
+EDGE_ENTRIES = [
+    _stored(_record(_KEY("id") + _KEY("M2"))),
+    _stored(_record(_KEY("size") + _KEY(2**64 - 1))),
+    _stored(_record(_KEY("size") + _KEY(-(2**63)))),
+    _stored(_record(_KEY("size") + _KEY(1.0))),
+    _stored(_record(_KEY("size") + _KEY(True))),
+    _stored(_record(b"\xc4\x02id" + _KEY("M2"))),
+    _stored(_record(_KEY(5) + _KEY("M2"))),
+    _stored(_record(b"\xa2\xff\xfe" + _KEY("M2"))),
+    _stored(_record(_KEY("zz") + b"\xa2\xff\xfe")),
+    _stored(_record(_KEY("helo") + b"\xa2\xff\xfe")),
+    _stored(_record(_KEY("helo") + b"\xa3\xed\xa0\x80")),
+    _stored(_record(_KEY("helo") + b"\xc4\x01a")),
+    _stored(_record(_KEY("helo") + b"\xc0")),
+    _stored(_record(_KEY("helo") + b"\xdb\x00\x00\x00\x01a")),
+    _stored(_record(_KEY("helo") + b"\xdb\xff\xff\xff\xff")),
+    _stored(_record(_KEY("zz") + b"\xdf\xff\xff\xff\xff")),
+    _stored(_record(_KEY("zz") + b"\xd6\xff\x00\x00\x00\x01")),
+    _stored(_record(_KEY("zz") + b"\xc7\x03\xff\x00\x00\x00")),
+    _stored(_record(_KEY("zz") + b"\xc1")),
+    _stored(_record(_KEY("zz") + b"\x91" * 300 + b"\x00")),
+    _stored(_record(_KEY("recipients") + b"\x91\x82\xa7address\xa1x\xa7address\xa1y", without="recipients")),
+    _stored(_record(_KEY("recipients") + _KEY([["x"]]), without="recipients")),
+    _stored(_record(_KEY("recipients") + _KEY([{"address": "q"}, {"address": "r"}]))),
+    _stored(_record(without="size")),
+    _stored(_KEY(["M1", "a@b", [{"address": "x"}], 10])),
+    _stored(_record(), at=b"\xca" + struct.pack(">f", 1.1)),
+    _stored(_record(), at=_KEY(2**64 - 1)),
+    _stored(_record(), at=_KEY(-(2**63) + 1)),
+    _stored(_record(), at=_KEY("1")),
+    _stored(_record(), tail=b"\x00"),
+    b"R\xdd\x00\x00\x00\x05" + _KEY("E1") + _KEY(1.0) + _KEY("n") + _record() + b"\xc0",
+    b"R" + _KEY({"id": "E1"}),
+    b"R",
+    b"",
+]
+
+
+@pytest.mark.parametrize("entry", EDGE_ENTRIES)
+def test_received_json_agree_on_edge_entries(entry: bytes) -> None:
+    assert repr(outcome(received.received_json, entry)) == repr(outcome(received_ref.received_json, entry))
+
+
+def test_received_json_refuses_what_is_not_bytes_alike() -> None:
+    for implementation in (received.received_json, received_ref.received_json):
+        with pytest.raises(TypeError):
+            implementation(None)
