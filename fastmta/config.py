@@ -301,8 +301,8 @@ class AdminConfig(_Section):
 
 class HistoryConfig(_Section):
     # On, every queue change writes its events to the outbox and the events process feeds history.
-    # Off by default: on this project's 2-CPU reference machine history costs 28% of 1 KiB ingress
-    # and 22% of relaying (README, "Events and history"), past the 5% a feature may cost unasked.
+    # Off by default: on this project's 2-CPU reference machine history costs 15% of 1 KiB ingress
+    # and about 22% of relaying (README, "Events and history"), past the 5% a feature may cost unasked.
     enabled: bool = False
     # Empty: SQLite at data_dir/history.db; otherwise an SQLAlchemy URL such as "postgresql://user@host/db",
     # which nodes of a cluster share.
