@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -60,11 +60,6 @@ class Payload(msgspec.Struct, gc=False):
     data: msgspec.Raw
 
 
-class _Outgoing(NamedTuple):
-    sequence: int
-    payload: Payload
-
-
 def payload(entry: Entry) -> Payload | None:
     """The entry's payload; None for an entry that cannot be decoded or is of a type this version does not know."""
     head = entry.head
@@ -102,8 +97,9 @@ class WebhookSink:
         if time.time() >= self._next_look:
             self._look_for_replays()
             self._next_look = time.time() + self.look_every
+        # (sequence, payload) pairs: a plain tuple, as a NamedTuple's constructor is a Python call per event.
         wanted = [
-            _Outgoing(entry.sequence, made)
+            (entry.sequence, made)
             for entry in batch
             if entry.sequence > self._settled_through and (made := payload(entry)) is not None
             and self.hook.wants(made.event)
@@ -116,16 +112,16 @@ class WebhookSink:
             group, chunks = chunks[:at_once], chunks[at_once:]
             if given_up:  # the receiver failed past retry_for just now: no request per chunk
                 for chunk in group:
-                    self._dead_letter([item.payload for item in chunk], given_up, 0)
-                    self._settled_through = chunk[-1].sequence
+                    self._dead_letter([made for _, made in chunk], given_up, 0)
+                    self._settled_through = chunk[-1][0]
                 continue
-            bodies = [[item.payload for item in chunk] for chunk in group]
+            bodies = [[made for _, made in chunk] for chunk in group]
             # One request goes in this thread: handing it to the pool would cost more than it saves.
             answers = [self._post(bodies[0])] if len(group) == 1 else self._requests.map(self._post, bodies)
             # In order: a chunk after one that must be sent again is sent again too (at least once).
-            for chunk, answer in zip(group, answers, strict=True):
-                given_up = self._settle([item.payload for item in chunk], answer)
-                self._settled_through = chunk[-1].sequence
+            for chunk, body, answer in zip(group, bodies, answers, strict=True):
+                given_up = self._settle(body, answer)
+                self._settled_through = chunk[-1][0]
 
     def close(self) -> None:
         self._requests.shutdown()
