@@ -82,11 +82,12 @@ class Scheduler:
     def settle(self, batch: list[Settlement]) -> None:
         """Applies many attempts' outcomes in one durable transaction."""
         store = self.store
+        # Encoded before the write transaction: while one process holds it, the others wait to commit.
+        entries = [store.outbox.encoded(settlement.events) if store.events else [] for settlement in batch]
         with store.env.begin(write=True) as txn:
-            for settlement in batch:
+            for settlement, encoded in zip(batch, entries, strict=True):
                 self._settle_one(txn, settlement)
-                if store.events:
-                    store.outbox.append(txn, settlement.events)
+                store.outbox.append_encoded(txn, encoded)
                 for bounce, body in settlement.bounces:
                     store.put_new(txn, bounce, body)
 
