@@ -46,10 +46,15 @@ cdef const char* DEFAULTS[STRINGS]
 DEFAULTS[:] = [b"", b"", b"", b"", b"", b"smtp", b"", b"", b"", b"", b"", b"", b"", b"", b""]
 
 
-# The bytes JSON escapes (msgspec's choice): control characters, the quote and the backslash.
+# The bytes JSON escapes (msgspec's choice): control characters, the quote and the backslash. Each one's
+# escape is a backslash and this letter, or (0) the \u form.
 cdef bint NEEDS_ESCAPE[256]
+cdef char ESCAPE_LETTER[256]
 for _index in range(256):
     NEEDS_ESCAPE[_index] = _index < 0x20 or _index == 0x22 or _index == 0x5c
+    ESCAPE_LETTER[_index] = 0
+for _index, _letter in ((0x22, b'"'), (0x5c, b"\\"), (0x08, b"b"), (0x09, b"t"), (0x0a, b"n"), (0x0c, b"f"), (0x0d, b"r")):
+    ESCAPE_LETTER[_index] = _letter[0]
 
 
 cdef struct Reader:
@@ -299,20 +304,10 @@ cdef int _json_string(Out* out, const unsigned char* src, Py_ssize_t length) exc
             continue
         _append(out, <const char*>src + run, i - run)
         run = i + 1
-        if c == 0x22:
-            _append(out, b'\\"', 2)
-        elif c == 0x5c:
-            _append(out, b"\\\\", 2)
-        elif c == 0x08:
-            _append(out, b"\\b", 2)
-        elif c == 0x09:
-            _append(out, b"\\t", 2)
-        elif c == 0x0a:
-            _append(out, b"\\n", 2)
-        elif c == 0x0c:
-            _append(out, b"\\f", 2)
-        elif c == 0x0d:
-            _append(out, b"\\r", 2)
+        if ESCAPE_LETTER[c]:
+            escape[0] = 0x5c
+            escape[1] = ESCAPE_LETTER[c]
+            _append(out, escape, 2)
         else:
             snprintf(escape, sizeof(escape), "\\u%04x", c)
             _append(out, escape, 6)
