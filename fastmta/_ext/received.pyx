@@ -211,47 +211,48 @@ cdef int _skip(Reader* r) except -1:
     return 0
 
 
-cdef int _integer(Reader* r, char* text, size_t room) except -1:
-    """An integer, written as decimal text: msgspec takes any MessagePack integer for an int, and nothing else."""
+cdef int _integer(Reader* r, uint64_t* magnitude, bint* negative) except -1:
+    """An integer, as its magnitude and sign: msgspec takes any MessagePack integer for an int, and nothing else."""
     cdef unsigned char kind
-    cdef uint64_t unsigned_value
-    cdef int64_t signed_value
+    cdef uint64_t bits
+    cdef int64_t value
     _need(r, 1)
     kind = r.data[r.pos]
     r.pos += 1
-    if kind <= 0x7f:
-        snprintf(text, room, "%d", <int>kind)
-    elif kind >= 0xe0:
-        snprintf(text, room, "%d", <int>kind - 256)
-    elif 0xcc <= kind <= 0xcf:
-        _need(r, 1 << (kind - 0xcc))
-        unsigned_value = _big_endian(r, 1 << (kind - 0xcc))
-        snprintf(text, room, "%llu", <unsigned long long>unsigned_value)
-    elif 0xd0 <= kind <= 0xd3:
+    if kind <= 0x7f or 0xcc <= kind <= 0xcf:  # positive fixint, uint 8, 16, 32, 64
+        if kind > 0x7f:
+            _need(r, 1 << (kind - 0xcc))
+        magnitude[0] = kind if kind <= 0x7f else _big_endian(r, 1 << (kind - 0xcc))
+        negative[0] = False
+        return 0
+    if kind >= 0xe0:  # negative fixint
+        value = <signed char>kind
+    elif 0xd0 <= kind <= 0xd3:  # int 8, 16, 32, 64
         _need(r, 1 << (kind - 0xd0))
-        unsigned_value = _big_endian(r, 1 << (kind - 0xd0))
+        bits = _big_endian(r, 1 << (kind - 0xd0))
         if kind == 0xd0:
-            signed_value = <signed char>unsigned_value
+            value = <signed char>bits
         elif kind == 0xd1:
-            signed_value = <short>unsigned_value
+            value = <short>bits
         elif kind == 0xd2:
-            signed_value = <int>unsigned_value
+            value = <int>bits
         else:
-            signed_value = <int64_t>unsigned_value
-        snprintf(text, room, "%lld", <long long>signed_value)
+            value = <int64_t>bits
     else:
         return _fail()
+    negative[0] = value < 0
+    magnitude[0] = (<uint64_t>0 - <uint64_t>value) if value < 0 else <uint64_t>value
     return 0
 
 
 cdef double _float(Reader* r) except? -1.0:
     """A float; msgspec takes an integer for a float too."""
     cdef unsigned char kind
-    cdef uint64_t bits
+    cdef uint64_t bits, magnitude
     cdef unsigned int bits32
     cdef double value
     cdef float value32
-    cdef char text[32]
+    cdef bint negative
     _need(r, 1)
     kind = r.data[r.pos]
     if kind == 0xcb:
@@ -266,8 +267,8 @@ cdef double _float(Reader* r) except? -1.0:
         bits32 = <unsigned int>_big_endian(r, 4)
         memcpy(&value32, &bits32, 4)
         return value32
-    _integer(r, text, sizeof(text))
-    return float(text.decode("ascii"))
+    _integer(r, &magnitude, &negative)
+    return -<double>magnitude if negative else <double>magnitude
 
 
 cdef int _grow(Out* out, Py_ssize_t count) except -1:
@@ -367,7 +368,8 @@ cdef tuple _transcode(Reader* r, Out* out):
     cdef uint64_t count, fields, i
     cdef Py_ssize_t recipients_at = -1
     cdef char size_text[32]
-    cdef bint sized = False
+    cdef uint64_t size = 0
+    cdef bint sized = False, size_negative = False
     cdef double at
     cdef int index
     cdef Reader again
@@ -390,7 +392,7 @@ cdef tuple _transcode(Reader* r, Out* out):
             recipients_at = r.pos  # a key given twice: the last one counts, as in msgspec
             _recipients(r, NULL)
         elif _key_is(r, &key, b"size", 4):
-            _integer(r, size_text, sizeof(size_text))
+            _integer(r, &size, &size_negative)
             sized = True
         else:
             _skip(r)
@@ -407,6 +409,7 @@ cdef tuple _transcode(Reader* r, Out* out):
     again.pos = recipients_at
     _recipients(&again, out)
     _append(out, b',"size":', 8)
+    snprintf(size_text, sizeof(size_text), "-%llu" if size_negative else "%llu", <unsigned long long>size)
     _text(out, size_text)
     for index in range(FIRST_PLAIN, STRINGS):
         _text(out, EVENT_KEYS[index])

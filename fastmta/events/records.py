@@ -190,6 +190,9 @@ def received_entry(record: bytes, node: str, now: float) -> bytes:
     return _RECEIVED_MARK + _STORED_RECEIVED_ENCODER.encode(stored)
 
 
+_NOT_MADE = ("", 0.0, b"")  # Entry._received before received_json() was asked
+
+
 class Entry:
     """An outbox entry as the sinks get it: its sequence number and stored bytes; its head, JSON and event are
     made on first use. A sink that needs only the head and the JSON (a webhook) never decodes an event
@@ -197,16 +200,15 @@ class Entry:
     events process does this for every message received). An entry that cannot be decoded, or whose type
     this version does not know, has no event and no head (None): a reader skips it."""
 
-    __slots__ = ("sequence", "raw", "_event", "_decoded", "_received", "_undecodable")
+    __slots__ = ("sequence", "raw", "_event", "_decoded", "_received")
 
     def __init__(self, sequence: int, raw: bytes) -> None:
         self.sequence = sequence
         self.raw = raw
         self._event: AnyEvent | None = None
         self._decoded = False
-        # A received event stored as its record: its id, time and JSON, once made.
-        self._received: tuple[str, float, bytes] | None = None
-        self._undecodable = False
+        # A received event stored as its record: its id, time and JSON once made, None if it does not decode.
+        self._received: tuple[str, float, bytes] | None = _NOT_MADE
 
     @classmethod
     def of(cls, sequence: int, event: Event) -> Entry:
@@ -218,7 +220,7 @@ class Entry:
             self._decoded = True
             try:
                 self._event = self._decoded_event()
-            except (msgspec.DecodeError, ValueError):
+            except msgspec.DecodeError:
                 self._event = None
         return self._event
 
@@ -247,24 +249,23 @@ class Entry:
             return made[2]
         return EVENT_ENCODER.encode(self.event)
 
-    def _decoded_event(self) -> AnyEvent:
+    def _decoded_event(self) -> AnyEvent | None:
         mark = self.raw[:1]
         if mark == b"{":
             return EVENT_DECODER.decode(self.raw)
         if mark == _RECEIVED_MARK:
             made = self._made_received()
-            if made is None:
-                raise ValueError("undecodable received event")
-            return EVENT_DECODER.decode(made[2])
+            return None if made is None else EVENT_DECODER.decode(made[2])
         return _MSGPACK_DECODER.decode(self.raw)
 
     def _made_received(self) -> tuple[str, float, bytes] | None:
-        if self._received is None and not self._undecodable:
+        if self._received is _NOT_MADE:
             try:
                 self._received = received_json(self.raw)
             except ValueError:
-                self._undecodable = True
+                self._received = None
         return self._received
+
 
 
 def new_event_id(now: float | None = None) -> str:
