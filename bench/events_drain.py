@@ -38,7 +38,7 @@ def received(number: int, now: float) -> bytes:
         message_id=f"<{number}@source.example>", header_from="bench@source.example", header_to=f"user{number}@example.com",
         subject=f"Benchmark message number {number}",
     )  # fmt: skip
-    return received_entry(MESSAGE_ENCODER.encode(message), "n1", now)
+    return received_entry(MESSAGE_ENCODER.encode(message), "n1", now, writer=1)
 
 
 def main(argv: list[str] | None = None) -> int:

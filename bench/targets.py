@@ -325,6 +325,16 @@ class FastMTABaselineInCluster(BaselineBuild, FastMTAInCluster):
         return BaselineBuild.missing(self) or FastMTAInCluster.missing(self)
 
 
+class FastMTABaselineWithWebhooks(BaselineBuild, FastMTAWithWebhooks):
+    """fastmta-webhooks on the baseline build: beside fastmta-webhooks, what a change to the events' path did."""
+
+    name = "fastmta-baseline-webhooks"
+    durability = "fsync before 250; events to a webhook (baseline build)"
+
+    def missing(self) -> str | None:
+        return BaselineBuild.missing(self) or FastMTAWithWebhooks.missing(self)
+
+
 class Postfix(Target):
     name = "postfix"
     durability = "fsync before 250 (queue file)"
@@ -378,7 +388,7 @@ class SmtpSink(Target):
 TARGETS: dict[str, Target] = {
     t.name: t for t in (FastMTA(), Postfix(), Aiosmtpd(), SmtpSink(), FastMTAWithoutMetrics(), FastMTAWithHistory(),
                            FastMTAWithDkim(), FastMTAWithEd25519(), FastMTAWithWebhooks(), FastMTABaseline(),
-                           FastMTAWithLimits(), FastMTAInCluster(), FastMTABaselineInCluster())
+                           FastMTAWithLimits(), FastMTAInCluster(), FastMTABaselineInCluster(), FastMTABaselineWithWebhooks())
 }
 # compare.py's default run; the others are asked for by name.
 DEFAULT_TARGETS = ("fastmta", "postfix", "aiosmtpd", "smtp-sink")

@@ -7,7 +7,8 @@ CPUs ingress runs on.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.number cimport PyNumber_Index
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcmp, memcpy, strlen
@@ -15,6 +16,8 @@ from libc.string cimport memcmp, memcpy, strlen
 import msgspec
 
 from fastmta._ext.received_ref import UNDECODABLE
+
+from fastmta.events.ids import WRITER_BITS
 
 # Floats are written as msgspec writes them: the JSON must be the event's, byte for byte.
 cdef object _float_json = msgspec.json.Encoder().encode
@@ -37,13 +40,17 @@ EVENT_KEYS[:] = [
     b',"header_from":', b',"header_to":', b',"subject":', b',"workspace_id":', b',"campaign_id":', b',"user_id":',
     b',"priority":',
 ]
-cdef Py_ssize_t RECORD_KEY_LENGTHS[STRINGS]
-cdef int _index
-for _index in range(STRINGS):
-    RECORD_KEY_LENGTHS[_index] = <Py_ssize_t>strlen(RECORD_KEYS[_index])
 # Message's defaults: an omitted field (queue records omit defaults) has the default's value.
 cdef const char* DEFAULTS[STRINGS]
 DEFAULTS[:] = [b"", b"", b"", b"", b"", b"smtp", b"", b"", b"", b"", b"", b"", b"", b"", b""]
+cdef Py_ssize_t RECORD_KEY_LENGTHS[STRINGS]
+cdef Py_ssize_t EVENT_KEY_LENGTHS[STRINGS]
+cdef Py_ssize_t DEFAULT_LENGTHS[STRINGS]
+cdef int _index
+for _index in range(STRINGS):
+    RECORD_KEY_LENGTHS[_index] = <Py_ssize_t>strlen(RECORD_KEYS[_index])
+    EVENT_KEY_LENGTHS[_index] = <Py_ssize_t>strlen(EVENT_KEYS[_index])
+    DEFAULT_LENGTHS[_index] = <Py_ssize_t>strlen(DEFAULTS[_index])
 
 
 # The bytes JSON escapes (msgspec's choice): control characters, the quote and the backslash. Each one's
@@ -72,6 +79,19 @@ cdef struct Out:
     char* data
     Py_ssize_t length
     Py_ssize_t capacity
+
+
+cdef struct Identity:  # the event's id and time
+    Span stored  # the id as stored, unless derived
+    bint derived
+    char text[36]  # the derived id (events.ids.derived)
+    double at
+
+
+# Not within this far either way, an entry's time is refused: its milliseconds then fit 63 bits.
+cdef double LATEST = 9007199254740992.0  # 2**53
+cdef uint64_t WRITERS = (<uint64_t>1) << WRITER_BITS
+cdef const char* HEX_DIGITS = b"0123456789abcdef"
 
 
 class _Malformed(ValueError):
@@ -289,32 +309,57 @@ cdef inline int _append(Out* out, const char* src, Py_ssize_t count) except -1:
     return 0
 
 
-cdef inline int _text(Out* out, const char* src) except -1:
-    return _append(out, src, <Py_ssize_t>strlen(src))
+cdef inline bint _plain(uint64_t word) noexcept:
+    """None of the 8 bytes needs an escape: none is below 0x20, a quote or a backslash. (x - n per byte) & ~x
+    has a byte's high bit set for some byte exactly when some byte of x is below n (n at most 0x80)."""
+    cdef uint64_t ones = 0x0101010101010101ULL
+    cdef uint64_t quotes = word ^ (ones * 0x22), backslashes = word ^ (ones * 0x5c)
+    return ((word - ones * 0x20) & ~word | (quotes - ones) & ~quotes | (backslashes - ones) & ~backslashes) & (ones * 0x80) == 0
 
 
 cdef int _json_string(Out* out, const unsigned char* src, Py_ssize_t length) except -1:
     """A JSON string, escaped as msgspec escapes: the quote, the backslash and control characters."""
-    cdef Py_ssize_t run = 0, i
+    cdef Py_ssize_t run = 0, i = 0
     cdef unsigned char c
+    cdef uint64_t word
     cdef char escape[8]
     _append(out, b'"', 1)
-    for i in range(length):
+    while i < length:
+        if i + 8 <= length:  # most text needs no escape: passed over 8 bytes at a time
+            memcpy(&word, src + i, 8)
+            if _plain(word):
+                i += 8
+                continue
         c = src[i]
-        if not NEEDS_ESCAPE[c]:
-            continue
-        _append(out, <const char*>src + run, i - run)
-        run = i + 1
-        if ESCAPE_LETTER[c]:
-            escape[0] = 0x5c
-            escape[1] = ESCAPE_LETTER[c]
-            _append(out, escape, 2)
-        else:
-            snprintf(escape, sizeof(escape), "\\u%04x", c)
-            _append(out, escape, 6)
+        if NEEDS_ESCAPE[c]:
+            _append(out, <const char*>src + run, i - run)
+            run = i + 1
+            if ESCAPE_LETTER[c]:
+                escape[0] = 0x5c
+                escape[1] = ESCAPE_LETTER[c]
+                _append(out, escape, 2)
+            else:
+                snprintf(escape, sizeof(escape), "\\u%04x", c)
+                _append(out, escape, 6)
+        i += 1
     _append(out, <const char*>src + run, length - run)
     _append(out, b'"', 1)
     return 0
+
+
+cdef int _decimal(Out* out, uint64_t magnitude, bint negative) except -1:
+    """An integer in decimal, as msgspec (and Python) write it."""
+    cdef char digits[21]
+    cdef int start = 21
+    while True:
+        start -= 1
+        digits[start] = 0x30 + <char>(magnitude % 10)
+        magnitude //= 10
+        if magnitude == 0:
+            break
+    if negative:
+        _append(out, b"-", 1)
+    return _append(out, digits + start, 21 - start)
 
 
 cdef inline int _span_string(Out* out, Reader* r, Span* span) except -1:
@@ -361,23 +406,76 @@ cdef int _recipients(Reader* r, Out* out) except -1:
     return 0
 
 
-cdef tuple _transcode(Reader* r, Out* out):
-    cdef Span event_id, node, key
+cdef int _identity(Reader* r, Identity* identity, uint64_t sequence) except -1:
+    """The entry's first two fields: the stored id or the writer's number it is derived from, and the time."""
+    cdef uint64_t writer, millis
+    cdef bint negative
+    cdef unsigned char kind
+    _need(r, 1)
+    kind = r.data[r.pos]
+    identity.derived = not (0xa0 <= kind <= 0xbf or 0xd9 <= kind <= 0xdb)
+    if identity.derived:
+        _integer(r, &writer, &negative)
+        if negative or writer >= WRITERS:
+            return _fail()
+    else:
+        _string(r, &identity.stored)
+    identity.at = _float(r)
+    if not -LATEST < identity.at < LATEST:
+        return _fail()
+    if identity.derived:
+        # As ids.uuid7 writes them: the text's groups are the milliseconds (32 and 16 bits), the version
+        # and the writer's top 12 bits, the variant and its next 14, then its last 16 and the sequence's low 32.
+        millis = <uint64_t>(<int64_t>(identity.at * 1000.0)) & 0xFFFFFFFFFFFF
+        _hex(identity.text, millis >> 16, 8)
+        _hex(identity.text + 9, millis & 0xFFFF, 4)
+        _hex(identity.text + 14, 0x7000 | writer >> 30, 4)
+        _hex(identity.text + 19, 0x8000 | (writer >> 16) & 0x3FFF, 4)
+        _hex(identity.text + 24, (writer & 0xFFFF) << 32 | sequence & 0xFFFFFFFF, 12)
+        identity.text[8] = identity.text[13] = identity.text[18] = identity.text[23] = 0x2d  # "-"
+    return 0
+
+
+cdef inline void _hex(char* into, uint64_t value, int digits) noexcept:
+    """value's last `digits` hex digits, lower case and zero-padded, as Python's format() writes them."""
+    cdef int i
+    for i in range(digits - 1, -1, -1):
+        into[i] = HEX_DIGITS[value & 0xF]
+        value >>= 4
+
+
+cdef inline int _identity_string(Out* out, Reader* r, Identity* identity) except -1:
+    if identity.derived:
+        return _json_string(out, <const unsigned char*>identity.text, 36)
+    return _span_string(out, r, &identity.stored)
+
+
+cdef str _identifier(Reader* r, Identity* identity):
+    if identity.derived:
+        return PyUnicode_DecodeUTF8(identity.text, 36, NULL)
+    return PyUnicode_DecodeUTF8(<const char*>r.data + identity.stored.start, identity.stored.length, NULL)
+
+
+cdef uint64_t _head(Reader* r, Identity* identity, uint64_t sequence) except? 0xffffffffffffffff:
+    """The entry's id and time into identity; returns the number of its fields."""
+    cdef uint64_t count = _container(r, False)
+    if count < 4:
+        _fail()
+    _identity(r, identity, sequence)
+    return count
+
+
+cdef int _event(Reader* r, Out* out, Identity* identity, uint64_t count) except -1:
+    """The event's JSON into out, from the rest of the entry (after _head)."""
+    cdef Span node, key
     cdef Span strings[STRINGS]
     cdef bint present[STRINGS]
-    cdef uint64_t count, fields, i
+    cdef uint64_t fields, i
     cdef Py_ssize_t recipients_at = -1
-    cdef char size_text[32]
     cdef uint64_t size = 0
     cdef bint sized = False, size_negative = False
-    cdef double at
     cdef int index
     cdef Reader again
-    count = _container(r, False)
-    if count < 4:
-        return _fail()
-    _string(r, &event_id)
-    at = _float(r)
     _string(r, &node)
     for i in range(STRINGS):
         present[i] = False
@@ -409,43 +507,84 @@ cdef tuple _transcode(Reader* r, Out* out):
     again.pos = recipients_at
     _recipients(&again, out)
     _append(out, b',"size":', 8)
-    snprintf(size_text, sizeof(size_text), "-%llu" if size_negative else "%llu", <unsigned long long>size)
-    _text(out, size_text)
+    _decimal(out, size, size_negative)
     for index in range(FIRST_PLAIN, STRINGS):
-        _text(out, EVENT_KEYS[index])
+        _append(out, EVENT_KEYS[index], EVENT_KEY_LENGTHS[index])
         if present[index]:
             _span_string(out, r, &strings[index])
         else:
-            _json_string(out, <const unsigned char*>DEFAULTS[index], <Py_ssize_t>strlen(DEFAULTS[index]))
+            _json_string(out, <const unsigned char*>DEFAULTS[index], DEFAULT_LENGTHS[index])
     _append(out, b',"id":', 6)
-    _span_string(out, r, &event_id)
+    _identity_string(out, r, identity)
     _append(out, b',"at":', 6)
-    formatted = _float_json(at)
+    formatted = _float_json(identity.at)
     _append(out, PyBytes_AS_STRING(formatted), PyBytes_GET_SIZE(formatted))
     _append(out, b',"node":', 8)
     _span_string(out, r, &node)
     _append(out, b',"message_id":', 14)
     _span_string(out, r, &strings[ID])
     _append(out, b',"recipient":""}', 16)
-    identifier = PyUnicode_DecodeUTF8(<const char*>r.data + event_id.start, event_id.length, NULL)
-    return identifier, at, PyBytes_FromStringAndSize(out.data, out.length)
+    return 0
 
 
-def received_json(bytes entry not None):
-    """The event's id, time and JSON, from an outbox entry written by events.records.received_entry."""
-    cdef Reader reader
-    cdef Out out
-    reader.data = <const unsigned char*>PyBytes_AS_STRING(entry)
-    reader.pos = 1 if PyBytes_GET_SIZE(entry) else 0
-    reader.end = PyBytes_GET_SIZE(entry)
+cdef int _start(Reader* r, Out* out, bytes entry) except -1:
+    r.data = <const unsigned char*>PyBytes_AS_STRING(entry)
+    r.pos = 1 if PyBytes_GET_SIZE(entry) else 0
+    r.end = PyBytes_GET_SIZE(entry)
     out.length = 0
     # The JSON is about as long as the entry: its keys are longer, the record's fields it leaves out make up for that.
-    out.capacity = 2 * reader.end + 512
+    out.capacity = 2 * r.end + 512
     out.data = <char*>PyMem_Malloc(<size_t>out.capacity)
     if out.data == NULL:
         raise MemoryError()
+    return 0
+
+
+cdef uint64_t _sequence(object number) except? 0xffffffffffffffff:
+    """An outbox sequence number: an integer (not a float, as the twin's operator.index), of 64 bits unsigned."""
+    return PyNumber_Index(number)
+
+
+def received_json(bytes entry not None, sequence):
+    """The event's id, time and JSON, from the outbox entry numbered `sequence` written by events.records.received_entry."""
+    cdef Reader reader
+    cdef Out out
+    cdef Identity identity
+    cdef uint64_t number = _sequence(sequence)
+    _start(&reader, &out, entry)
     try:
-        return _transcode(&reader, &out)
+        _event(&reader, &out, &identity, _head(&reader, &identity, number))
+        return _identifier(&reader, &identity), identity.at, PyBytes_FromStringAndSize(out.data, out.length)
+    except ValueError:  # malformed, or a string that is not UTF-8
+        raise ValueError(UNDECODABLE) from None
+    finally:
+        PyMem_Free(out.data)
+
+
+def received_payload(bytes entry not None, sequence, str name not None):
+    """The event's id and what a webhook's receiver is sent for it (events.webhooks.Payload, as JSON)."""
+    cdef Reader reader
+    cdef Out out
+    cdef Identity identity
+    cdef Py_ssize_t name_length
+    cdef const char* name_text = PyUnicode_AsUTF8AndSize(name, &name_length)
+    cdef uint64_t number = _sequence(sequence)
+    cdef uint64_t count
+    cdef int64_t timestamp
+    _start(&reader, &out, entry)
+    try:
+        count = _head(&reader, &identity, number)
+        _append(&out, b'{"id":', 6)
+        _identity_string(&out, &reader, &identity)
+        _append(&out, b',"event":', 9)
+        _json_string(&out, <const unsigned char*>name_text, name_length)
+        _append(&out, b',"timestamp":', 13)
+        timestamp = <int64_t>identity.at  # toward zero, as int() does; _head refused what does not fit
+        _decimal(&out, <uint64_t>(-timestamp if timestamp < 0 else timestamp), timestamp < 0)
+        _append(&out, b',"data":', 8)
+        _event(&reader, &out, &identity, count)
+        _append(&out, b"}", 1)
+        return _identifier(&reader, &identity), PyBytes_FromStringAndSize(out.data, out.length)
     except ValueError:  # malformed, or a string that is not UTF-8
         raise ValueError(UNDECODABLE) from None
     finally:

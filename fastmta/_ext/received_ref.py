@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import operator
+
 import msgspec
 
+from fastmta.events import ids
+
 UNDECODABLE = "undecodable received event"
+# The largest time (seconds, either way) an entry may carry: its milliseconds fit 63 bits, exactly.
+LATEST = float(2**53)
 
 
 class _Address(msgspec.Struct, gc=False):
@@ -35,7 +41,7 @@ class _Record(msgspec.Struct, gc=False):
 
 
 class _Stored(msgspec.Struct, array_like=True, gc=False):
-    id: str
+    id: str | int  # the id, or the writer's number it is derived from
     at: float
     node: str
     record: _Record
@@ -45,13 +51,16 @@ _DECODER = msgspec.msgpack.Decoder(_Stored)
 _ENCODER = msgspec.json.Encoder()
 
 
-def received_json(entry: bytes) -> tuple[str, float, bytes]:
-    """The event's id, time and JSON, from an outbox entry written by events.records.received_entry.
+def received_json(entry: bytes, sequence: int) -> tuple[str, float, bytes]:
+    """The event's id, time and JSON, from the outbox entry numbered `sequence` written by events.records.received_entry.
 
-    The entry is one mark byte, then MessagePack [id, time, node, the message's queue record]. The
-    JSON is the events.records.Received event's, field for field; raises ValueError when the entry
-    does not hold such an event.
+    The entry is one mark byte, then MessagePack [id or writer's number, time, node, the message's
+    queue record]. The JSON is the events.records.Received event's, field for field; raises
+    ValueError when the entry does not hold such an event, or its time is NaN or 2**53 s or more from 1970.
     """
+    sequence = operator.index(sequence)
+    if not 0 <= sequence < 1 << 64:
+        raise OverflowError("an outbox sequence number is 64 bits, unsigned")
     try:
         stored = _DECODER.decode(memoryview(entry)[1:])
     except (msgspec.DecodeError, RecursionError):
@@ -59,6 +68,15 @@ def received_json(entry: bytes) -> tuple[str, float, bytes]:
         # interpreter's recursion limit (hundreds of levels; a queue record nests three) is refused here
         # and read there, the one input on which the two differ.
         raise ValueError(UNDECODABLE) from None
+    at = stored.at
+    if not -LATEST < at < LATEST:
+        raise ValueError(UNDECODABLE)
+    if isinstance(stored.id, str):
+        identifier = stored.id
+    elif 0 <= stored.id < 1 << ids.WRITER_BITS:
+        identifier = ids.derived(at, stored.id, sequence)
+    else:
+        raise ValueError(UNDECODABLE)
     record = stored.record
     event = {
         "type": "received",
@@ -78,10 +96,20 @@ def received_json(entry: bytes) -> tuple[str, float, bytes]:
         "campaign_id": record.campaign_id,
         "user_id": record.user_id,
         "priority": record.priority,
-        "id": stored.id,
-        "at": stored.at,
+        "id": identifier,
+        "at": at,
         "node": stored.node,
         "message_id": record.id,
         "recipient": "",
     }
-    return stored.id, stored.at, _ENCODER.encode(event)
+    return identifier, at, _ENCODER.encode(event)
+
+
+def received_payload(entry: bytes, sequence: int, name: str) -> tuple[str, bytes]:
+    """The event's id and what a webhook's receiver is sent for it (events.webhooks.Payload, as JSON), `name`
+    being the event's name there; raises as received_json() does."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    identifier, at, event = received_json(entry, sequence)
+    sent = {"id": identifier, "event": name, "timestamp": int(at), "data": msgspec.Raw(event)}
+    return identifier, _ENCODER.encode(sent)

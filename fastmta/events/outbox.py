@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Collection, Iterable, Sequence
+from itertools import islice
 
 import lmdb
 
+from fastmta.events import ids
 from fastmta.events.names import EVENT_TYPES
 from fastmta.events.records import EVENT_ENCODER, TAGS, Entry, Event
 
@@ -24,12 +26,14 @@ _NEXT = b"next"
 class Outbox:
     """Opened on a process's own queue.lmdb environment; append() runs inside the caller's write transaction.
 
-    `written` are the types of event appended; others are left out (no sink reads them).
+    `written` are the types of event appended; others are left out (no sink reads them). `writer` numbers
+    this process's writes here: received events stored without an id derive theirs from it (records.received_entry).
     """
 
     def __init__(self, env: lmdb.Environment, written: Collection[str] = EVENT_TYPES) -> None:
         self.env = env
         self.written = frozenset(written)
+        self.writer = ids.new_writer()
         self._entries = env.open_db(b"outbox")
         self._meta = env.open_db(b"outbox_meta")  # the next sequence number
         self._cursors = env.open_db(b"outbox_cursors")  # sink name -> last sequence number it has
@@ -55,16 +59,12 @@ class Outbox:
 
     def read(self, after: int, limit: int) -> list[Entry]:
         """Up to `limit` entries past `after`, in commit order; each decodes its event when a sink asks for it."""
-        found: list[Entry] = []
         with self.env.begin(db=self._entries) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(_SEQUENCE.pack(after + 1)):
-                return found
-            for key, raw in cursor:
-                found.append(Entry(_SEQUENCE.unpack(key)[0], raw))
-                if len(found) == limit:
-                    break
-        return found
+                return []
+            unpack = _SEQUENCE.unpack
+            return [Entry(unpack(key)[0], raw) for key, raw in islice(cursor, limit)]
 
     def cursor(self, sink: str) -> int:
         with self.env.begin(db=self._cursors) as txn:

@@ -16,6 +16,7 @@ import typing
 import msgspec
 
 from fastmta._ext import received_json
+from fastmta.events import ids
 from fastmta.events.names import EVENT_TYPES
 from fastmta.queue.records import Message, Recipient
 
@@ -166,9 +167,13 @@ _HEAD_DECODER = msgspec.json.Decoder(Head)
 
 class _StoredReceived(msgspec.Struct, array_like=True, gc=False):
     """A received event as the SMTP worker stores it: the message's queue record, as the worker encoded it
-    for the queue anyway, with the event's own id, time and node (see received_entry)."""
+    for the queue anyway, with the event's time and node and what its id is made of (see received_entry).
 
-    id: str
+    `id` is the id itself (as earlier versions stored it), or the writer's number (ids.new_writer) that
+    the id is derived from with the entry's sequence number (ids.derived).
+    """
+
+    id: str | int
     at: float
     node: str
     record: msgspec.Raw
@@ -179,14 +184,15 @@ _RECEIVED_MARK = b"R"
 _STORED_RECEIVED_ENCODER = msgspec.msgpack.Encoder()
 
 
-def received_entry(record: bytes, node: str, now: float) -> bytes:
-    """The outbox entry of a message's received event, made of its encoded queue record.
+def received_entry(record: bytes, node: str, now: float, writer: int) -> bytes:
+    """The outbox entry of a message's received event, made of its encoded queue record; `writer` is the
+    number of this process's writes to the outbox (Outbox.writer) that the event's id is derived from.
 
     Building the event and encoding it as JSON would cost the SMTP worker three times as much, inside
     ingress; the events process does it when a sink asks (Entry.json(), compiled: fastmta/_ext/received.pyx).
     The record evolves by its own rules (queue/records.py), which a reader of the entry follows too.
     """
-    stored = _StoredReceived(new_event_id(now), now, node, msgspec.Raw(record))
+    stored = _StoredReceived(writer, now, node, msgspec.Raw(record))
     return _RECEIVED_MARK + _STORED_RECEIVED_ENCODER.encode(stored)
 
 
@@ -240,6 +246,11 @@ class Entry:
             return None
         return head if head.type in EVENT_TYPES else None
 
+    @property
+    def stored_received(self) -> bool:
+        """A received event stored as its message's record (received_entry): its JSON is made from that, compiled."""
+        return self.raw[:1] == _RECEIVED_MARK
+
     def json(self) -> bytes:
         """The event as JSON: the stored bytes themselves, when they are JSON."""
         mark = self.raw[:1]
@@ -261,27 +272,15 @@ class Entry:
     def _made_received(self) -> tuple[str, float, bytes] | None:
         if self._received is _NOT_MADE:
             try:
-                self._received = received_json(self.raw)
+                self._received = received_json(self.raw, self.sequence)
             except ValueError:
                 self._received = None
         return self._received
 
 
-
 def new_event_id(now: float | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48 bits of milliseconds, the version and variant, 74 random bits.
-
-    Random bits rather than a node or process number: ids stay unique across nodes, restarts and
-    forks without any of them being configured; they sort by time, and SQL stores them as a uuid.
-    """
-    millis = int((time.time() if now is None else now) * 1000) & 0xFFFFFFFFFFFF
-    bits = _random.getrandbits(74)
-    # The groups of the text: milliseconds (32 and 16 bits), the version and 12 random bits, the variant
-    # and 14, then 48 random bits.
-    return (
-        f"{millis >> 16:08x}-{millis & 0xFFFF:04x}-{0x7000 | bits >> 62:04x}-{0x8000 | (bits >> 48) & 0x3FFF:04x}-"
-        f"{bits & 0xFFFFFFFFFFFF:012x}"
-    )
+    """A UUIDv7 of 74 random bits (see ids)."""
+    return ids.uuid7(int((time.time() if now is None else now) * 1000), _random.getrandbits(74))
 
 
 # Seeded from os.urandom in every process: a child must not draw what its parent or siblings draw.

@@ -4,7 +4,7 @@ Requests go in outbox order, up to `concurrency` of them under way at once (so w
 a receiver may see a later event first; concurrency = 1 keeps strict order).
 
 At least once: events a request carried are sent again until a 2xx says the receiver has them, so
-receivers deduplicate on the event id (`id`, and the X-Fastmta-Event-Id header). A receiver that
+receivers deduplicate on the event id (`id`, and the X-Fastmta-Event-Id header with batch = 1). A receiver that
 fails (no answer, 408, 429, 5xx) holds its webhook's later events back: the runner offers the same
 batch again after a pause that doubles up to [events] max_pause. Once the receiver has been failing
 for [events] retry_for, the events of the batch go to the dead letters and the next batch is tried,
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 
+from fastmta._ext import received_payload
 from fastmta.config import EventsConfig, WebhookConfig, format_duration
-from fastmta.events.names import WEBHOOK_NAMES
+from fastmta.events.names import WEBHOOK_EVENTS, WEBHOOK_NAMES
 from fastmta.events.posting import EVENT_ID_HEADER, Poster, Unreachable
 from fastmta.events.records import Entry
 from fastmta.history import db, dead_letters
@@ -51,7 +51,8 @@ class Payload(msgspec.Struct, gc=False):
     """What a receiver is sent for one event; `data` is the whole event, its outbox type included.
 
     `data` is the outbox entry's JSON as stored, not decoded and encoded again: the events process's
-    CPU is taken from ingress, and this is most of what it does per event.
+    CPU is taken from ingress, and this is most of what it does per event. A received event's payload
+    is written whole by compiled code (fastmta/_ext/received.pyx), these fields in this order.
     """
 
     id: str
@@ -60,12 +61,24 @@ class Payload(msgspec.Struct, gc=False):
     data: msgspec.Raw
 
 
-def payload(entry: Entry) -> Payload | None:
-    """The entry's payload; None for an entry that cannot be decoded or is of a type this version does not know."""
+Made = tuple[str, bytes]  # an event's id and its Payload as JSON
+_RECEIVED = WEBHOOK_NAMES["received"]
+
+
+def payload(entry: Entry, wanted: Container[str]) -> Made | None:
+    """The entry's event id and payload, if its name is `wanted`; None too for an entry that cannot be decoded
+    or is of a type this version does not know."""
+    if entry.stored_received:
+        if _RECEIVED not in wanted:
+            return None
+        try:
+            return received_payload(entry.raw, entry.sequence, _RECEIVED)
+        except ValueError:
+            return None
     head = entry.head
-    if head is None:
+    if head is None or (name := WEBHOOK_NAMES[head.type]) not in wanted:
         return None
-    return Payload(head.id, WEBHOOK_NAMES[head.type], int(head.at), msgspec.Raw(entry.json()))
+    return head.id, _JSON.encode(Payload(head.id, name, int(head.at), msgspec.Raw(entry.json())))
 
 
 class WebhookSink:
@@ -78,6 +91,7 @@ class WebhookSink:
     ) -> None:  # fmt: skip
         self.name = hook.sink_name
         self.hook = hook
+        self.wanted = frozenset(name for name in WEBHOOK_EVENTS if hook.wants(name))
         self.retry_for = settings.retry_for
         self.max_pause = settings.max_pause  # for the runner: receivers may be down for hours
         self.batch_limit = hook.batch * hook.concurrency * _REQUESTS_PER_OFFER
@@ -97,12 +111,11 @@ class WebhookSink:
         if time.time() >= self._next_look:
             self._look_for_replays()
             self._next_look = time.time() + self.look_every
-        # (sequence, payload) pairs: a plain tuple, as a NamedTuple's constructor is a Python call per event.
+        # (sequence, made) pairs: a plain tuple, as a NamedTuple's constructor is a Python call per event.
         wanted = [
             (entry.sequence, made)
             for entry in batch
-            if entry.sequence > self._settled_through and (made := payload(entry)) is not None
-            and self.hook.wants(made.event)
+            if entry.sequence > self._settled_through and (made := payload(entry, self.wanted)) is not None
         ]
         chunks = [wanted[start:start + self.hook.batch] for start in range(0, len(wanted), self.hook.batch)]
         given_up = ""
@@ -128,7 +141,7 @@ class WebhookSink:
         self._poster.close()
         self.engine.dispose()
 
-    def _settle(self, chunk: list[Payload], answer: tuple[str, bool]) -> str:
+    def _settle(self, chunk: list[Made], answer: tuple[str, bool]) -> str:
         """After the chunk's request: delivered, or dead-lettered, or raises to be offered it again; says why it
         gave up on the receiver."""
         problem, transient = answer
@@ -154,13 +167,17 @@ class WebhookSink:
         self._attempts = 0
         return reason
 
-    def _post(self, payloads: Sequence[Payload | dict[str, Any]]) -> tuple[str, bool]:
-        """One request (of new events, or of dead letters' stored payloads); the problem ("" if none) and
-        whether it is worth retrying."""
-        body = _JSON.encode(payloads[0] if self.hook.batch == 1 else payloads)
-        ids = ",".join(item.id if isinstance(item, Payload) else str(item["id"]) for item in payloads)
+    def _post(self, payloads: Sequence[Made]) -> tuple[str, bool]:
+        """One request (of new events, or of dead letters); the problem ("" if none) and whether it is worth retrying."""
+        if self.hook.batch == 1:
+            event_id, body = payloads[0]
+            headers = {EVENT_ID_HEADER: event_id}
+        else:
+            # A batch's ids are in its body only: a header of 500 would be 18 KB, past the 8 KB a line may
+            # have at nginx or Apache (whose receivers would refuse every request).
+            body, headers = b"[" + b",".join([sent for _, sent in payloads]) + b"]", {}
         try:
-            answer = self._poster.post(self.hook.url, body, self.hook.secret, {EVENT_ID_HEADER: ids})
+            answer = self._poster.post(self.hook.url, body, self.hook.secret, headers)
         except Unreachable as exc:
             return str(exc), True
         return ("", False) if answer.ok else (answer.summary(), answer.transient)
@@ -179,9 +196,9 @@ class WebhookSink:
             return
         self._database_down = False
 
-    def _dead_letter(self, chunk: list[Payload], reason: str, attempts: int) -> None:
+    def _dead_letter(self, chunk: list[Made], reason: str, attempts: int) -> None:
         db.ready(self.engine)
-        letters = [Letter(item.id, item.event, msgspec.json.decode(_JSON.encode(item))) for item in chunk]
+        letters = [Letter(event_id, (sent := msgspec.json.decode(body))["event"], sent) for event_id, body in chunk]
         with self.engine.begin() as connection:
             dead_letters.add(connection, self.name, letters, reason, attempts, time.time())
         self.metrics.dead_lettered(self.name, len(letters))
@@ -191,7 +208,7 @@ class WebhookSink:
             letters = dead_letters.due(connection, self.name, _REPLAY_BATCH)
         for start in range(0, len(letters), self.hook.batch):
             chunk = letters[start:start + self.hook.batch]
-            problem, _ = self._post([letter.payload for letter in chunk])
+            problem, _ = self._post([(letter.event_id, _JSON.encode(letter.payload)) for letter in chunk])
             ids = [letter.id for letter in chunk]
             with self.engine.begin() as connection:
                 if problem:
@@ -199,4 +216,3 @@ class WebhookSink:
                 else:
                     dead_letters.replayed(connection, ids, time.time())
             self.metrics.sent(self.name, "replay_failed" if problem else "replayed", len(chunk))
-

@@ -194,7 +194,7 @@ class QueueStore:
         record = MESSAGE_ENCODER.encode(message)
         entries: list[bytes] = []
         if "received" in self.event_types:
-            entries.append(events.received_entry(record, self.node, time.time()))
+            entries.append(events.received_entry(record, self.node, time.time(), self.outbox.writer))
         if self.events and (also or message.state == HELD):
             held = [events.about_message(events.Held, message.id, self.node)] if message.state == HELD else []
             entries += self.outbox.encoded([*held, *also])

@@ -15,7 +15,8 @@ NOT_COMPILED = "FASTMTA_NO_EXTENSIONS=1: the compiled modules are switched off"
 Buffer = bytes | bytearray | memoryview
 SplitLines = Callable[[Buffer, int, int], tuple[list[bytes | None], list[int]]]
 ParseHeaders = Callable[[Buffer], tuple[dict[str, str], int]]
-ReceivedJson = Callable[[bytes], tuple[str, float, bytes]]
+ReceivedJson = Callable[[bytes, int], tuple[str, float, bytes]]
+ReceivedPayload = Callable[[bytes, int, str], tuple[str, bytes]]
 ScannerClass = type[DataScanner]  # the twin's class stands for both: data.pyi declares the same surface
 
 

@@ -180,12 +180,15 @@ records = st.one_of(
         },
     ),
 )  # fmt: skip
-_times = st.one_of(st.floats(), st.integers(-(2**63), 2**64 - 1))
+_times = st.one_of(st.floats(), st.floats(-2e9, 2e9), st.integers(-(2**63), 2**64 - 1))
+# What a received event's id is stored as: the id (earlier versions), or the writer's number it is derived
+# from, now and then out of range.
+_ids = st.one_of(texts, st.integers(0, 2**42 - 1), st.integers(-(2**63), 2**64 - 1))
 stored_received = st.tuples(
     st.one_of(
-        st.tuples(texts, _times, texts, records).map(list),
-        st.tuples(texts, _times, texts, records).map(list),
-        st.tuples(_mostly(texts), _mostly(_times), _mostly(texts), _mostly(records)).map(list),
+        st.tuples(_ids, _times, texts, records).map(list),
+        st.tuples(_ids, _times, texts, records).map(list),
+        st.tuples(_mostly(_ids), _mostly(_times), _mostly(texts), _mostly(records)).map(list),
         st.lists(any_values, max_size=4),
     ),
     st.lists(any_values, max_size=2),  # later fields: a reader skips them
@@ -205,3 +208,5 @@ def _damaged(draw: st.DrawFn, entry: bytes) -> bytes:
 
 
 received_entries = st.one_of(stored_received, stored_received, stored_received.flatmap(_damaged), st.binary(max_size=40))
+# Outbox sequence numbers: small ones, and any of their 64 bits.
+sequences = st.one_of(st.integers(0, 1000), st.integers(0, 2**64 - 1))

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import uuid
+
+import msgspec
 import pytest
 from hypothesis import given, strategies as st
 
+from fastmta.events import ids
 from fastmta.events.records import EVENT_ENCODER, received, received_entry
+from fastmta.events.webhooks import Payload
 from fastmta.queue.records import MESSAGE_ENCODER, Message, Recipient
 
-from tests.ext.implementations import ParseHeaders, ReceivedJson, ScannerClass, SplitLines, both
-from tests.ext.strategies import Read, data_reads, texts, thorough
+from tests.ext.implementations import ParseHeaders, ReceivedJson, ReceivedPayload, ScannerClass, SplitLines, both
+from tests.ext.strategies import Read, data_reads, sequences, texts, thorough
 
 with_split_lines = pytest.mark.parametrize("split_lines", both("lines", "split_lines"))
 with_scanner = pytest.mark.parametrize("scanner_class", both("data", "DataScanner"))
 with_parse_headers = pytest.mark.parametrize("parse_headers", both("headers", "parse_headers"))
 with_received_json = pytest.mark.parametrize("received_json", both("received", "received_json"))
+with_received_payload = pytest.mark.parametrize("received_payload", both("received", "received_payload"))
 
 NOT_CONTIGUOUS = memoryview(b"EHLO x\r\n" * 2)[::2]
 
@@ -290,22 +296,54 @@ messages = st.builds(
 )  # fmt: skip
 
 
+writers = st.integers(0, 2**ids.WRITER_BITS - 1)
+
+
 @with_received_json
 @thorough
-@given(messages, texts, st.floats(0, 2e9))
+@given(messages, texts, st.floats(0, 2e9), writers, sequences)
 def test_a_stored_received_event_becomes_the_received_events_json(
-    received_json: ReceivedJson, message: Message, node: str, now: float
+    received_json: ReceivedJson, message: Message, node: str, now: float, writer: int, sequence: int
 ) -> None:
-    entry = received_entry(MESSAGE_ENCODER.encode(message), node, now)
-    event_id, at, made = received_json(entry)
-    assert made == EVENT_ENCODER.encode(received(message, node, now, event_id)) and at == now
+    entry = received_entry(MESSAGE_ENCODER.encode(message), node, now, writer)
+    event_id, at, made = received_json(entry, sequence)
+    assert event_id == ids.derived(now, writer, sequence) and at == now
+    assert made == EVENT_ENCODER.encode(received(message, node, now, event_id))
+
+
+@with_received_payload
+@thorough
+@given(messages, texts, st.floats(0, 2e9), writers, sequences, st.sampled_from(["message.received", 'a"\\é']))
+def test_a_stored_received_event_becomes_a_webhook_payload(
+    received_payload: ReceivedPayload, message: Message, node: str, now: float, writer: int, sequence: int, name: str
+) -> None:
+    entry = received_entry(MESSAGE_ENCODER.encode(message), node, now, writer)
+    event_id, made = received_payload(entry, sequence, name)
+    event = EVENT_ENCODER.encode(received(message, node, now, event_id))
+    assert made == EVENT_ENCODER.encode(Payload(event_id, name, int(now), msgspec.Raw(event)))
+
+
+@with_received_json
+def test_an_id_stored_by_an_earlier_version_is_kept(received_json: ReceivedJson) -> None:
+    record = MESSAGE_ENCODER.encode(Message(id="q1", sender="a@b", recipients=[], received_at=1.0, size=1, next_attempt=1.0))
+    entry = b"R" + msgspec.msgpack.encode(["0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b", 1.5, "n1", msgspec.Raw(record)])
+    assert received_json(entry, 9)[0] == "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"
+
+
+def test_derived_ids_are_uuid7_of_the_time_writer_and_sequence() -> None:
+    assert ids.derived(1.5, 1, 2) == "00000000-05dc-7000-8000-000100000002"
+    made = uuid.UUID(ids.derived(1_700_000_000.123, 2**42 - 1, 2**64 - 1))
+    assert (made.version, made.variant, made.int >> 80) == (7, uuid.RFC_4122, 1_700_000_000_123)
+    # Within a millisecond the sequence tells a writer's events apart, and the writer another outbox's.
+    same_time = {ids.derived(1.0, writer, sequence) for writer in (5, 6) for sequence in range(1000, 3000)}
+    assert len(same_time) == 4000
 
 
 @with_received_json
 def test_a_record_without_a_sender_is_no_received_event(received_json: ReceivedJson) -> None:
     whole = received_entry(MESSAGE_ENCODER.encode(Message(id="q1", sender="a@b", recipients=[], received_at=1.0, size=1,
-                                                          next_attempt=1.0)), "n1", 1.0)  # fmt: skip
-    received_json(whole)
+                                                          next_attempt=1.0)), "n1", 1.0, 3)  # fmt: skip
+    received_json(whole, 1)
     without = whole.replace(b"\xa6sender\xa3a@b", b"\xa6unused\xa3a@b")
     with pytest.raises(ValueError, match="undecodable received event"):
-        received_json(without)
+        received_json(without, 1)

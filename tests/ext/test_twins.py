@@ -22,6 +22,7 @@ from tests.ext.strategies import (
     header_blocks,
     line_limits,
     received_entries,
+    sequences,
     thorough,
 )
 
@@ -146,14 +147,21 @@ def test_parse_headers_agree_wherever_the_buffer_ends(block: bytes) -> None:
         assert outcome(headers.parse_headers, block[:cut]) == outcome(headers_ref.parse_headers, block[:cut])
 
 
-# --- received_json -------------------------------------------------------------------------------------------
+# --- received_json, received_payload ------------------------------------------------------------------------
 
 
 @thorough
-@given(received_entries)
-def test_received_json_agree(entry: bytes) -> None:
-    # repr: a time that is NaN equals itself there.
-    assert repr(outcome(received.received_json, entry)) == repr(outcome(received_ref.received_json, entry))
+@given(received_entries, sequences)
+def test_received_json_agree(entry: bytes, sequence: int) -> None:
+    # repr: a time of -0.0 differs from 0.0 there.
+    assert repr(outcome(received.received_json, entry, sequence)) == repr(outcome(received_ref.received_json, entry, sequence))
+
+
+@thorough
+@given(received_entries, sequences, st.sampled_from(["message.received", "", 'a"\\\u00e9\n']))
+def test_received_payload_agree(entry: bytes, sequence: int, name: str) -> None:
+    compiled, twin = received.received_payload, received_ref.received_payload
+    assert outcome(compiled, entry, sequence, name) == outcome(twin, entry, sequence, name)
 
 
 def _stored(record: bytes, at: bytes = b"\xcb" + struct.pack(">d", 1.5), tail: bytes = b"") -> bytes:
@@ -208,15 +216,36 @@ EDGE_ENTRIES = [
     b"R" + _KEY({"id": "E1"}),
     b"R",
     b"",
+    # The id derived from the writer's number: every width of it, the largest, one past it, other types.
+    *(b"R\x94" + _KEY(writer) + _KEY(1.5) + _KEY("n1") + _record() for writer in (0, 1, 2**7, 2**15, 2**31, 2**42 - 1)),
+    *(b"R\x94" + _KEY(writer) + _KEY(1.5) + _KEY("n1") + _record() for writer in (2**42, 2**64 - 1, -1, True, 1.0, None)),
+    # Times at and past the largest, NaN, infinite, negative (derived ids keep the milliseconds' last 48 bits).
+    *(_stored(_record(), at=_KEY(at)) for at in (2.0**53, 2.0**53 - 1, -(2.0**53), -(2.0**53) + 1, float("nan"))),
+    *(_stored(_record(), at=_KEY(at)) for at in (float("inf"), -float("inf"), -0.0, 2**53 - 1, 2**53)),
+    *(b"R\x94" + _KEY(7) + _KEY(at) + _KEY("n1") + _record() for at in (-1.5, -0.0001, 2.0**53 - 1, 1e15 + 0.9)),
 ]
 
 
 @pytest.mark.parametrize("entry", EDGE_ENTRIES)
-def test_received_json_agree_on_edge_entries(entry: bytes) -> None:
-    assert repr(outcome(received.received_json, entry)) == repr(outcome(received_ref.received_json, entry))
+@pytest.mark.parametrize("sequence", [0, 1, 2**32 - 1, 2**32, 2**64 - 1])
+def test_received_json_and_payload_agree_on_edge_entries(entry: bytes, sequence: int) -> None:
+    compiled, twin = outcome(received.received_json, entry, sequence), outcome(received_ref.received_json, entry, sequence)
+    assert repr(compiled) == repr(twin)
+    named = "message.received"
+    assert outcome(received.received_payload, entry, sequence, named) == outcome(received_ref.received_payload, entry, sequence, named)
 
 
-def test_received_json_refuses_what_is_not_bytes_alike() -> None:
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [((None, 1), TypeError), ((EDGE_ENTRIES[0], 1.0), TypeError), ((EDGE_ENTRIES[0], None), TypeError),
+     ((EDGE_ENTRIES[0], -1), OverflowError), ((EDGE_ENTRIES[0], 2**64), OverflowError)],
+)  # fmt: skip
+def test_received_json_and_payload_refuse_the_same_arguments(arguments: tuple[object, ...], error: type[Exception]) -> None:
     for implementation in (received.received_json, received_ref.received_json):
+        with pytest.raises(error):
+            implementation(*arguments)
+    for implementation in (received.received_payload, received_ref.received_payload):
+        with pytest.raises(error):
+            implementation(*arguments, "message.received")
         with pytest.raises(TypeError):
-            implementation(None)
+            implementation(EDGE_ENTRIES[0], 1, None)

@@ -166,7 +166,7 @@ def test_an_undecodable_entry_is_reported_not_skipped(store: QueueStore) -> None
         txn.put((2).to_bytes(8, "big"), b"{not json", db=entries)
         txn.put((3).to_bytes(8, "big"), b"\xc1not msgpack", db=entries)
         txn.put((4).to_bytes(8, "big"), b"R\xc1not a record", db=entries)
-        unreadable_record = events.received_entry(b"\xc1not a record", "n1", time.time())
+        unreadable_record = events.received_entry(b"\xc1not a record", "n1", time.time(), store.outbox.writer)
         txn.put((5).to_bytes(8, "big"), unreadable_record, db=entries)
     found = store.outbox.read(0, 10)
     assert [(entry.sequence, entry.event is None, entry.head is None) for entry in found] == [
@@ -198,3 +198,15 @@ def test_events_no_sink_reads_are_not_written(tmp_path: Path) -> None:
     store.insert([(message(), b"1"), (held, b"2")], [rejected()])
     assert types(store.outbox) == ["Held"]  # no received or rejected events: nobody reads them
     store.close()
+
+
+def test_received_events_have_distinct_ids_within_a_millisecond_and_across_outboxes(tmp_path: Path) -> None:
+    stores = [QueueStore(tmp_path / name, 1 << 24, node="n1") for name in ("a", "b")]
+    found = []
+    for store in stores:
+        store.insert([(message(), b"1") for _ in range(50)])  # one transaction: mostly the same millisecond
+        heads = [entry.head for entry in store.outbox.read(0, 100)]
+        assert len(heads) == 50 and all(head is not None and head.type == "received" for head in heads)
+        found += [head.id for head in heads if head is not None]
+        store.close()
+    assert len(set(found)) == 100

@@ -1,0 +1,39 @@
+"""Event ids: UUIDv7 (RFC 9562) text, of random bits for most events and derived ones for received events.
+
+Random bits rather than a node or process number: ids stay unique across nodes, restarts and forks
+without any of them being configured; they sort by time, and SQL stores them as a uuid.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+WRITER_BITS = 42  # of a writer's random number; the sequence number's low 32 bits make up the 74
+_SEQUENCE_MASK = 0xFFFFFFFF
+_MILLIS_MASK = 0xFFFFFFFFFFFF
+
+
+def uuid7(millis: int, bits: int) -> str:
+    """The UUIDv7 of 48 bits of milliseconds (what is above them is dropped) and 74 other bits, as text."""
+    millis &= _MILLIS_MASK
+    # The groups of the text: milliseconds (32 and 16 bits), the version and 12 bits, the variant and 14,
+    # then 48 bits.
+    return (
+        f"{millis >> 16:08x}-{millis & 0xFFFF:04x}-{0x7000 | bits >> 62:04x}-{0x8000 | (bits >> 48) & 0x3FFF:04x}-"
+        f"{bits & 0xFFFFFFFFFFFF:012x}"
+    )
+
+
+def new_writer() -> int:
+    """A random number naming one process's writes to one outbox (see derived)."""
+    return secrets.randbits(WRITER_BITS)
+
+
+def derived(at: float, writer: int, sequence: int) -> str:
+    """The id of a received event stored without one: made of its time, its writer's number and its outbox sequence number.
+
+    The SMTP worker then makes no id per message (a random draw and its text, inside ingress). Two
+    events of one outbox differ in their sequence numbers, which within a millisecond differ in their
+    low 32 bits; events of two outboxes (or of one restored from a copy) have different writers.
+    """
+    return uuid7(int(at * 1000), writer << 32 | sequence & _SEQUENCE_MASK)
