@@ -15,7 +15,7 @@ from libc.string cimport memcmp, memcpy, strlen
 
 import msgspec
 
-from fastmta._ext.received_ref import UNDECODABLE
+from fastmta._ext.received_ref import SEQUENCE_RANGE, UNDECODABLE
 
 from fastmta.events.ids import WRITER_BITS
 
@@ -92,6 +92,7 @@ cdef struct Identity:  # the event's id and time
 cdef double LATEST = 9007199254740992.0  # 2**53
 cdef uint64_t WRITERS = (<uint64_t>1) << WRITER_BITS
 cdef const char* HEX_DIGITS = b"0123456789abcdef"
+SEQUENCES = 1 << 64
 
 
 class _Malformed(ValueError):
@@ -426,12 +427,12 @@ cdef int _identity(Reader* r, Identity* identity, uint64_t sequence) except -1:
     if identity.derived:
         # As ids.uuid7 writes them: the text's groups are the milliseconds (32 and 16 bits), the version
         # and the writer's top 12 bits, the variant and its next 14, then its last 16 and the sequence's low 32.
-        millis = <uint64_t>(<int64_t>(identity.at * 1000.0)) & 0xFFFFFFFFFFFF
+        millis = <uint64_t>(<int64_t>(identity.at * 1000.0)) & 0xFFFFFFFFFFFFULL
         _hex(identity.text, millis >> 16, 8)
-        _hex(identity.text + 9, millis & 0xFFFF, 4)
-        _hex(identity.text + 14, 0x7000 | writer >> 30, 4)
-        _hex(identity.text + 19, 0x8000 | (writer >> 16) & 0x3FFF, 4)
-        _hex(identity.text + 24, (writer & 0xFFFF) << 32 | sequence & 0xFFFFFFFF, 12)
+        _hex(identity.text + 9, millis & 0xFFFFULL, 4)
+        _hex(identity.text + 14, 0x7000ULL | writer >> 30, 4)
+        _hex(identity.text + 19, 0x8000ULL | (writer >> 16) & 0x3FFFULL, 4)
+        _hex(identity.text + 24, (writer & 0xFFFFULL) << 32 | sequence & 0xFFFFFFFFULL, 12)
         identity.text[8] = identity.text[13] = identity.text[18] = identity.text[23] = 0x2d  # "-"
     return 0
 
@@ -540,16 +541,26 @@ cdef int _start(Reader* r, Out* out, bytes entry) except -1:
     return 0
 
 
-cdef uint64_t _sequence(object number) except? 0xffffffffffffffff:
-    """An outbox sequence number: an integer (not a float, as the twin's operator.index), of 64 bits unsigned."""
-    return PyNumber_Index(number)
+cdef uint64_t _sequence(object sequence) except? 0xffffffffffffffff:
+    """An outbox sequence number, checked as the twin checks it."""
+    number = PyNumber_Index(sequence)
+    if not 0 <= number < SEQUENCES:
+        raise OverflowError(SEQUENCE_RANGE)
+    return number
 
 
-def received_json(bytes entry not None, sequence):
+cdef int _check_entry(object entry) except -1:
+    if not isinstance(entry, bytes):
+        raise TypeError(f"entry must be bytes, not {type(entry).__name__}")
+    return 0
+
+
+def received_json(entry, sequence):
     """The event's id, time and JSON, from the outbox entry numbered `sequence` written by events.records.received_entry."""
     cdef Reader reader
     cdef Out out
     cdef Identity identity
+    _check_entry(entry)
     cdef uint64_t number = _sequence(sequence)
     _start(&reader, &out, entry)
     try:
@@ -561,16 +572,19 @@ def received_json(bytes entry not None, sequence):
         PyMem_Free(out.data)
 
 
-def received_payload(bytes entry not None, sequence, str name not None):
+def received_payload(entry, sequence, name):
     """The event's id and what a webhook's receiver is sent for it (events.webhooks.Payload, as JSON)."""
     cdef Reader reader
     cdef Out out
     cdef Identity identity
     cdef Py_ssize_t name_length
-    cdef const char* name_text = PyUnicode_AsUTF8AndSize(name, &name_length)
-    cdef uint64_t number = _sequence(sequence)
     cdef uint64_t count
     cdef int64_t timestamp
+    _check_entry(entry)
+    cdef uint64_t number = _sequence(sequence)
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    cdef const char* name_text = PyUnicode_AsUTF8AndSize(name, &name_length)
     _start(&reader, &out, entry)
     try:
         count = _head(&reader, &identity, number)

@@ -9,6 +9,7 @@ import msgspec
 from fastmta.events import ids
 
 UNDECODABLE = "undecodable received event"
+SEQUENCE_RANGE = "an outbox sequence number is 64 bits, unsigned"
 # The largest time (seconds, either way) an entry may carry: its milliseconds fit 63 bits, exactly.
 LATEST = float(2**53)
 
@@ -51,6 +52,18 @@ _DECODER = msgspec.msgpack.Decoder(_Stored)
 _ENCODER = msgspec.json.Encoder()
 
 
+def _check_entry(entry: object) -> None:
+    if not isinstance(entry, bytes):
+        raise TypeError(f"entry must be bytes, not {type(entry).__name__}")
+
+
+def _sequence(sequence: int) -> int:
+    number = operator.index(sequence)
+    if not 0 <= number < 1 << 64:
+        raise OverflowError(SEQUENCE_RANGE)
+    return number
+
+
 def received_json(entry: bytes, sequence: int) -> tuple[str, float, bytes]:
     """The event's id, time and JSON, from the outbox entry numbered `sequence` written by events.records.received_entry.
 
@@ -58,9 +71,8 @@ def received_json(entry: bytes, sequence: int) -> tuple[str, float, bytes]:
     queue record]. The JSON is the events.records.Received event's, field for field; raises
     ValueError when the entry does not hold such an event, or its time is NaN or 2**53 s or more from 1970.
     """
-    sequence = operator.index(sequence)
-    if not 0 <= sequence < 1 << 64:
-        raise OverflowError("an outbox sequence number is 64 bits, unsigned")
+    _check_entry(entry)
+    sequence = _sequence(sequence)
     try:
         stored = _DECODER.decode(memoryview(entry)[1:])
     except (msgspec.DecodeError, RecursionError):
@@ -108,8 +120,13 @@ def received_json(entry: bytes, sequence: int) -> tuple[str, float, bytes]:
 def received_payload(entry: bytes, sequence: int, name: str) -> tuple[str, bytes]:
     """The event's id and what a webhook's receiver is sent for it (events.webhooks.Payload, as JSON), `name`
     being the event's name there; raises as received_json() does."""
+    # Checked in the compiled module's order: the entry's type, the sequence number, the name, then the entry.
+    _check_entry(entry)
+    _sequence(sequence)
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
+    # A str that is not UTF-8 (a lone surrogate) is refused before the entry is read; a subclass's text is used.
+    text = name.encode().decode()
     identifier, at, event = received_json(entry, sequence)
-    sent = {"id": identifier, "event": name, "timestamp": int(at), "data": msgspec.Raw(event)}
+    sent = {"id": identifier, "event": text, "timestamp": int(at), "data": msgspec.Raw(event)}
     return identifier, _ENCODER.encode(sent)

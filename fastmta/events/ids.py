@@ -34,6 +34,8 @@ def derived(at: float, writer: int, sequence: int) -> str:
 
     The SMTP worker then makes no id per message (a random draw and its text, inside ingress). Two
     events of one outbox differ in their sequence numbers, which within a millisecond differ in their
-    low 32 bits; events of two outboxes (or of one restored from a copy) have different writers.
+    low 32 bits; events of two outboxes (or of one restored from a copy) have different writers, but for
+    a chance of one in 2**42 (4 * 10**12) that two draw the same number, and even then their ids are equal
+    only for events written in the same millisecond under sequence numbers with the same low 32 bits.
     """
     return uuid7(int(at * 1000), writer << 32 | sequence & _SEQUENCE_MASK)

@@ -200,11 +200,15 @@ def test_events_no_sink_reads_are_not_written(tmp_path: Path) -> None:
     store.close()
 
 
-def test_received_events_have_distinct_ids_within_a_millisecond_and_across_outboxes(tmp_path: Path) -> None:
+def test_received_events_have_distinct_ids_within_a_millisecond_and_across_outboxes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)  # every event in the same millisecond
     stores = [QueueStore(tmp_path / name, 1 << 24, node="n1") for name in ("a", "b")]
+    assert stores[0].outbox.writer != stores[1].outbox.writer
     found = []
     for store in stores:
-        store.insert([(message(), b"1") for _ in range(50)])  # one transaction: mostly the same millisecond
+        store.insert([(message(), b"1") for _ in range(50)])
         heads = [entry.head for entry in store.outbox.read(0, 100)]
         assert len(heads) == 50 and all(head is not None and head.type == "received" for head in heads)
         found += [head.id for head in heads if head is not None]

@@ -23,7 +23,7 @@ from fastmta.events.webhooks import ReceiverFailing, WebhookSink
 from fastmta.history import dead_letters
 from fastmta.history.dead_letters import DeadLetter
 from fastmta.metrics import EventsMetrics
-from fastmta.queue.records import Message, Recipient
+from fastmta.queue.records import MESSAGE_ENCODER, Message, Recipient
 from fastmta.queue.store import QueueStore
 from tests.receiver import Receiver, verified
 
@@ -209,6 +209,33 @@ def test_a_replay_asked_for_in_the_table_is_sent_again_and_returns_there_if_it_f
     with engine.begin() as connection:
         assert dead_letters.request_replay(connection, 10**6, time.time()) is None
     sink.close()
+
+
+def test_a_received_event_stored_as_its_record_is_posted_dead_lettered_and_replayed_as_the_same_body(
+    engine: sa.Engine, receiver: Receiver
+) -> None:
+    sink = webhook(engine, settings(receiver.url))
+    msg = message("m7", "carol@example.com")
+    stored = records.received_entry(MESSAGE_ENCODER.encode(msg), NODE, 1_700_000_000.75, writer=12345)
+    entry = Entry(41, stored)
+    receiver.script = ["refuse"]
+    sink.deliver([entry])
+    (first,) = receiver.requests
+    assert first.headers["x-fastmta-event-id"] == first.json()["id"] == entry.head.id  # type: ignore[union-attr]
+    assert first.json()["event"] == "message.received" and first.json()["timestamp"] == 1_700_000_000
+    assert first.json()["data"] == msgspec.json.decode(entry.json())
+    assert first.json()["data"]["recipients"] == ["carol@example.com"] and first.json()["data"]["message_id"] == "m7"
+    (letter,) = letters(engine)
+    assert (letter.event_id, letter.event, letter.payload) == (first.json()["id"], "message.received", first.json())
+    with engine.begin() as connection:
+        dead_letters.request_replay(connection, letter.id, time.time())
+    sink.deliver([])
+    assert receiver.requests[1].body == first.body
+    only_sent = webhook(engine, settings(receiver.url, events=["message.sent"]))
+    only_sent.deliver([Entry(42, stored)])  # not asked for: no request, nothing made
+    assert len(receiver.requests) == 2
+    sink.close()
+    only_sent.close()
 
 
 class Failing:
