@@ -1,19 +1,21 @@
 """The outbox in queue.lmdb: events appended inside the transaction of the change they describe, read by the events process.
 
-Entries are keyed by a sequence number kept in the same environment, so the order of keys is the
+Events are numbered by a sequence kept in the same environment, so the order of numbers is the
 order of commits (LMDB has one writer at a time) and a reader that remembers the last number it
-handled never skips a later commit. Each sink keeps such a cursor; an entry is removed once
-every sink's cursor has passed it. Events written before any sink registered (the first start of a
-data directory, before the events process is up) wait for the first one.
+handled never skips a later commit. A transaction's events are stored as one record, keyed by the
+number of its first event: ingress writes one record per group commit, and the events process reads
+and removes one, not one per message. Each sink keeps a cursor (the last event it has); a record is
+removed once every sink's cursor has passed all its events. Events written before any sink
+registered (the first start of a data directory, before the events process is up) wait for the first one.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Collection, Iterable, Sequence
-from itertools import islice
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 import lmdb
+import msgspec
 
 from fastmta.events import ids
 from fastmta.events.names import EVENT_TYPES
@@ -21,6 +23,12 @@ from fastmta.events.records import EVENT_ENCODER, TAGS, Entry, Event
 
 _SEQUENCE = struct.Struct(">Q")
 _NEXT = b"next"
+# The first byte of a record of several events: a MessagePack array of their entries follows. A record of
+# one event is that event's entry itself, which never begins so (JSON, a stored received event, or an
+# earlier version's MessagePack map).
+_SEVERAL = b"B"
+_ENCODE_SEVERAL = msgspec.msgpack.Encoder().encode
+_SEVERAL_DECODER = msgspec.msgpack.Decoder(list[bytes])
 
 
 class Outbox:
@@ -48,23 +56,36 @@ class Outbox:
     def append_encoded(self, txn: lmdb.Transaction, entries: Sequence[bytes]) -> None:
         if not entries:
             return
-        raw = txn.get(_NEXT, db=self._meta)
-        first = 1 if raw is None else _SEQUENCE.unpack(raw)[0]
-        items = [(_SEQUENCE.pack(sequence), entry) for sequence, entry in enumerate(entries, first)]
-        # append=True refuses (does not add) a key not past the last one: never drop an event silently.
-        _, added = txn.cursor(db=self._entries).putmulti(items, append=True)
-        if added != len(items):
+        first = self._following(txn)
+        record = entries[0] if len(entries) == 1 else _SEVERAL + _ENCODE_SEVERAL(entries)
+        # Never number an event twice (and have a sink skip one silently): the last record must end before
+        # the first new number, and append=True refuses (does not add) a key not past the last one.
+        records = txn.cursor(db=self._entries)
+        if records.last() and _SEQUENCE.unpack(records.key())[0] + _count(records.value()) > first or not txn.put(
+            _SEQUENCE.pack(first), record, append=True, db=self._entries
+        ):
             raise lmdb.KeyExistsError(f"outbox entries from {first} are not past the last one")
-        txn.put(_NEXT, _SEQUENCE.pack(first + len(items)), db=self._meta)
+        txn.put(_NEXT, _SEQUENCE.pack(first + len(entries)), db=self._meta)
 
     def read(self, after: int, limit: int) -> list[Entry]:
         """Up to `limit` entries past `after`, in commit order; each decodes its event when a sink asks for it."""
+        found: list[Entry] = []
         with self.env.begin(db=self._entries) as txn:
             cursor = txn.cursor()
-            if not cursor.set_range(_SEQUENCE.pack(after + 1)):
-                return []
-            unpack = _SEQUENCE.unpack
-            return [Entry(unpack(key)[0], raw) for key, raw in islice(cursor, limit)]
+            wanted = _SEQUENCE.pack(after + 1)
+            # The record holding event after + 1 is the last one keyed at or before it (if it holds that many).
+            if cursor.set_range(wanted):
+                if cursor.key() != wanted and not cursor.prev():
+                    cursor.first()
+            elif not cursor.last():
+                return found
+            for key, record in cursor:
+                for entry in _entries(_SEQUENCE.unpack(key)[0], record):
+                    if entry.sequence > after:
+                        found.append(entry)
+                        if len(found) == limit:
+                            return found
+        return found
 
     def cursor(self, sink: str) -> int:
         with self.env.begin(db=self._cursors) as txn:
@@ -72,27 +93,32 @@ class Outbox:
             return 0 if raw is None else _SEQUENCE.unpack(raw)[0]
 
     def advance(self, cursors: dict[str, int]) -> None:
-        """Each named sink has every entry up to its number; entries every sink has are removed, all in one transaction."""
+        """Each named sink has every entry up to its number; records every sink has whole are removed, all in one transaction."""
         with self.env.begin(write=True) as txn:
             for sink, sequence in cursors.items():
                 txn.put(sink.encode(), _SEQUENCE.pack(sequence), db=self._cursors)
-            done = min(raw for _, raw in txn.cursor(db=self._cursors))  # big-endian: bytes order as numbers do
-            entries = txn.cursor(db=self._entries)
-            entries.first()
-            # delete() moves to the next entry; past the last one the cursor has no key (b"").
-            while (key := entries.key()) and key <= done:
-                entries.delete()
+            done = min(_SEQUENCE.unpack(raw)[0] for _, raw in txn.cursor(db=self._cursors))
+            records = txn.cursor(db=self._entries)
+            if not records.first():
+                return
+            following = self._following(txn)  # where the last record ends
+            while True:
+                # A record ends where the next one begins; delete() moves to that next one.
+                last = not records.next()
+                end = following if last else _SEQUENCE.unpack(records.key())[0]
+                if end > done + 1:
+                    return
+                records.last() if last else records.prev()
+                records.delete()
+                if last:
+                    return
 
     def register(self, sinks: Iterable[str]) -> None:
         """The sinks that must see every entry still here; a sink no longer named stops holding entries back."""
         names = {sink.encode() for sink in sinks}
         with self.env.begin(write=True) as txn:
             entries = txn.cursor(db=self._entries)
-            if entries.first():
-                start = _SEQUENCE.unpack(entries.key())[0] - 1
-            else:
-                raw = txn.get(_NEXT, db=self._meta)
-                start = 0 if raw is None else _SEQUENCE.unpack(raw)[0] - 1
+            start = (_SEQUENCE.unpack(entries.key())[0] if entries.first() else self._following(txn)) - 1
             cursor = txn.cursor(db=self._cursors)
             for key in [key for key, _ in cursor if key not in names]:
                 txn.delete(key, db=self._cursors)
@@ -115,10 +141,42 @@ class Outbox:
         return max(0.0, now - head.at) if head is not None else 0.0
 
     def pending(self) -> int:
+        """The events the outbox holds: a transaction's events leave it together, once every sink has them all."""
         with self.env.begin(db=self._entries) as txn:
-            return int(txn.stat(self._entries)["entries"])
+            cursor = txn.cursor()
+            if not cursor.first():
+                return 0
+            return self._following(txn) - int(_SEQUENCE.unpack(cursor.key())[0])
 
     def last_sequence(self) -> int:
-        with self.env.begin(db=self._meta) as txn:
-            raw = txn.get(_NEXT)
-            return 0 if raw is None else _SEQUENCE.unpack(raw)[0] - 1
+        with self.env.begin() as txn:
+            return self._following(txn) - 1
+
+    def _following(self, txn: lmdb.Transaction) -> int:
+        """The number the next event appended gets."""
+        raw = txn.get(_NEXT, db=self._meta)
+        return 1 if raw is None else int(_SEQUENCE.unpack(raw)[0])
+
+
+def _entries(first: int, record: bytes) -> Iterator[Entry]:
+    """The entries of a record keyed `first`; a record of several that does not decode is one entry that has no event."""
+    if record[:1] == _SEVERAL:
+        try:
+            several = _SEVERAL_DECODER.decode(memoryview(record)[1:])
+        except msgspec.DecodeError:
+            several = [record]
+        for offset, entry in enumerate(several):
+            yield Entry(first + offset, entry)
+    else:
+        yield Entry(first, record)
+
+
+def _count(record: bytes | memoryview) -> int:
+    """How many events a record holds, read from its array's header alone."""
+    if bytes(record[:1]) != _SEVERAL or len(record) < 2:
+        return 1
+    kind = record[1]
+    if 0x90 <= kind <= 0x9F:
+        return kind & 0x0F
+    width = {0xDC: 2, 0xDD: 4}.get(kind, 0)
+    return int.from_bytes(record[2:2 + width], "big") if width and len(record) >= 2 + width else 1
