@@ -61,9 +61,8 @@ class Outbox:
         # Never number an event twice (and have a sink skip one silently): the last record must end before
         # the first new number, and append=True refuses (does not add) a key not past the last one.
         records = txn.cursor(db=self._entries)
-        if records.last() and _SEQUENCE.unpack(records.key())[0] + _count(records.value()) > first or not txn.put(
-            _SEQUENCE.pack(first), record, append=True, db=self._entries
-        ):
+        overlaps = records.last() and _SEQUENCE.unpack(records.key())[0] + _count(records.value()) > first
+        if overlaps or not txn.put(_SEQUENCE.pack(first), record, append=True, db=self._entries):
             raise lmdb.KeyExistsError(f"outbox entries from {first} are not past the last one")
         txn.put(_NEXT, _SEQUENCE.pack(first + len(entries)), db=self._meta)
 
