@@ -19,12 +19,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from proctree import tree_cpu_seconds
+from proctree import tree_cpu_seconds, wait_until_quiet
 from targets import BENCH, DEFAULT_TARGETS, TARGETS, FastMTA, Running, Target, free_port, spawn, wait_for_greeting
 
 SENDER = "from@example.com"
 RECIPIENT = "to@example.com"
-SETTLE_SECONDS = 0.3  # after the greeting, before the CPU baseline: start-up work is not charged
 DRAIN_IDLE_SECONDS = 10.0  # relay: give up when the sink got nothing new for this long
 DRAIN_MAX_SECONDS = 120.0
 PROBE_SECONDS = 5.0
@@ -195,7 +194,7 @@ def measure(target: Target, scenario: Scenario, client: SourceClient | SmtpSourc
     running: Running | None = None
     try:
         running = target.start(workdir / target.name, free_port(), sink.port if sink else None)
-        time.sleep(SETTLE_SECONDS)
+        wait_until_quiet(running.pid)  # start-up work is not charged
         cpu_before = tree_cpu_seconds(running.pid)
         load = client.run(running.port, scenario, target.name)
         delivered = None

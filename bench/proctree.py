@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -53,3 +54,17 @@ def tree_cpu_seconds(root: int) -> float:
             # after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
             ticks += sum(int(value) for value in fields[11:15])
     return ticks / CLOCK_TICKS
+
+
+def wait_until_quiet(root: int, window: float = 0.3, longest: float = 10.0) -> None:
+    """Until root's tree spends at most a clock tick of CPU in `window` seconds (or `longest` passed): its
+    start-up is over. A server answers before all its children are up (fastmta's admin and events processes
+    take about a tenth of a CPU second more each), and a load started at once would be charged for that."""
+    deadline = time.monotonic() + longest
+    before = tree_cpu_seconds(root)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = tree_cpu_seconds(root)
+        if now - before <= 1 / CLOCK_TICKS:
+            return
+        before = now

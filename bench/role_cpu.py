@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from proctree import wait_until_quiet
 from targets import BENCH, TARGETS, free_port
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -49,7 +50,7 @@ def measure(target: str, rate: float, duration: float) -> dict[str, float]:
         port = free_port()
         running = TARGETS[target].start(Path(workdir), port)
         try:
-            time.sleep(1.0)  # start-up's CPU is not the messages'
+            wait_until_quiet(running.pid)  # start-up's CPU is not the messages'
             before = _cpu_by_role()
             sent = subprocess.run(
                 [sys.executable, str(BENCH / "source.py"), f"127.0.0.1:{port}", "--sessions", "50", "--size", "1k",

@@ -14,12 +14,11 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from compare import SCENARIOS, SETTLE_SECONDS, SourceClient
-from proctree import tree_cpu_seconds
+from compare import SCENARIOS, SourceClient
+from proctree import tree_cpu_seconds, wait_until_quiet
 from targets import FastMTA, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +43,7 @@ def measure(variant: str, daemons: dict[str, Daemon], client: SourceClient, scen
     target.sections = sections(scanners, daemons)
     started = target.start(workdir / variant, free_port())
     try:
-        time.sleep(SETTLE_SECONDS)
+        wait_until_quiet(started.pid)
         helpers = [daemons[name].process.pid for name in scanners]
         fastmta_before = tree_cpu_seconds(started.pid)
         scanners_before = sum(tree_cpu_seconds(pid) for pid in helpers)

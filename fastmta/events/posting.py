@@ -49,8 +49,9 @@ class Answer(NamedTuple):
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode(), hashlib.sha256)
+    mac.update(body)  # the body itself, not a copy of it behind the prefix (300 KB for a batch of 500)
+    return f"t={timestamp},v1={mac.hexdigest()}"
 
 
 _Receiver = tuple[str, str, int | None]  # scheme, host, port

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -130,12 +129,7 @@ async def _serve(runner: EventsRunner, stop: asyncio.Event) -> None:
 
 
 def run(config: Config, name: str, make_sinks: Callable[[Config], list[Sink]]) -> int:
-    # Accepting mail comes first: the events process runs on what SMTP and delivery leave of the CPUs.
-    # SCHED_IDLE rather than nice 19: a waking worker takes a CPU this process is on at once, and is
-    # sent to it as to an idle one. When the others keep every CPU busy the sinks fall behind (the
-    # outbox holds their events, on disk) and catch up when there is time again. The threads it starts
-    # inherit the policy.
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    """The events process's life, at the SCHED_IDLE policy its role (supervisor) set before importing this."""
     store = QueueStore.opened(config)
     runner = EventsRunner(store.outbox, make_sinks(config), EventsMetrics(name, config.server.metrics))
     # What start-up made (modules, SQLAlchemy's and the sinks' objects) lives as long as the process:

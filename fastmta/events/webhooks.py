@@ -175,7 +175,13 @@ class WebhookSink:
         else:
             # A batch's ids are in its body only: a header of 500 would be 18 KB, past the 8 KB a line may
             # have at nginx or Apache (whose receivers would refuse every request).
-            body, headers = b"[" + b",".join([sent for _, sent in payloads]) + b"]", {}
+            headers = {}
+            # The body made in one copy, its brackets put on its first and last parts: adding them to the joined
+            # body copied all of it (300 KB for 500 events) twice more.
+            sent = [made for _, made in payloads]
+            sent[0] = b"[" + sent[0]
+            sent[-1] += b"]"
+            body = b",".join(sent)
         try:
             answer = self._poster.post(self.hook.url, body, self.hook.secret, headers)
         except Unreachable as exc:
