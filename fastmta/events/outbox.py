@@ -1,14 +1,12 @@
 """The outbox in queue.lmdb: events appended inside the transaction of the change they describe, read by the events process.
 
-Events are numbered in commit order (LMDB has one writer at a time), so a reader that remembers
-the last number it handled never skips a later commit. A transaction's events are stored as one
-record, keyed by the number of its first event: ingress writes one record per group commit, and the
-events process reads and removes one, not one per message. The next number follows the last record's
-events; only when the outbox is emptied is it written down (outbox_meta), so a commit that appends
-changes no page but the outbox's own (each page more is another block written per fsync). Each sink
-keeps a cursor (the last event it has); a record is removed once every sink's cursor has passed all
-its events. Events written before any sink registered (the first start of a data directory, before
-the events process is up) wait for the first one.
+Events are numbered by a sequence kept in the same environment, so the order of numbers is the
+order of commits (LMDB has one writer at a time) and a reader that remembers the last number it
+handled never skips a later commit. A transaction's events are stored as one record, keyed by the
+number of its first event: ingress writes one record per group commit, and the events process reads
+and removes one, not one per message. Each sink keeps a cursor (the last event it has); a record is
+removed once every sink's cursor has passed all its events. Events written before any sink
+registered (the first start of a data directory, before the events process is up) wait for the first one.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ class Outbox:
         self.written = frozenset(written)
         self.writer = ids.new_writer()
         self._entries = env.open_db(b"outbox")
-        self._meta = env.open_db(b"outbox_meta")  # the next sequence number, while the outbox is empty
+        self._meta = env.open_db(b"outbox_meta")  # the next sequence number
         self._cursors = env.open_db(b"outbox_cursors")  # sink name -> last sequence number it has
 
     def append(self, txn: lmdb.Transaction, events: Iterable[Event]) -> None:
@@ -59,9 +57,15 @@ class Outbox:
     def append_encoded(self, txn: lmdb.Transaction, entries: Sequence[bytes]) -> None:
         if not entries:
             return
+        first = self._following(txn)
         record = entries[0] if len(entries) == 1 else _SEVERAL + _ENCODE_SEVERAL(entries)
-        # Past the last record by construction, so append=True (no search for the key's place) holds.
-        txn.put(_SEQUENCE.pack(self._following(txn)), record, append=True, db=self._entries)
+        # Never number an event twice (and have a sink skip one silently): the last record must end before
+        # the first new number, and append=True refuses (does not add) a key not past the last one.
+        records = txn.cursor(db=self._entries)
+        overlaps = records.last() and _SEQUENCE.unpack(records.key())[0] + _count(records.value()) > first
+        if overlaps or not txn.put(_SEQUENCE.pack(first), record, append=True, db=self._entries):
+            raise lmdb.KeyExistsError(f"outbox entries from {first} are not past the last one")
+        txn.put(_NEXT, _SEQUENCE.pack(first + len(entries)), db=self._meta)
 
     def read(self, after: int, limit: int) -> list[Entry]:
         """Up to `limit` entries past `after`, in commit order; each decodes its event when a sink asks for it."""
@@ -94,10 +98,8 @@ class Outbox:
             for sink, sequence in cursors.items():
                 txn.put(sink.encode(), _SEQUENCE.pack(sequence), db=self._cursors)
             done = min(_SEQUENCE.unpack(raw)[0] for _, raw in txn.cursor(db=self._cursors))
-            following = self._following(txn)
-            if following <= done + 1:  # every sink has every record whole
+            if self._following(txn) <= done + 1:  # every sink has every record whole
                 txn.drop(self._entries, delete=False)
-                txn.put(_NEXT, _SEQUENCE.pack(following), db=self._meta)  # numbering goes on from there
                 return
             # A record ends where the next one begins: those before the last one to begin by done + 1 are had whole.
             records = txn.cursor(db=self._entries)
@@ -147,11 +149,7 @@ class Outbox:
             return self._following(txn) - 1
 
     def _following(self, txn: lmdb.Transaction) -> int:
-        """The number the next event appended gets: the one after the last record's, or with none, the one kept
-        when the outbox was emptied (earlier versions kept it current on every append: the same number)."""
-        records = txn.cursor(db=self._entries)
-        if records.last():
-            return int(_SEQUENCE.unpack(records.key())[0]) + _count(records.value())
+        """The number the next event appended gets."""
         raw = txn.get(_NEXT, db=self._meta)
         return 1 if raw is None else int(_SEQUENCE.unpack(raw)[0])
 
@@ -170,13 +168,11 @@ def _entries(first: int, record: bytes) -> Iterator[Entry]:
 
 
 def _count(record: bytes | memoryview) -> int:
-    """How many numbers a record takes: the count in its array's header, at least one (a damaged record too)."""
+    """How many events a record holds, read from its array's header alone."""
     if bytes(record[:1]) != _SEVERAL or len(record) < 2:
         return 1
     kind = record[1]
     if 0x90 <= kind <= 0x9F:
-        count = kind & 0x0F
-    else:
-        width = {0xDC: 2, 0xDD: 4}.get(kind, 0)
-        count = int.from_bytes(record[2:2 + width], "big") if width and len(record) >= 2 + width else 1
-    return max(count, 1)
+        return kind & 0x0F
+    width = {0xDC: 2, 0xDD: 4}.get(kind, 0)
+    return int.from_bytes(record[2:2 + width], "big") if width and len(record) >= 2 + width else 1

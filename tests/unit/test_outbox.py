@@ -6,6 +6,7 @@ import time
 import uuid
 from pathlib import Path
 
+import lmdb
 import msgspec
 import pytest
 
@@ -120,18 +121,14 @@ def test_operator_actions_and_settlements_write_their_events(store: QueueStore) 
     assert isinstance(deferred, events.Deferred) and deferred.recipient == "c@example.org" and deferred.reply == "451 4.3.0 Try later"
 
 
-def test_numbers_follow_the_last_record_and_go_on_from_where_an_emptied_outbox_was(store: QueueStore) -> None:
-    meta = store.env.open_db(b"outbox_meta")
+@pytest.mark.parametrize("gone_back_to", [1, 2])
+def test_an_entry_not_past_the_last_one_is_refused_not_dropped(store: QueueStore, gone_back_to: int) -> None:
     store.insert([(message(), b"1"), (message(), b"2")])  # one record: events 1 and 2
-    with store.env.begin(write=True) as txn:
-        txn.put(b"next", (1).to_bytes(8, "big"), db=meta)  # not read while there are records
-    store.insert([(message(), b"3")])
-    assert [entry.sequence for entry in store.outbox.read(0, 10)] == [1, 2, 3] and store.outbox.last_sequence() == 3
-    store.outbox.advance({"history": 3})
-    with store.env.begin() as txn:
-        assert txn.get(b"next", db=meta) == (4).to_bytes(8, "big")
-    store.insert([(message(), b"4")])
-    assert [entry.sequence for entry in store.outbox.read(0, 10)] == [4]
+    with pytest.raises(lmdb.KeyExistsError), store.env.begin(write=True) as txn:
+        meta = store.env.open_db(b"outbox_meta", txn=txn)
+        txn.put(b"next", gone_back_to.to_bytes(8, "big"), db=meta)  # a sequence gone back, to the record or into it
+        store.outbox.append_encoded(txn, [b"{}", b"{}"])
+    assert [entry.sequence for entry in store.outbox.read(0, 10)] == [1, 2] and store.outbox.last_sequence() == 2
 
 
 def test_a_transactions_events_are_one_record_read_from_any_of_them_and_removed_together(store: QueueStore) -> None:
@@ -161,7 +158,8 @@ def test_a_damaged_record_of_several_is_one_entry_without_an_event(store: QueueS
     store.insert([(message(), b"1"), (message(), b"2")])
     entries = store.env.open_db(b"outbox")
     with store.env.begin(write=True) as txn:
-        txn.put((3).to_bytes(8, "big"), b"B\x93\xc1 damaged", db=entries)  # its header says 3 events: 3 to 5
+        txn.put((3).to_bytes(8, "big"), b"B\x93\xc1 damaged", db=entries)
+        txn.put(b"next", (6).to_bytes(8, "big"), db=store.env.open_db(b"outbox_meta", txn=txn))
     store.insert([(message(), b"6")])
     found = store.outbox.read(0, 10)
     assert [(entry.sequence, entry.head is None) for entry in found] == [(1, False), (2, False), (3, True), (6, False)]
