@@ -1,18 +1,13 @@
 """A webhook receiver that answers every POST with 200 at once: what the events process posts to in compare.py.
 
 Usage: webhook_sink.py HOST:PORT. HTTP/1.1 with keep-alive, as the events process's client pools its connections.
-It stands in for a receiver on another machine, which takes no CPU from the server, but shares the CPUs
-with the server it measures. So it does as little as a receiver can (each body is counted off as it
-arrives and dropped, never gathered into one buffer), and it runs at SCHED_IDLE: on what the server
-leaves of the CPUs, as the events process itself does. At the normal policy, its copying of 300 KB
-requests at its fair share of a CPU made the SMTP workers beside it pay about 3 µs more per message
-(their CPU measured side by side with a server without events, at 6,000 msg/s each).
+It shares the CPUs with the server it measures, so it does as little as a receiver can: each body is
+counted off as it arrives and dropped, never gathered into one buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
 _REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
@@ -66,6 +61,5 @@ async def main(host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     address, _, port_text = sys.argv[1].rpartition(":")
     asyncio.run(main(address, int(port_text)))
