@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import smtplib
 import sqlite3
 import time
@@ -55,6 +56,9 @@ def test_received_rejected_and_delivered_events_with_the_rejected_count(make_ser
             code, _ = client.data(b"Subject: hello\r\nX-Campaign-ID: spring\r\n\r\nhi\r\n")
             assert code == 250
         wait_until(lambda: any(isinstance(e, events.Delivered) for e in history_events(server)))
+        # The events process, and it alone, runs on what the others leave of the CPUs.
+        idle = {name for name, pid in server.children().items() if os.sched_getscheduler(pid) == os.SCHED_IDLE}
+        assert idle == {"events"}, server.children()
         found = history_events(server)
         # Refusals ride whichever group commit comes next, so only their own order is fixed.
         kinds = sorted(type(e).__name__ for e in found)
