@@ -12,8 +12,8 @@ cdef enum:
 def split_lines(object buf, Py_ssize_t start, Py_ssize_t max_line):
     """Every complete line of buf[start:] without its LF or CRLF, and the offset just past each.
 
-    A line longer than max_line, or an unterminated tail longer than max_line (end = len(buf)),
-    comes back as None. A shorter unterminated tail is not consumed.
+    A line longer than max_line, or an unterminated tail longer than max_line (end = len(buf); a CR
+    at its end not counted), comes back as None. A shorter unterminated tail is not consumed.
     """
     cdef Py_buffer view
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
@@ -44,7 +44,9 @@ cdef tuple _split(const char* p, Py_ssize_t size, Py_ssize_t pos, Py_ssize_t max
             lines.append(None)
         ends.append(at + 1)
         pos = at + 1
-    if size - pos > max_line:
+    # A CR that ends the tail may begin the CRLF to come: a complete line is not judged with it either.
+    stop = size - 1 if size > pos and p[size - 1] == CR else size
+    if stop - pos > max_line:
         lines.append(None)
         ends.append(size)
     return lines, ends

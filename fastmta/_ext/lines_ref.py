@@ -17,7 +17,7 @@ def split_lines(buf: bytes | bytearray | memoryview, start: int, max_line: int) 
     """Every complete line of buf[start:] without its LF or CRLF, and the offset just past each.
 
     A line whose content is longer than max_line comes back as None. So does an unterminated tail
-    longer than max_line (its end is len(buf)): the caller refuses it and discards through the next
+    longer than max_line, a CR at its end not counted (its end is len(buf)): the caller refuses it and discards through the next
     LF. A shorter unterminated tail is left for the next read.
     """
     data = _as_bytes(buf)
@@ -34,7 +34,9 @@ def split_lines(buf: bytes | bytearray | memoryview, start: int, max_line: int) 
         lines.append(data[pos:stop] if stop - pos <= max_line else None)
         ends.append(newline + 1)
         pos = newline + 1
-    if size - pos > max_line:
+    # A CR that ends the tail may begin the CRLF to come: a complete line is not judged with it either.
+    stop = size - 1 if size > pos and data[size - 1] == 0x0D else size
+    if stop - pos > max_line:
         lines.append(None)
         ends.append(size)
     return lines, ends

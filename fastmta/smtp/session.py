@@ -494,9 +494,13 @@ class Session:
         return self._flush()
 
     def _has_line(self) -> bool:
+        """Whether split_lines() has a line to give: a complete one, or a tail too long to be one (as it counts)."""
         if self._buf.find(b"\n", self._pos) >= 0:
             return True
-        return len(self._buf) - self._pos > self.settings.max_line_length
+        end = len(self._buf)
+        if end > self._pos and self._buf[end - 1] == 0x0D:  # perhaps the CR of the CRLF to come
+            end -= 1
+        return end - self._pos > self.settings.max_line_length
 
     def _commands(self) -> None:
         lines, ends = _ext.split_lines(self._buf, self._pos, self.settings.max_line_length)

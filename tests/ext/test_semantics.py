@@ -56,6 +56,14 @@ def test_line_length_limit_counts_the_content_without_its_line_break(split_lines
 
 
 @with_split_lines
+def test_a_tail_ending_in_cr_is_judged_without_it_as_the_whole_line_would_be(split_lines: SplitLines) -> None:
+    # The CR may begin the CRLF still to come: the line "abcd" is within 4, however the stream was split.
+    assert split_lines(b"abcd\r", 0, 4) == ([], [])
+    assert split_lines(b"abcd\r\n", 0, 4) == ([b"abcd"], [6])
+    assert split_lines(b"abcde\r", 0, 4) == ([None], [6])
+
+
+@with_split_lines
 def test_an_unterminated_tail_is_refused_only_once_it_is_over_the_limit(split_lines: SplitLines) -> None:
     assert split_lines(b"NOOP\r\nabcd", 0, 4) == ([b"NOOP"], [6])
     assert split_lines(b"NOOP\r\nabcde", 0, 4) == ([b"NOOP", None], [6, 11])
