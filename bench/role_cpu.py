@@ -27,6 +27,28 @@ from targets import BENCH, TARGETS, free_port
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def offered_load(port: int, rate: float, duration: float, processes: int | None = None) -> list[str]:
+    """source.py offering `rate` messages of 1 KiB a second for `duration` seconds, its result printed as JSON."""
+    command = [sys.executable, str(BENCH / "source.py"), f"127.0.0.1:{port}", "--sessions", "50", "--size", "1k",
+               "--duration", str(duration), "--messages", "100000000", "--rate", str(rate), "--json", "--quiet"]  # fmt: skip
+    return command + (["--processes", str(processes)] if processes else [])
+
+
+def is_events_process(pid: int) -> bool:
+    """fastmta's events process is the one that runs as SCHED_IDLE (a process gone meanwhile is not)."""
+    try:
+        return os.sched_getscheduler(pid) == os.SCHED_IDLE
+    except OSError:
+        return False
+
+
+def load_options(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """The options of a fixed offered load: its rate, how long each run lasts, and how many rounds."""
+    parser.add_argument("--rate", type=float, default=6000, help="messages a second offered (default 6000)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per run (default 8)")
+    parser.add_argument("--rounds", type=int, default=rounds)
+
+
 def _cpu_by_role() -> dict[int, tuple[str, int]]:
     """Each fastmta server process's role ("events" or "server") and CPU ticks so far."""
     found: dict[int, tuple[str, int]] = {}
@@ -36,7 +58,7 @@ def _cpu_by_role() -> dict[int, tuple[str, int]]:
         try:
             command = Path(f"/proc/{name}/cmdline").read_bytes()
             fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-            role = "events" if os.sched_getscheduler(int(name)) == os.SCHED_IDLE else "server"
+            role = "events" if is_events_process(int(name)) else "server"
         except OSError:  # gone meanwhile
             continue
         if b"fastmta" in command and b"serve" in command:
@@ -52,11 +74,7 @@ def measure(target: str, rate: float, duration: float) -> dict[str, float]:
         try:
             wait_until_quiet(running.pid)  # start-up's CPU is not the messages'
             before = _cpu_by_role()
-            sent = subprocess.run(
-                [sys.executable, str(BENCH / "source.py"), f"127.0.0.1:{port}", "--sessions", "50", "--size", "1k",
-                 "--duration", str(duration), "--messages", "100000000", "--rate", str(rate), "--json", "--quiet"],
-                stdout=subprocess.PIPE, text=True, check=True,
-            )  # fmt: skip
+            sent = subprocess.run(offered_load(port, rate, duration), stdout=subprocess.PIPE, text=True, check=True)
             time.sleep(1.0)  # what the events process still had to send
             after = _cpu_by_role()
         finally:
@@ -72,9 +90,7 @@ def measure(target: str, rate: float, duration: float) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="fastmta,fastmta-webhooks", help="comma-separated, from compare.py's")
-    parser.add_argument("--rate", type=float, default=6000, help="messages a second offered (default 6000)")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per run (default 8)")
-    parser.add_argument("--rounds", type=int, default=4)
+    load_options(parser, rounds=4)
     args = parser.parse_args(argv)
     targets = args.targets.split(",")
     results: dict[str, list[dict[str, float]]] = {target: [] for target in targets}

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from proctree import descendants, wait_until_quiet
-from targets import BENCH, TARGETS, Running, free_port
+from role_cpu import is_events_process, load_options, offered_load
+from targets import TARGETS, Running, free_port
 
 
 def _cpu_ns(pid: int) -> int:
@@ -44,18 +45,11 @@ def _cpu_ns(pid: int) -> int:
     return total
 
 
-def _events(pid: int) -> bool:
-    try:
-        return os.sched_getscheduler(pid) == os.SCHED_IDLE
-    except OSError:
-        return False
-
-
 def _reading(running: Running) -> tuple[int, int]:
     """CPU nanoseconds so far: the target's whole (server tree and companions), and its events process's."""
     server = descendants(running.pid)
     whole = sum(_cpu_ns(pid) for pid in server) + sum(_cpu_ns(c.pid) for c in running.companions)
-    return whole, sum(_cpu_ns(pid) for pid in server if _events(pid))
+    return whole, sum(_cpu_ns(pid) for pid in server if is_events_process(pid))
 
 
 def measure(first: str, second: str, rate: float, duration: float) -> list[tuple[float, float]]:
@@ -66,15 +60,9 @@ def measure(first: str, second: str, rate: float, duration: float) -> list[tuple
             for each in running:
                 wait_until_quiet(each.pid)
             before = [_reading(each) for each in running]
-            loads = [
-                subprocess.Popen(
-                    [sys.executable, str(BENCH / "source.py"), f"127.0.0.1:{each.port}", "--sessions", "50",
-                     "--size", "1k", "--duration", str(duration), "--messages", "100000000", "--rate", str(rate),
-                     "--processes", "1", "--json", "--quiet"],
-                    stdout=subprocess.PIPE, text=True,
-                )  # fmt: skip
-                for each in running
-            ]
+            # One generator process each: two loads share the machine's CPUs.
+            loads = [subprocess.Popen(offered_load(each.port, rate, duration, processes=1), stdout=subprocess.PIPE,
+                                      text=True) for each in running]  # fmt: skip
             accepted = [json.loads(load.communicate()[0])["messages_accepted"] for load in loads]
             time.sleep(1.0)  # what the events processes still had to send
             after = [_reading(each) for each in running]
@@ -90,9 +78,7 @@ def measure(first: str, second: str, rate: float, duration: float) -> list[tuple
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="fastmta,fastmta-webhooks", help="two, comma-separated, from compare.py's")
-    parser.add_argument("--rate", type=float, default=6000, help="messages a second offered to each (default 6000)")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per round (default 8)")
-    parser.add_argument("--rounds", type=int, default=5)
+    load_options(parser, rounds=5)  # the rate is offered to each
     args = parser.parse_args(argv)
     first, second = args.targets.split(",")
     differences = []

@@ -478,6 +478,10 @@ class Session:
             mode = self._mode
             if mode == _COMMAND:
                 self._commands()
+                # Still taking commands: every line there was is answered (a command that waits, or ends
+                # command mode, changes the mode), and what is left waits for the rest of its line.
+                if self._mode == _COMMAND:
+                    break
             elif mode == _DATA:
                 self._data()
             elif mode == _BDAT:
@@ -489,18 +493,7 @@ class Session:
                     break
             else:
                 break
-            if self._mode == _COMMAND and self._pos < len(self._buf) and not self._has_line():
-                break
         return self._flush()
-
-    def _has_line(self) -> bool:
-        """Whether split_lines() has a line to give: a complete one, or a tail too long to be one (as it counts)."""
-        if self._buf.find(b"\n", self._pos) >= 0:
-            return True
-        end = len(self._buf)
-        if end > self._pos and self._buf[end - 1] == 0x0D:  # perhaps the CR of the CRLF to come
-            end -= 1
-        return end - self._pos > self.settings.max_line_length
 
     def _commands(self) -> None:
         lines, ends = _ext.split_lines(self._buf, self._pos, self.settings.max_line_length)
