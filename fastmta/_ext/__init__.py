@@ -7,7 +7,7 @@ if os.environ.get("FASTMTA_NO_EXTENSIONS") != "1":
     from fastmta._ext.data import DataScanner
     from fastmta._ext.headers import parse_headers
     from fastmta._ext.lines import split_lines
-    from fastmta._ext.received import received_json, received_payload
+    from fastmta._ext.received import received_json, received_payload, received_payloads
 
     COMPILED = True
 else:
@@ -15,8 +15,8 @@ else:
     from fastmta._ext.data_ref import DataScanner  # type: ignore[assignment]
     from fastmta._ext.headers_ref import parse_headers
     from fastmta._ext.lines_ref import split_lines
-    from fastmta._ext.received_ref import received_json, received_payload
+    from fastmta._ext.received_ref import received_json, received_payload, received_payloads
 
     COMPILED = False
 
-__all__ = ["COMPILED", "DataScanner", "parse_headers", "received_json", "received_payload", "split_lines"]
+__all__ = ["COMPILED", "DataScanner", "parse_headers", "received_json", "received_payload", "received_payloads", "split_lines"]

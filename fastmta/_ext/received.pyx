@@ -15,7 +15,7 @@ from libc.string cimport memcmp, memcpy, strlen
 
 import msgspec
 
-from fastmta._ext.received_ref import SEQUENCE_RANGE, UNDECODABLE
+from fastmta._ext.received_ref import NEGATIVE_START, SEQUENCE_RANGE, UNDECODABLE
 
 from fastmta.events.ids import WRITER_BITS
 
@@ -92,6 +92,7 @@ cdef struct Identity:  # the event's id and time
 cdef double LATEST = 9007199254740992.0  # 2**53
 cdef uint64_t WRITERS = (<uint64_t>1) << WRITER_BITS
 cdef const char* HEX_DIGITS = b"0123456789abcdef"
+cdef char RECEIVED_MARK = 0x52  # "R", events.records.received_entry's first byte
 SEQUENCES = 1 << 64
 
 
@@ -528,17 +529,48 @@ cdef int _event(Reader* r, Out* out, Identity* identity, uint64_t count) except 
     return 0
 
 
-cdef int _start(Reader* r, Out* out, bytes entry) except -1:
+cdef void _read(Reader* r, bytes entry) noexcept:
+    """The reader at the entry's MessagePack, past its mark byte."""
     r.data = <const unsigned char*>PyBytes_AS_STRING(entry)
     r.pos = 1 if PyBytes_GET_SIZE(entry) else 0
     r.end = PyBytes_GET_SIZE(entry)
+
+
+cdef int _open(Out* out, Py_ssize_t capacity) except -1:
     out.length = 0
-    # The JSON is about as long as the entry: its keys are longer, the record's fields it leaves out make up for that.
-    out.capacity = 2 * r.end + 512
-    out.data = <char*>PyMem_Malloc(<size_t>out.capacity)
+    out.capacity = capacity
+    out.data = <char*>PyMem_Malloc(<size_t>capacity)
     if out.data == NULL:
         raise MemoryError()
     return 0
+
+
+cdef int _start(Reader* r, Out* out, bytes entry) except -1:
+    _read(r, entry)
+    # The JSON is about as long as the entry: its keys are longer, the record's fields it leaves out make up for that.
+    return _open(out, 2 * r.end + 512)
+
+
+cdef int _payload(Reader* r, Out* out, Identity* identity, uint64_t sequence, const char* name, Py_ssize_t name_length) except -1:
+    """What a webhook's receiver is sent for the entry (events.webhooks.Payload) into out, `name` being its event name there."""
+    cdef uint64_t count = _head(r, identity, sequence)
+    cdef int64_t timestamp
+    _append(out, b'{"id":', 6)
+    _identity_string(out, r, identity)
+    _append(out, b',"event":', 9)
+    _json_string(out, <const unsigned char*>name, name_length)
+    _append(out, b',"timestamp":', 13)
+    timestamp = <int64_t>identity.at  # toward zero, as int() does; _head refused what does not fit
+    _decimal(out, <uint64_t>(-timestamp if timestamp < 0 else timestamp), timestamp < 0)
+    _append(out, b',"data":', 8)
+    _event(r, out, identity, count)
+    return _append(out, b"}", 1)
+
+
+cdef const char* _name_text(object name, Py_ssize_t* length) except NULL:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    return PyUnicode_AsUTF8AndSize(name, length)
 
 
 cdef uint64_t _sequence(object sequence) except? 0xffffffffffffffff:
@@ -578,28 +610,52 @@ def received_payload(entry, sequence, name):
     cdef Out out
     cdef Identity identity
     cdef Py_ssize_t name_length
-    cdef uint64_t count
-    cdef int64_t timestamp
     _check_entry(entry)
     cdef uint64_t number = _sequence(sequence)
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, not {type(name).__name__}")
-    cdef const char* name_text = PyUnicode_AsUTF8AndSize(name, &name_length)
+    cdef const char* name_text = _name_text(name, &name_length)
     _start(&reader, &out, entry)
     try:
-        count = _head(&reader, &identity, number)
-        _append(&out, b'{"id":', 6)
-        _identity_string(&out, &reader, &identity)
-        _append(&out, b',"event":', 9)
-        _json_string(&out, <const unsigned char*>name_text, name_length)
-        _append(&out, b',"timestamp":', 13)
-        timestamp = <int64_t>identity.at  # toward zero, as int() does; _head refused what does not fit
-        _decimal(&out, <uint64_t>(-timestamp if timestamp < 0 else timestamp), timestamp < 0)
-        _append(&out, b',"data":', 8)
-        _event(&reader, &out, &identity, count)
-        _append(&out, b"}", 1)
+        _payload(&reader, &out, &identity, number, name_text, name_length)
         return _identifier(&reader, &identity), PyBytes_FromStringAndSize(out.data, out.length)
     except ValueError:  # malformed, or a string that is not UTF-8
         raise ValueError(UNDECODABLE) from None
+    finally:
+        PyMem_Free(out.data)
+
+
+def received_payloads(entries, start, most, name):
+    """The payloads of the stored received events from entries[start] on, comma-separated, in one buffer."""
+    cdef Reader reader
+    cdef Out out
+    cdef Identity identity
+    cdef Py_ssize_t name_length, mark
+    cdef const char* name_text = _name_text(name, &name_length)
+    first, limit = PyNumber_Index(start), PyNumber_Index(most)
+    if first < 0:
+        raise ValueError(NEGATIVE_START)
+    cdef Py_ssize_t count = len(entries)
+    cdef Py_ssize_t index = min(first, count)
+    cdef Py_ssize_t wanted = max(0, min(limit, count - index))
+    cdef Py_ssize_t passed = 0, made = 0
+    _open(&out, 4096)
+    try:
+        while made < wanted and index < count:
+            entry = entries[index]
+            raw = entry.raw
+            if not isinstance(raw, bytes) or PyBytes_GET_SIZE(raw) == 0 or PyBytes_AS_STRING(raw)[0] != RECEIVED_MARK:
+                break
+            number = _sequence(entry.sequence)
+            mark = out.length
+            if made:
+                _append(&out, b",", 1)
+            _read(&reader, raw)
+            try:
+                _payload(&reader, &out, &identity, number, name_text, name_length)
+                made += 1
+            except ValueError:  # not decodable: passed over, as received_payload's refusal is
+                out.length = mark
+            index += 1
+            passed += 1
+        return PyBytes_FromStringAndSize(out.data, out.length), passed, made
     finally:
         PyMem_Free(out.data)

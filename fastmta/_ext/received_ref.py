@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 
@@ -10,6 +12,7 @@ from fastmta.events import ids
 
 UNDECODABLE = "undecodable received event"
 SEQUENCE_RANGE = "an outbox sequence number is 64 bits, unsigned"
+NEGATIVE_START = "start must not be negative"
 # The largest time (seconds, either way) an entry may carry: its milliseconds fit 63 bits, exactly.
 LATEST = float(2**53)
 
@@ -130,3 +133,32 @@ def received_payload(entry: bytes, sequence: int, name: str) -> tuple[str, bytes
     identifier, at, event = received_json(entry, sequence)
     sent = {"id": identifier, "event": text, "timestamp": int(at), "data": msgspec.Raw(event)}
     return identifier, _ENCODER.encode(sent)
+
+
+class _Entry(Protocol):
+    sequence: int
+    raw: bytes
+
+
+def received_payloads(entries: Sequence[_Entry], start: int, most: int, name: str) -> tuple[bytes, int, int]:
+    """The payloads (as received_payload() makes them) of the stored received events from entries[start] on,
+    comma-separated, and how many entries that passed and how many payloads it made; raises as received_payload() does."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    name.encode()  # a lone surrogate is refused before any entry is read
+    first, limit = operator.index(start), operator.index(most)
+    if first < 0:
+        raise ValueError(NEGATIVE_START)
+    made: list[bytes] = []
+    index = first
+    while len(made) < limit and index < len(entries):
+        entry = entries[index]
+        raw = entry.raw
+        if not isinstance(raw, bytes) or raw[:1] != b"R":  # events.records.received_entry's mark
+            break
+        try:
+            made.append(received_payload(raw, entry.sequence, name)[1])
+        except ValueError:  # not decodable: passed over, as received_payload's refusal is
+            pass
+        index += 1
+    return b",".join(made), index - first, len(made)

@@ -19,11 +19,12 @@ import logging
 import time
 from collections.abc import Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import msgspec
 import sqlalchemy as sa
 
-from fastmta._ext import received_payload
+from fastmta._ext import received_payload, received_payloads
 from fastmta.config import EventsConfig, WebhookConfig, format_duration
 from fastmta.events.names import WEBHOOK_EVENTS, WEBHOOK_NAMES
 from fastmta.events.posting import EVENT_ID_HEADER, Poster, Unreachable
@@ -81,6 +82,24 @@ def payload(entry: Entry, wanted: Container[str]) -> Made | None:
     return head.id, _JSON.encode(Payload(head.id, name, int(head.at), msgspec.Raw(entry.json())))
 
 
+class Chunk(NamedTuple):
+    """The events of one request: their payloads as JSON (a run of received events' comma-separated in one),
+    how many events, the id of the first (the header of a request of one), and the sequence number it settles through."""
+
+    payloads: list[bytes]
+    events: int
+    event_id: str
+    last: int
+
+    def body(self) -> bytes:
+        """A JSON array of the payloads, made in one copy."""
+        parts = [b"["]
+        for made in self.payloads:
+            parts += (made, b",")
+        parts[-1] = b"]"
+        return b"".join(parts)
+
+
 class WebhookSink:
     # The runner calls deliver() with no events too, so replays go out while the outbox is quiet.
     idle_calls = True
@@ -111,13 +130,7 @@ class WebhookSink:
         if time.time() >= self._next_look:
             self._look_for_replays()
             self._next_look = time.time() + self.look_every
-        # (sequence, made) pairs: a plain tuple, as a NamedTuple's constructor is a Python call per event.
-        wanted = [
-            (entry.sequence, made)
-            for entry in batch
-            if entry.sequence > self._settled_through and (made := payload(entry, self.wanted)) is not None
-        ]
-        chunks = [wanted[start:start + self.hook.batch] for start in range(0, len(wanted), self.hook.batch)]
+        chunks = self._chunks(batch)
         given_up = ""
         while chunks:
             # A receiver that is failing gets one request at a time, not a burst.
@@ -125,40 +138,74 @@ class WebhookSink:
             group, chunks = chunks[:at_once], chunks[at_once:]
             if given_up:  # the receiver failed past retry_for just now: no request per chunk
                 for chunk in group:
-                    self._dead_letter([made for _, made in chunk], given_up, 0)
-                    self._settled_through = chunk[-1][0]
+                    self._dead_letter(chunk, given_up, 0)
+                    self._settled_through = chunk.last
                 continue
-            bodies = [[made for _, made in chunk] for chunk in group]
             # One request goes in this thread: handing it to the pool would cost more than it saves.
-            answers = [self._post(bodies[0])] if len(group) == 1 else self._requests.map(self._post, bodies)
+            answers = [self._post(group[0])] if len(group) == 1 else self._requests.map(self._post, group)
             # In order: a chunk after one that must be sent again is sent again too (at least once).
-            for chunk, body, answer in zip(group, bodies, answers, strict=True):
-                given_up = self._settle(body, answer)
-                self._settled_through = chunk[-1][0]
+            for chunk, answer in zip(group, answers, strict=True):
+                given_up = self._settle(chunk, answer)
+                self._settled_through = chunk.last
+
+    def _chunks(self, batch: Sequence[Entry]) -> list[Chunk]:
+        """The batch's events this webhook wants and has not settled, up to `batch` of them to a request."""
+        size = self.hook.batch
+        # Runs of received events stored as their records are made in one compiled call, not one per event;
+        # a request of one event carries its id in a header, so those are made one by one.
+        in_runs = size > 1 and _RECEIVED in self.wanted
+        chunks: list[Chunk] = []
+        payloads: list[bytes] = []
+        count, first_id, index = 0, "", 0
+        while index < len(batch):
+            entry = batch[index]
+            if entry.sequence <= self._settled_through:
+                index += 1
+                continue
+            if in_runs and entry.stored_received:
+                run, passed, made = received_payloads(batch, index, size - count, _RECEIVED)
+                index += passed
+                if made:
+                    payloads.append(run)
+                    count += made
+            else:
+                index += 1
+                if (one := payload(entry, self.wanted)) is None:
+                    continue
+                if not count:
+                    first_id = one[0]
+                payloads.append(one[1])
+                count += 1
+            if count == size:
+                chunks.append(Chunk(payloads, count, first_id, batch[index - 1].sequence))
+                payloads, count = [], 0
+        if count:
+            chunks.append(Chunk(payloads, count, first_id, batch[index - 1].sequence))
+        return chunks
 
     def close(self) -> None:
         self._requests.shutdown()
         self._poster.close()
         self.engine.dispose()
 
-    def _settle(self, chunk: list[Made], answer: tuple[str, bool]) -> str:
+    def _settle(self, chunk: Chunk, answer: tuple[str, bool]) -> str:
         """After the chunk's request: delivered, or dead-lettered, or raises to be offered it again; says why it
         gave up on the receiver."""
         problem, transient = answer
         if not problem:
             self._failing_since, self._attempts = None, 0
-            self.metrics.sent(self.name, "delivered", len(chunk))
+            self.metrics.sent(self.name, "delivered", chunk.events)
             return ""
         self._attempts += 1
         if not transient:
             self._dead_letter(chunk, f"refused: {problem}", self._attempts)
             self._failing_since, self._attempts = None, 0  # it answers: it is not down
-            self.metrics.sent(self.name, "refused", len(chunk))
+            self.metrics.sent(self.name, "refused", chunk.events)
             return ""
         now = time.time()
         if self._failing_since is None:
             self._failing_since = now
-        self.metrics.sent(self.name, "failed", len(chunk))
+        self.metrics.sent(self.name, "failed", chunk.events)
         if now - self._failing_since < self.retry_for:
             raise ReceiverFailing(f"{self.hook.url}: {problem}")
         # _failing_since stays: until a request succeeds, each later batch gets one request.
@@ -167,21 +214,14 @@ class WebhookSink:
         self._attempts = 0
         return reason
 
-    def _post(self, payloads: Sequence[Made]) -> tuple[str, bool]:
+    def _post(self, chunk: Chunk) -> tuple[str, bool]:
         """One request (of new events, or of dead letters); the problem ("" if none) and whether it is worth retrying."""
         if self.hook.batch == 1:
-            event_id, body = payloads[0]
-            headers = {EVENT_ID_HEADER: event_id}
+            body, headers = chunk.payloads[0], {EVENT_ID_HEADER: chunk.event_id}
         else:
             # A batch's ids are in its body only: a header of 500 would be 18 KB, past the 8 KB a line may
             # have at nginx or Apache (whose receivers would refuse every request).
-            headers = {}
-            # The body made in one copy, its brackets put on its first and last parts: adding them to the joined
-            # body copied all of it (300 KB for 500 events) twice more.
-            sent = [made for _, made in payloads]
-            sent[0] = b"[" + sent[0]
-            sent[-1] += b"]"
-            body = b",".join(sent)
+            body, headers = chunk.body(), {}
         try:
             answer = self._poster.post(self.hook.url, body, self.hook.secret, headers)
         except Unreachable as exc:
@@ -202,9 +242,9 @@ class WebhookSink:
             return
         self._database_down = False
 
-    def _dead_letter(self, chunk: list[Made], reason: str, attempts: int) -> None:
+    def _dead_letter(self, chunk: Chunk, reason: str, attempts: int) -> None:
         db.ready(self.engine)
-        letters = [Letter(event_id, (sent := msgspec.json.decode(body))["event"], sent) for event_id, body in chunk]
+        letters = [Letter(sent["id"], sent["event"], sent) for sent in msgspec.json.decode(chunk.body())]
         with self.engine.begin() as connection:
             dead_letters.add(connection, self.name, letters, reason, attempts, time.time())
         self.metrics.dead_lettered(self.name, len(letters))
@@ -214,7 +254,8 @@ class WebhookSink:
             letters = dead_letters.due(connection, self.name, _REPLAY_BATCH)
         for start in range(0, len(letters), self.hook.batch):
             chunk = letters[start:start + self.hook.batch]
-            problem, _ = self._post([(letter.event_id, _JSON.encode(letter.payload)) for letter in chunk])
+            sent = Chunk([_JSON.encode(letter.payload) for letter in chunk], len(chunk), chunk[0].event_id, 0)
+            problem, _ = self._post(sent)
             ids = [letter.id for letter in chunk]
             with self.engine.begin() as connection:
                 if problem:

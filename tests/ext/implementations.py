@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from fastmta._ext import COMPILED
 from fastmta._ext.data_ref import DataScanner
+from fastmta.events.records import Entry
 
 NOT_COMPILED = "FASTMTA_NO_EXTENSIONS=1: the compiled modules are switched off"
 
@@ -17,6 +18,7 @@ SplitLines = Callable[[Buffer, int, int], tuple[list[bytes | None], list[int]]]
 ParseHeaders = Callable[[Buffer], tuple[dict[str, str], int]]
 ReceivedJson = Callable[[bytes, int], tuple[str, float, bytes]]
 ReceivedPayload = Callable[[bytes, int, str], tuple[str, bytes]]
+ReceivedPayloads = Callable[[Sequence[Entry], int, int, str], tuple[bytes, int, int]]
 ScannerClass = type[DataScanner]  # the twin's class stands for both: data.pyi declares the same surface
 
 

@@ -9,11 +9,19 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fastmta.events import ids
-from fastmta.events.records import EVENT_ENCODER, received, received_entry
+from fastmta.events.records import EVENT_ENCODER, Entry, received, received_entry
 from fastmta.events.webhooks import Payload
 from fastmta.queue.records import MESSAGE_ENCODER, Message, Recipient
 
-from tests.ext.implementations import ParseHeaders, ReceivedJson, ReceivedPayload, ScannerClass, SplitLines, both
+from tests.ext.implementations import (
+    ParseHeaders,
+    ReceivedJson,
+    ReceivedPayload,
+    ReceivedPayloads,
+    ScannerClass,
+    SplitLines,
+    both,
+)
 from tests.ext.strategies import Read, data_reads, sequences, texts, thorough
 
 with_split_lines = pytest.mark.parametrize("split_lines", both("lines", "split_lines"))
@@ -21,6 +29,7 @@ with_scanner = pytest.mark.parametrize("scanner_class", both("data", "DataScanne
 with_parse_headers = pytest.mark.parametrize("parse_headers", both("headers", "parse_headers"))
 with_received_json = pytest.mark.parametrize("received_json", both("received", "received_json"))
 with_received_payload = pytest.mark.parametrize("received_payload", both("received", "received_payload"))
+with_received_payloads = pytest.mark.parametrize("received_payloads", both("received", "received_payloads"))
 
 NOT_CONTIGUOUS = memoryview(b"EHLO x\r\n" * 2)[::2]
 
@@ -329,6 +338,41 @@ def test_a_stored_received_event_becomes_a_webhook_payload(
     event_id, made = received_payload(entry, sequence, name)
     event = EVENT_ENCODER.encode(received(message, node, now, event_id))
     assert made == EVENT_ENCODER.encode(Payload(event_id, name, int(now), msgspec.Raw(event)))
+
+
+def _webhook_payload(message: Message, now: float, writer: int, sequence: int, name: str) -> bytes:
+    """What a receiver is sent for a message's received event, made the slow way (events.webhooks.Payload)."""
+    event = EVENT_ENCODER.encode(received(message, "n1", now, ids.derived(now, writer, sequence)))
+    return EVENT_ENCODER.encode(Payload(ids.derived(now, writer, sequence), name, int(now), msgspec.Raw(event)))
+
+
+@with_received_payloads
+@thorough
+@given(st.lists(messages, max_size=6), st.floats(0, 2e9), writers, st.integers(0, 7), st.integers(0, 8))
+def test_a_run_of_stored_received_events_becomes_their_payloads(
+    received_payloads: ReceivedPayloads, batch: list[Message], now: float, writer: int, start: int, most: int
+) -> None:
+    entries = [Entry(number, received_entry(MESSAGE_ENCODER.encode(m), "n1", now, writer)) for number, m in enumerate(batch, 1)]
+    made, passed, count = received_payloads(entries, start, most, "message.received")
+    expected = [_webhook_payload(m, now, writer, number, "message.received") for number, m in enumerate(batch, 1)][start:start + most]
+    assert (made, passed, count) == (b",".join(expected), len(expected), len(expected))
+
+
+@with_received_payloads
+def test_a_run_stops_before_another_event_and_passes_over_a_damaged_one(received_payloads: ReceivedPayloads) -> None:
+    message = Message(id="q1", sender="a@b", recipients=[Recipient(address="c@d")], received_at=1.0, size=1, next_attempt=1.0)
+    stored = received_entry(MESSAGE_ENCODER.encode(message), "n1", 1.5, 3)
+    other = EVENT_ENCODER.encode(received(message, "n1", 1.5))  # stored as JSON: not made here
+    entries = [Entry(1, stored), Entry(2, b"R\x94damaged"), Entry(3, stored), Entry(4, other), Entry(5, stored)]
+    first, third = (_webhook_payload(message, 1.5, 3, number, "e") for number in (1, 3))
+    assert received_payloads(entries, 0, 10, "e") == (first + b"," + third, 3, 2)
+    assert received_payloads(entries, 1, 1, "e") == (third, 2, 1)  # the damaged one passed, making nothing
+    assert received_payloads(entries, 3, 10, "e") == (b"", 0, 0)
+    assert received_payloads(entries, 9, 10, "e") == (b"", 0, 0)
+    with pytest.raises(ValueError, match="start must not be negative"):
+        received_payloads(entries, -1, 10, "e")
+    with pytest.raises(TypeError, match="name must be a str"):
+        received_payloads(entries, 0, 10, b"e")  # type: ignore[arg-type]
 
 
 @with_received_json

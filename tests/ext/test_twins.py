@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fastmta._ext import COMPILED, data_ref, headers_ref, lines_ref, received_ref
+from fastmta.events.records import Entry
 from tests.ext.implementations import NOT_COMPILED, Buffer, ScannerClass, SplitLines
 from tests.ext.strategies import (
     Read,
@@ -164,6 +165,14 @@ def test_received_payload_agree(entry: bytes, sequence: int, name: str) -> None:
     assert outcome(compiled, entry, sequence, name) == outcome(twin, entry, sequence, name)
 
 
+@thorough
+@given(st.lists(st.tuples(received_entries, sequences), max_size=6), st.integers(0, 7), st.integers(-1, 8))
+def test_received_payloads_agree(entries: list[tuple[bytes, int]], start: int, most: int) -> None:
+    batch = [Entry(sequence, entry) for entry, sequence in entries]
+    compiled, twin = received.received_payloads, received_ref.received_payloads
+    assert outcome(compiled, batch, start, most, "e") == outcome(twin, batch, start, most, "e")
+
+
 def _stored(record: bytes, at: bytes = b"\xcb" + struct.pack(">d", 1.5), tail: bytes = b"") -> bytes:
     """An outbox entry of a received event around a record given as MessagePack bytes."""
     return b"R\x94" + msgspec.msgpack.encode("E1") + at + msgspec.msgpack.encode("n1") + record + tail
@@ -264,3 +273,12 @@ def test_received_json_refuses_the_same_arguments(arguments: tuple[object, ...])
 @pytest.mark.parametrize("arguments", [*_BAD_CALLS, (EDGE_ENTRIES[0], 1), (b"R", 1)])
 def test_received_payload_refuses_the_same_arguments(arguments: tuple[object, ...], name: object) -> None:
     assert raised(received.received_payload, *arguments, name) == raised(received_ref.received_payload, *arguments, name)
+
+
+@pytest.mark.parametrize("name", ["e", _Name("e"), None, "\ud800"])
+@pytest.mark.parametrize("sequence", [1, -1, 2**64, 1.0, None, True])
+@pytest.mark.parametrize("bounds", [(0, 5), (-1, 5), (2**70, 5), (0, -(2**70)), (0, 2**70), (1.0, 5), (0, None)])
+def test_received_payloads_refuse_the_same_arguments(bounds: tuple[object, object], sequence: object, name: object) -> None:
+    batch = [Entry(1, EDGE_ENTRIES[0]), Entry(sequence, EDGE_ENTRIES[0])]  # type: ignore[arg-type]
+    compiled, twin = received.received_payloads, received_ref.received_payloads
+    assert raised(compiled, batch, *bounds, name) == raised(twin, batch, *bounds, name)
