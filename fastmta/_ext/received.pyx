@@ -34,23 +34,39 @@ RECORD_KEYS[:] = [
     b"id", b"sender", b"client_ip", b"helo", b"auth_user", b"listener", b"tls", b"message_id", b"header_from",
     b"header_to", b"subject", b"workspace_id", b"campaign_id", b"user_id", b"priority",
 ]
-cdef const char* EVENT_KEYS[STRINGS]
-EVENT_KEYS[:] = [
+_EVENT_KEYS = [
     b"", b"", b',"client_ip":', b',"helo":', b',"auth_user":', b',"listener":', b',"tls":', b',"header_message_id":',
     b',"header_from":', b',"header_to":', b',"subject":', b',"workspace_id":', b',"campaign_id":', b',"user_id":',
     b',"priority":',
 ]
-# Message's defaults: an omitted field (queue records omit defaults) has the default's value.
-cdef const char* DEFAULTS[STRINGS]
-DEFAULTS[:] = [b"", b"", b"", b"", b"", b"smtp", b"", b"", b"", b"", b"", b"", b"", b"", b""]
+# Message's defaults: an omitted field (queue records omit defaults) has the default's value. Each is
+# written whole with its key, in one copy (no default needs an escape).
+_ABSENT_FIELDS = [
+    key + b'"' + default + b'"'
+    for key, default in zip(_EVENT_KEYS, [b"", b"", b"", b"", b"", b"smtp", b"", b"", b"", b"", b"", b"", b"", b"", b""])
+]
+cdef const char* EVENT_KEYS[STRINGS]
+cdef const char* ABSENT_FIELDS[STRINGS]
 cdef Py_ssize_t RECORD_KEY_LENGTHS[STRINGS]
 cdef Py_ssize_t EVENT_KEY_LENGTHS[STRINGS]
-cdef Py_ssize_t DEFAULT_LENGTHS[STRINGS]
+cdef Py_ssize_t ABSENT_FIELD_LENGTHS[STRINGS]
+# The record's keys by length, each the head of a list (-1 ends it) that NEXT_OF_LENGTH goes on with: a key
+# read from the entry is compared with the few of its length, not with all of them.
+cdef enum:
+    LONGEST_KEY = 16
+cdef int FIRST_OF_LENGTH[LONGEST_KEY]
+cdef int NEXT_OF_LENGTH[STRINGS]
 cdef int _index
-for _index in range(STRINGS):
+for _index in range(LONGEST_KEY):
+    FIRST_OF_LENGTH[_index] = -1
+for _index in range(STRINGS - 1, -1, -1):
+    EVENT_KEYS[_index] = _EVENT_KEYS[_index]
+    ABSENT_FIELDS[_index] = _ABSENT_FIELDS[_index]
     RECORD_KEY_LENGTHS[_index] = <Py_ssize_t>strlen(RECORD_KEYS[_index])
     EVENT_KEY_LENGTHS[_index] = <Py_ssize_t>strlen(EVENT_KEYS[_index])
-    DEFAULT_LENGTHS[_index] = <Py_ssize_t>strlen(DEFAULTS[_index])
+    ABSENT_FIELD_LENGTHS[_index] = len(_ABSENT_FIELDS[_index])
+    NEXT_OF_LENGTH[_index] = FIRST_OF_LENGTH[RECORD_KEY_LENGTHS[_index]]
+    FIRST_OF_LENGTH[RECORD_KEY_LENGTHS[_index]] = _index
 
 
 # The bytes JSON escapes (msgspec's choice): control characters, the quote and the backslash. Each one's
@@ -369,11 +385,12 @@ cdef inline int _span_string(Out* out, Reader* r, Span* span) except -1:
 
 
 cdef int _key_index(Reader* r, Span* key) noexcept:
-    cdef int index
-    for index in range(STRINGS):
-        if _key_is(r, key, RECORD_KEYS[index], RECORD_KEY_LENGTHS[index]):
-            return index
-    return -1
+    if key.length >= LONGEST_KEY:
+        return -1
+    cdef int index = FIRST_OF_LENGTH[key.length]
+    while index >= 0 and memcmp(RECORD_KEYS[index], r.data + key.start, <size_t>key.length) != 0:
+        index = NEXT_OF_LENGTH[index]
+    return index
 
 
 cdef bint _key_is(Reader* r, Span* key, const char* name, Py_ssize_t length) noexcept:
@@ -511,11 +528,11 @@ cdef int _event(Reader* r, Out* out, Identity* identity, uint64_t count) except 
     _append(out, b',"size":', 8)
     _decimal(out, size, size_negative)
     for index in range(FIRST_PLAIN, STRINGS):
-        _append(out, EVENT_KEYS[index], EVENT_KEY_LENGTHS[index])
         if present[index]:
+            _append(out, EVENT_KEYS[index], EVENT_KEY_LENGTHS[index])
             _span_string(out, r, &strings[index])
         else:
-            _json_string(out, <const unsigned char*>DEFAULTS[index], DEFAULT_LENGTHS[index])
+            _append(out, ABSENT_FIELDS[index], ABSENT_FIELD_LENGTHS[index])
     _append(out, b',"id":', 6)
     _identity_string(out, r, identity)
     _append(out, b',"at":', 6)
