@@ -84,7 +84,7 @@ def payload(entry: Entry, wanted: Container[str]) -> Made | None:
 
 class Chunk(NamedTuple):
     """The events of one request: their payloads as JSON (a run of received events' comma-separated in one),
-    how many events, the id of the first (the header of a request of one), and the sequence number it settles through."""
+    how many events, the event id a request of one carries in its header, and the sequence number it settles through."""
 
     payloads: list[bytes]
     events: int
