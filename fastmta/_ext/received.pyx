@@ -47,7 +47,6 @@ _ABSENT_FIELDS = [
 ]
 cdef const char* EVENT_KEYS[STRINGS]
 cdef const char* ABSENT_FIELDS[STRINGS]
-cdef Py_ssize_t RECORD_KEY_LENGTHS[STRINGS]
 cdef Py_ssize_t EVENT_KEY_LENGTHS[STRINGS]
 cdef Py_ssize_t ABSENT_FIELD_LENGTHS[STRINGS]
 # The record's keys by length, each the head of a list (-1 ends it) that NEXT_OF_LENGTH goes on with: a key
@@ -57,16 +56,19 @@ cdef enum:
 cdef int FIRST_OF_LENGTH[LONGEST_KEY]
 cdef int NEXT_OF_LENGTH[STRINGS]
 cdef int _index
+cdef size_t _length
 for _index in range(LONGEST_KEY):
     FIRST_OF_LENGTH[_index] = -1
 for _index in range(STRINGS - 1, -1, -1):
     EVENT_KEYS[_index] = _EVENT_KEYS[_index]
     ABSENT_FIELDS[_index] = _ABSENT_FIELDS[_index]
-    RECORD_KEY_LENGTHS[_index] = <Py_ssize_t>strlen(RECORD_KEYS[_index])
+    _length = strlen(RECORD_KEYS[_index])
+    if _length >= LONGEST_KEY:
+        raise ImportError(f"the record's key {RECORD_KEYS[_index]!r} is longer than LONGEST_KEY allows")
     EVENT_KEY_LENGTHS[_index] = <Py_ssize_t>strlen(EVENT_KEYS[_index])
     ABSENT_FIELD_LENGTHS[_index] = len(_ABSENT_FIELDS[_index])
-    NEXT_OF_LENGTH[_index] = FIRST_OF_LENGTH[RECORD_KEY_LENGTHS[_index]]
-    FIRST_OF_LENGTH[RECORD_KEY_LENGTHS[_index]] = _index
+    NEXT_OF_LENGTH[_index] = FIRST_OF_LENGTH[_length]
+    FIRST_OF_LENGTH[_length] = _index
 
 
 # The bytes JSON escapes (msgspec's choice): control characters, the quote and the backslash. Each one's

@@ -156,7 +156,7 @@ class WebhookSink:
         in_runs = size > 1 and _RECEIVED in self.wanted
         chunks: list[Chunk] = []
         payloads: list[bytes] = []
-        count, first_id, index = 0, "", 0
+        count, event_id, index = 0, "", 0
         while index < len(batch):
             entry = batch[index]
             if entry.sequence <= self._settled_through:
@@ -172,15 +172,14 @@ class WebhookSink:
                 index += 1
                 if (one := payload(entry, self.wanted)) is None:
                     continue
-                if not count:
-                    first_id = one[0]
-                payloads.append(one[1])
+                event_id, made_alone = one
+                payloads.append(made_alone)
                 count += 1
             if count == size:
-                chunks.append(Chunk(payloads, count, first_id, batch[index - 1].sequence))
+                chunks.append(Chunk(payloads, count, event_id, batch[index - 1].sequence))
                 payloads, count = [], 0
         if count:
-            chunks.append(Chunk(payloads, count, first_id, batch[index - 1].sequence))
+            chunks.append(Chunk(payloads, count, event_id, batch[index - 1].sequence))
         return chunks
 
     def close(self) -> None:
